@@ -1,0 +1,139 @@
+"""Loading a trained run folder and using it: ``nlpkit.load(RUN_DIR).predict(texts)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from nlpkit.errors import NlpkitError
+from nlpkit.plugins import PluginSet, load_plugins
+from nlpkit.recipe import Recipe, load_recipe
+from nlpkit.runs import BACKBONE_FILE, TASK_STATE_FILE, RunFolder
+from nlpkit.tasks import Task, TaskModel
+from nlpkit.tokenization import Tokenizer
+
+__all__ = ["LoadedModel", "load"]
+
+
+class LoadedModel:
+    """A trained task model and what it needs to answer: tokenizer, task state, recipe.
+
+    Attributes:
+        task: the task object (its ``name`` says what the model does).
+        model: the backbone and head, in evaluation mode.
+        recipe: the run's resolved recipe.
+        path: the run folder.
+    """
+
+    def __init__(self, task: Task, model: TaskModel, recipe: Recipe, path: Path, plugin_set: PluginSet) -> None:
+        self.task = task
+        self.model = model.eval()
+        self.recipe = recipe
+        self.path = path
+        self.plugin_set = plugin_set
+
+    def _examples(self, inputs: Sequence[Any]) -> dict[str, list[Any]]:
+        fields = [*self.task.input_columns, *self.task.optional_columns]
+        rows = [{self.task.input_columns[0]: item} if isinstance(item, str) else item for item in inputs]
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise NlpkitError(f"input {i + 1}: expected a string or a mapping with {', '.join(fields)}, got {type(row).__name__}")
+            for name in self.task.input_columns:
+                if not isinstance(row.get(name), str):
+                    raise NlpkitError(f"input {i + 1}: missing text field '{name}'")
+        present = [f for f in fields if any(f in row for row in rows)]
+        return {f: [row.get(f) for row in rows] for f in present}
+
+    def features(self, examples: dict[str, list[Any]]) -> list[dict[str, Any]]:
+        """Examples (column -> values) -> one feature dict per example, as ``prepare`` makes them."""
+        encoded = self.task.encode(examples)
+        return [dict(zip(encoded, values)) for values in zip(*encoded.values())]
+
+    @torch.inference_mode()
+    def predict(self, inputs: str | dict[str, Any] | Sequence[str | dict[str, Any]], batch_size: int = 32) -> Any:
+        """Answer one input or a list of inputs.
+
+        Args:
+            inputs: a text, a mapping of the task's fields (``{"text": ..., "text_pair": ...}``),
+                or a list of either.
+            batch_size: examples per forward pass.
+
+        Returns:
+            The task's answer for a single input; a list of answers for a list.
+        """
+        single = isinstance(inputs, (str, dict))
+        items = [inputs] if single else list(inputs)
+        features = self.features(self._examples(items)) if items else []
+        answers: list[Any] = []
+        for start in range(0, len(features), batch_size):
+            batch = self.task.collate(features[start : start + batch_size])
+            answers.extend(self.task.decode(self.task.forward(self.model, batch), batch))
+        return answers[0] if single else answers
+
+    def evaluate(self, data: str | Path, format: str | None = None, batch_size: int = 32) -> dict[str, float]:
+        """Score the model on a labelled file with the task's loss and metrics.
+
+        Args:
+            data: a file with the columns of the run's training data.
+            format: a data format name; by default the file's extension.
+            batch_size: examples per forward pass.
+
+        Returns:
+            ``loss`` and each metric, as computed during training.
+        """
+        import dataclasses
+
+        import pytorch_lightning as pl
+        from torch.utils.data import DataLoader
+
+        from nlpkit.data import load_splits, select_columns
+        from nlpkit.training.module import TaskModule
+
+        path = Path(data)
+        if not path.is_file():
+            raise NlpkitError(f"--data: file '{data}' does not exist")
+        fmt = format or path.suffix.lstrip(".").lower()
+        section = dataclasses.replace(self.recipe.data, train=None, validation=None, test=str(path), hub=None, format=fmt)
+        formats = self.plugin_set.registries.data_formats
+        splits = select_columns(
+            load_splits(section, formats), section,
+            [*self.task.input_columns, *self.task.target_columns], self.task.optional_columns,
+        )
+        self.task.check_split(str(path), splits["test"])
+        loader = DataLoader(self.task.prepare(splits["test"]), batch_size=batch_size, collate_fn=self.task.collate)
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+        (results,) = trainer.test(TaskModule(self.task, self.model), dataloaders=loader, verbose=False)
+        return {key.removeprefix("test_"): float(value) for key, value in results.items()}
+
+
+def load(path: str | Path, plugins: Iterable[str] = (), blocked: Iterable[str] = (), plugin_set: PluginSet | None = None) -> LoadedModel:
+    """Load a trained run folder.
+
+    Args:
+        path: the run folder (``nlpkit run`` prints it; ``RunResult.run_dir``).
+        plugins: extra plugin modules (a run of a task from such a plugin needs it).
+        blocked: plugin names not to load.
+        plugin_set: an already loaded plugin set (the CLI passes its own).
+
+    Returns:
+        A :class:`LoadedModel` with ``predict``.
+
+    Raises:
+        NlpkitError: not a run folder, an unknown format version, a task whose plugin is missing.
+    """
+    from nlpkit.backbones.config import BackboneConfig
+
+    run = RunFolder.open(path)
+    plugin_set = plugin_set or load_plugins(plugins, blocked)
+    recipe = load_recipe(run.read_recipe(), registries=plugin_set.registries, check_files=False)
+    recipe.source = str(run.path)
+    task_cls = plugin_set.registries.tasks.get(recipe.task)
+    task = task_cls(recipe.task_options, Tokenizer.load(run.path))
+    task.load_state(run.read_json(TASK_STATE_FILE))
+    config = BackboneConfig.from_dict(run.read_json(BACKBONE_FILE))
+    backbone = plugin_set.registries.backbone_kinds.get(config.kind)(config)
+    model = TaskModel(backbone, task.build_head(config))
+    run.load_weights(model)
+    return LoadedModel(task, model, recipe, run.path, plugin_set)

@@ -1,0 +1,170 @@
+"""The plugin manager: nlpkit's own plugins, installed entry points, explicit modules.
+
+Set-up order follows pytest's: specs, then the essential core plugin, then user
+blocks, then nlpkit's own entry points, then third-party entry points (unless
+``NLPKIT_DISABLE_PLUGIN_AUTOLOAD`` is set), then modules named with
+``--plugin``, then ``check_pending`` so a misspelled hook is an error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import pluggy
+
+from nlpkit import hookspecs
+from nlpkit.errors import NlpkitError
+from nlpkit.registry import Registries, suggest
+
+__all__ = ["PluginInfo", "PluginSet", "load_plugins", "ENTRY_POINT_GROUP", "DISABLE_AUTOLOAD_ENV"]
+
+ENTRY_POINT_GROUP = "nlpkit"
+DISABLE_AUTOLOAD_ENV = "NLPKIT_DISABLE_PLUGIN_AUTOLOAD"
+DISTRIBUTION = "nlpkit"
+# Registered by name before anything else and never blocked (pytest's "essential plugins"):
+# without the backbone kinds and data formats no recipe can run.
+ESSENTIAL_PLUGINS = {"core": "nlpkit.core"}
+
+# Registration hook -> the registry table it fills.
+_REGISTRATION_HOOKS = {
+    "nlpkit_register_tasks": "tasks",
+    "nlpkit_register_backbone_kinds": "backbone_kinds",
+    "nlpkit_register_backbone_presets": "backbone_presets",
+    "nlpkit_register_data_formats": "data_formats",
+}
+
+
+@dataclass
+class PluginInfo:
+    """Where a plugin came from, for ``nlpkit plugins``."""
+
+    name: str
+    module: str
+    distribution: str | None
+    version: str | None
+    registered: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class PluginSet:
+    """A loaded plugin manager, the registries its plugins filled, and their provenance."""
+
+    manager: pluggy.PluginManager
+    registries: Registries
+    plugins: list[PluginInfo]
+
+
+def _distribution_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _import_plugin(module_name: str, origin: str) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as error:
+        raise NlpkitError(f"cannot import plugin module '{module_name}' ({origin}): {error}") from None
+
+
+def load_plugins(
+    plugins: Iterable[str] = (),
+    blocked: Iterable[str] = (),
+    autoload: bool | None = None,
+) -> PluginSet:
+    """Build a plugin manager and fill the registries.
+
+    Args:
+        plugins: extra plugin modules to import and register (``--plugin``).
+        blocked: plugin names not to register (``--no-plugin``).
+        autoload: load third-party entry points; by default yes unless the
+            ``NLPKIT_DISABLE_PLUGIN_AUTOLOAD`` environment variable is set.
+            nlpkit's own plugins are always loaded unless blocked.
+
+    Returns:
+        The manager, the filled registries and one :class:`PluginInfo` per plugin.
+
+    Raises:
+        NlpkitError: unknown blocked name, unimportable module, a hook name that
+            matches no spec, or a name registered twice.
+    """
+    if autoload is None:
+        autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
+    manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    manager.add_hookspecs(hookspecs)
+    manager.hook.nlpkit_addhooks.call_historic(kwargs={"pluginmanager": manager})
+    infos: dict[str, PluginInfo] = {}
+    nlpkit_version = _distribution_version(DISTRIBUTION)
+
+    def register(plugin: Any, name: str, distribution: str | None, version: str | None) -> None:
+        try:
+            manager.register(plugin, name=name)
+        except pluggy.PluginValidationError as error:
+            raise NlpkitError(f"plugin '{name}': {error}") from None
+        except ValueError as error:  # pluggy: duplicate name or module registered twice
+            raise NlpkitError(f"plugin '{name}' cannot be registered: {error}") from None
+        infos[name] = PluginInfo(name, getattr(plugin, "__name__", repr(plugin)), distribution, version)
+
+    for name, module_name in ESSENTIAL_PLUGINS.items():
+        register(_import_plugin(module_name, "built-in"), name, DISTRIBUTION, nlpkit_version)
+
+    entry_points = _entry_points()
+    known = set(ESSENTIAL_PLUGINS) | {ep.name for ep in entry_points}
+    for name in blocked:
+        if name in ESSENTIAL_PLUGINS:
+            raise NlpkitError(f"plugin '{name}' is essential and cannot be blocked")
+        if name not in known:
+            raise NlpkitError(
+                f"cannot block unknown plugin '{name}'; known: {', '.join(sorted(known))}{suggest(name, sorted(known))}"
+            )
+        manager.set_blocked(name)
+
+    for ep in entry_points:
+        dist_name = ep.dist.name if ep.dist is not None else None
+        own = dist_name is not None and dist_name.lower() == DISTRIBUTION
+        if (own or autoload) and not manager.has_plugin(ep.name) and not manager.is_blocked(ep.name):
+            plugin = _import_plugin(ep.value, f"entry point '{ep.name}' of {dist_name}")
+            register(plugin, ep.name, dist_name, ep.dist.version if ep.dist is not None else None)
+
+    for module_name in plugins:
+        if manager.has_plugin(module_name) or manager.is_blocked(module_name):
+            continue
+        register(_import_plugin(module_name, "--plugin"), module_name, None, None)
+
+    try:
+        manager.check_pending()
+    except pluggy.PluginValidationError as error:
+        raise NlpkitError(f"plugin '{manager.get_name(error.plugin)}': {error}; known hooks: "
+                          f"{', '.join(sorted(h for h in dir(hookspecs) if h.startswith('nlpkit_')))}") from None
+
+    registries = _fill_registries(manager, infos)
+    return PluginSet(manager, registries, list(infos.values()))
+
+
+def _fill_registries(manager: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> Registries:
+    """Call each registration hook once per plugin, so each name knows its plugin."""
+    registries = Registries()
+    tables = registries.tables()
+    for hook_name, table_name in _REGISTRATION_HOOKS.items():
+        table = tables[table_name]
+        for impl in reversed(getattr(manager.hook, hook_name).get_hookimpls()):
+            result = impl.function()
+            if result is None:
+                continue
+            if table_name == "tasks":
+                items = [(getattr(task, "name", None), task) for task in result]
+            else:
+                items = list(dict(result).items())
+            for name, obj in items:
+                table.register(name, obj, impl.plugin_name)
+                infos[impl.plugin_name].registered.setdefault(table_name, []).append(name)
+    return registries

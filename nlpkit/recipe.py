@@ -1,0 +1,596 @@
+"""Recipes: the YAML schema, loading, ``key.sub=value`` overrides and the resolved dump.
+
+A recipe is validated completely before Lightning, ``datasets`` or any model
+is touched, so a user error is the only thing printed. Every error names the
+file (or the override), the key path, what was found and what was expected,
+with a close-match suggestion for misspelled keys and names.
+
+Recipes name things only by registry name: YAML is read with ``safe_load``
+(no ``!!python/`` tags) and no field is ever imported as code.
+
+Paths: a relative path resolves against the current directory; a path that
+starts with ``${recipe_dir}`` resolves against the folder of the recipe file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from nlpkit.errors import NlpkitError
+from nlpkit.registry import Registries, suggest
+
+__all__ = [
+    "Recipe",
+    "BackboneSection",
+    "TokenizerSection",
+    "DataSection",
+    "OptimizationSection",
+    "TrainingSection",
+    "EarlyStoppingSection",
+    "load_recipe",
+    "read_recipe_file",
+    "apply_overrides",
+    "build_dataclass",
+    "recipe_to_dict",
+    "RECIPE_DIR_VARIABLE",
+]
+
+RECIPE_DIR_VARIABLE = "${recipe_dir}"
+
+# Lightning precision names; ints from YAML (32, 16, 64) are accepted as strings.
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "64")
+
+# Trainer arguments that a recipe section already controls: one place for each setting.
+_TRAINER_KEYS_OWNED = {
+    "max_epochs": "training.epochs",
+    "max_steps": "training.max_steps",
+    "precision": "training.precision",
+    "gradient_clip_val": "optimization.grad_clip",
+    "accumulate_grad_batches": "optimization.accumulate_grad_batches",
+    "default_root_dir": "output_dir",
+    "callbacks": "training.early_stopping / training.monitor",
+    "logger": "the run folder's metrics.csv",
+    "enable_checkpointing": "training.monitor",
+    "plugins": "nothing: recipes never name code",
+}
+
+
+@dataclass
+class BackboneSection:
+    """Which backbone to build: a named preset, optionally with config fields changed.
+
+    ``kind`` + ``config`` alone describe a backbone from scratch without a preset.
+    """
+
+    preset: str | None = None
+    kind: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TokenizerSection:
+    """Load a ``tokenizer.json`` (``file``) or train one on the training split (``train``)."""
+
+    file: str | None = None
+    train: Literal["wordpiece", "bpe"] | None = None
+    vocab_size: int = 8000
+    min_frequency: int = 2
+    lowercase: bool = True
+    max_length: int = 128
+
+
+@dataclass
+class DataSection:
+    """Where the examples come from and which columns the task reads.
+
+    ``columns`` maps the task's field names to column names in the files
+    (``{text: sentence}``); fields not listed keep their own name.
+    ``hub`` names a dataset on the Hugging Face hub (online only); then
+    ``train`` / ``validation`` / ``test`` name its splits.
+    """
+
+    format: str | None = None
+    train: str | None = None
+    validation: str | None = None
+    test: str | None = None
+    hub: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    group_by_length: bool = False
+
+
+@dataclass
+class OptimizationSection:
+    """AdamW with a learning-rate schedule."""
+
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    accumulate_grad_batches: int = 1
+
+
+@dataclass
+class EarlyStoppingSection:
+    """Stop when ``training.monitor`` has not improved for ``patience`` validations."""
+
+    patience: int = 3
+    min_delta: float = 0.0
+
+
+@dataclass
+class TrainingSection:
+    """Batch sizes, length of training, precision, seed and model selection."""
+
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    epochs: int = 3
+    max_steps: int = -1
+    precision: str = "32-true"
+    seed: int = 42
+    monitor: str = "val_loss"
+    monitor_mode: Literal["min", "max"] | None = None
+    early_stopping: EarlyStoppingSection | None = None
+    num_workers: int = 0
+    log_every_n_steps: int = 10
+
+
+@dataclass
+class Recipe:
+    """A whole, validated experiment. Paths are absolute once loaded."""
+
+    task: str
+    backbone: BackboneSection
+    data: DataSection
+    tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
+    optimization: OptimizationSection = field(default_factory=OptimizationSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    output_dir: str = "runs"
+    name: str | None = None
+    # The task's own section, stored under the task's name in YAML; a dataclass
+    # instance of the task's ``config_class``.
+    task_options: Any = None
+    source: str = "<recipe>"
+
+
+_SECTION_FIELDS = [f.name for f in dataclasses.fields(Recipe) if f.name not in ("task_options", "source")]
+
+
+class _Context:
+    """Formats errors as 'SOURCE: key.path: message', naming the override that set a key."""
+
+    def __init__(self, source: str, overrides: dict[tuple[str, ...], str] | None = None) -> None:
+        self.source = source
+        self.overrides = overrides or {}
+
+    def error(self, path: tuple[str, ...], message: str) -> NlpkitError:
+        source = self.source
+        for override_path, text in self.overrides.items():
+            if path[: len(override_path)] == override_path or override_path[: len(path)] == path:
+                source = f"override '{text}'"
+                break
+        where = ".".join(path)
+        return NlpkitError(f"{source}: {where}: {message}" if where else f"{source}: {message}")
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        return "true or false"
+    if hint is int:
+        return "an integer"
+    if hint is float:
+        return "a number"
+    if hint is str:
+        return "a string"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (list, tuple):
+        return "a list"
+    if origin is dict or hint is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(hint):
+        return "a mapping"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint) if a is not type(None))
+    return str(hint)
+
+
+def _coerce(value: Any, hint: Any, path: tuple[str, ...], ctx: _Context) -> Any:
+    """Check ``value`` against the type ``hint`` and return it, converted where lossless."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ctx.error(path, f"expected {_type_name(hint)}, got null")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path, ctx)
+            except NlpkitError as error:
+                errors.append(error)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ctx.error(path, f"expected {_type_name(hint)}, got {_describe(value)}")
+    if dataclasses.is_dataclass(hint):
+        return build_dataclass(hint, value, path, ctx)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML reads 5e-4 (no dot) as a string: accept any number a user would write.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif origin is Literal:
+        if value in typing.get_args(hint):
+            return value
+        choices = [str(a) for a in typing.get_args(hint)]
+        raise ctx.error(path, f"expected {_type_name(hint)}, got {_describe(value)}{suggest(str(value), choices)}")
+    elif origin in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            (item_hint,) = typing.get_args(hint)[:1] or (Any,)
+            return [_coerce(v, item_hint, path + (str(i),), ctx) for i, v in enumerate(value)]
+    elif origin is dict or hint is dict:
+        if isinstance(value, dict):
+            args = typing.get_args(hint)
+            item_hint = args[1] if len(args) == 2 else Any
+            out = {}
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise ctx.error(path + (str(k),), "keys must be strings")
+                out[k] = _coerce(v, item_hint, path + (k,), ctx)
+            return out
+    else:
+        raise TypeError(f"unsupported recipe field type {hint!r} at {'.'.join(path)}")
+    raise ctx.error(path, f"expected {_type_name(hint)}, got {_describe(value)}")
+
+
+def build_dataclass(cls: type, raw: Any, path: tuple[str, ...], ctx: _Context | str) -> Any:
+    """Validate a mapping against dataclass ``cls`` and build it.
+
+    Unknown keys are errors with a close-match suggestion; missing required
+    fields and wrong types name the key path. ``ValueError`` raised by the
+    dataclass's own ``__post_init__`` becomes a user error at ``path``.
+
+    Args:
+        cls: the dataclass.
+        raw: the mapping read from YAML (None means all defaults).
+        path: the key path of the mapping in the recipe, for messages.
+        ctx: error context, or a source name such as the recipe's file name.
+    """
+    if isinstance(ctx, str):
+        ctx = _Context(ctx)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ctx.error(path, f"expected a mapping, got {_describe(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
+    for key in raw:
+        if key not in fields:
+            known = sorted(fields)
+            raise ctx.error(
+                path + (str(key),),
+                f"unknown key{suggest(str(key), known)} (known: {', '.join(known)})",
+            )
+    kwargs = {}
+    for name, f in fields.items():
+        if name in raw:
+            kwargs[name] = _coerce(raw[name], hints[name], path + (name,), ctx)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ctx.error(path + (name,), f"missing required key (expected {_type_name(hints[name])})")
+    try:
+        return cls(**kwargs)
+    except ValueError as error:
+        raise ctx.error(path, str(error)) from None
+
+
+def read_recipe_file(path: str | Path) -> dict[str, Any]:
+    """Read a recipe YAML file into a mapping, with safe loading only."""
+    path = Path(path)
+    if not path.is_file():
+        raise NlpkitError(f"recipe file '{path}' does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.constructor.ConstructorError as error:
+        mark = error.problem_mark
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        raise NlpkitError(
+            f"{path}: {line}{error.problem}; recipes name things by registry name and cannot hold Python tags"
+        ) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise NlpkitError(f"{path}: {line}invalid YAML: {problem}") from None
+    except UnicodeDecodeError:
+        raise NlpkitError(f"{path}: not a UTF-8 text file") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise NlpkitError(f"{path}: expected a mapping of sections at the top level, got {_describe(raw)}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[tuple[str, ...], str]:
+    """Apply ``key.sub=value`` overrides to ``raw`` in place; values are YAML scalars.
+
+    Returns:
+        The overridden key paths, mapped to the override text, for error messages.
+    """
+    applied = {}
+    for text in overrides:
+        key, sep, value_text = text.partition("=")
+        keys = tuple(key.strip().split("."))
+        if not sep or not key.strip() or any(not k for k in keys):
+            raise NlpkitError(f"malformed override '{text}': expected key.sub=value")
+        try:
+            value = yaml.safe_load(value_text) if value_text.strip() else ""
+        except yaml.YAMLError:
+            raise NlpkitError(f"malformed override '{text}': the value is not valid YAML") from None
+        node = raw
+        for depth, k in enumerate(keys[:-1]):
+            child = node.get(k)
+            if child is None:
+                child = node[k] = {}
+            if not isinstance(child, dict):
+                where = ".".join(keys[: depth + 1])
+                raise NlpkitError(f"override '{text}': '{where}' is {_describe(child)}, not a section")
+            node = child
+        node[keys[-1]] = value
+        applied[keys] = text
+    return applied
+
+
+def _resolve_path(value: str, recipe_dir: Path) -> Path:
+    if value.startswith(RECIPE_DIR_VARIABLE):
+        return (recipe_dir / value[len(RECIPE_DIR_VARIABLE):].lstrip("/\\")).resolve()
+    return Path(value).expanduser().resolve()
+
+
+def load_recipe(
+    recipe: str | Path | dict[str, Any],
+    overrides: list[str] | None = None,
+    registries: Registries | None = None,
+    check_files: bool = True,
+) -> Recipe:
+    """Read, override and validate a recipe.
+
+    Args:
+        recipe: a YAML file path, or a mapping with the same structure.
+        overrides: ``key.sub=value`` strings applied before validation.
+        registries: the plugin registries to check names against (tasks,
+            presets, formats); loaded from the installed plugins when None.
+        check_files: check that data and tokenizer files exist (a run folder's
+            recipe is read without: it needs none of them to predict).
+
+    Returns:
+        The validated :class:`Recipe`, with absolute paths.
+
+    Raises:
+        NlpkitError: one line naming the file or override, key path and problem.
+    """
+    if isinstance(recipe, dict):
+        raw = _deep_copy(recipe)
+        source, recipe_dir = "<recipe>", Path.cwd()
+    else:
+        raw = read_recipe_file(recipe)
+        source, recipe_dir = str(recipe), Path(recipe).resolve().parent
+    ctx = _Context(source, apply_overrides(raw, list(overrides or [])))
+    if registries is None:
+        from nlpkit.plugins import load_plugins
+
+        registries = load_plugins().registries
+
+    if "task" not in raw:
+        raise ctx.error(("task",), f"missing required key (expected a task name; known: {', '.join(registries.tasks)})")
+    task_name = raw["task"]
+    if not isinstance(task_name, str):
+        raise ctx.error(("task",), f"expected a task name, got {_describe(task_name)}")
+    if task_name not in registries.tasks:
+        known = ", ".join(registries.tasks) or "(none)"
+        raise ctx.error(("task",), f"unknown task '{task_name}'; known: {known}{suggest(task_name, registries.tasks.names())}")
+    task_cls = registries.tasks.get(task_name)
+
+    sections = {k: v for k, v in raw.items() if k != task_name}
+    known_keys = _SECTION_FIELDS + [task_name]
+    for key in sections:
+        if key not in _SECTION_FIELDS:
+            raise ctx.error((str(key),), f"unknown key{suggest(str(key), known_keys)} (known: {', '.join(known_keys)})")
+    recipe_obj: Recipe = build_dataclass(Recipe, sections, (), ctx)
+    recipe_obj.source = source
+    recipe_obj.task_options = build_dataclass(task_cls.config_class, raw.get(task_name), (task_name,), ctx)
+
+    _check_backbone(recipe_obj, task_cls, registries, ctx)
+    _check_data(recipe_obj, task_cls, registries, recipe_dir, ctx, check_files)
+    _check_tokenizer(recipe_obj, recipe_dir, ctx, check_files)
+    _check_training(recipe_obj, task_cls, ctx)
+    _check_trainer(recipe_obj, ctx)
+    recipe_obj.output_dir = str(_resolve_path(recipe_obj.output_dir, recipe_dir))
+    if recipe_obj.name is None:
+        recipe_obj.name = Path(source).stem if source != "<recipe>" else task_name
+    return recipe_obj
+
+
+def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
+    return yaml.safe_load(yaml.safe_dump(raw)) if raw else {}
+
+
+def _check_backbone(recipe: Recipe, task_cls: type, registries: Registries, ctx: _Context) -> None:
+    from nlpkit.backbones.config import BackboneConfig
+
+    section = recipe.backbone
+    if section.preset is None and section.kind is None:
+        raise ctx.error(("backbone",), f"expected 'preset' (one of: {', '.join(registries.backbone_presets)}) or 'kind' with 'config'")
+    if section.preset is not None:
+        if section.preset not in registries.backbone_presets:
+            names = registries.backbone_presets.names()
+            raise ctx.error(
+                ("backbone", "preset"),
+                f"unknown preset '{section.preset}'; known: {', '.join(names)}{suggest(section.preset, names)}",
+            )
+        base = registries.backbone_presets.get(section.preset)().to_dict()
+    else:
+        base = {}
+    if section.kind is not None:
+        if section.kind not in registries.backbone_kinds:
+            names = registries.backbone_kinds.names()
+            raise ctx.error(("backbone", "kind"), f"unknown backbone kind '{section.kind}'; known: {', '.join(names)}{suggest(section.kind, names)}")
+        if section.preset is not None and base.get("kind") != section.kind:
+            raise ctx.error(("backbone", "kind"), f"'{section.kind}' contradicts preset '{section.preset}' (a {base.get('kind')})")
+        base["kind"] = section.kind
+    merged = {**base, **section.config}
+    config_fields = [f.name for f in dataclasses.fields(BackboneConfig)]
+    for key in section.config:
+        if key not in config_fields:
+            raise ctx.error(("backbone", "config", key), f"unknown key{suggest(key, config_fields)} (known: {', '.join(config_fields)})")
+    try:
+        config = BackboneConfig.from_dict(merged)
+    except (ValueError, TypeError) as error:
+        raise ctx.error(("backbone", "config"), str(error)) from None
+    if config.kind not in task_cls.backbone_kinds:
+        raise ctx.error(
+            ("backbone",),
+            f"task '{task_cls.name}' needs a backbone of kind {' or '.join(task_cls.backbone_kinds)}, got {config.kind}",
+        )
+
+
+def _check_data(recipe: Recipe, task_cls: type, registries: Registries, recipe_dir: Path, ctx: _Context,
+                check_files: bool) -> None:
+    data = recipe.data
+    fields = [*task_cls.input_columns, *task_cls.optional_columns, *task_cls.target_columns]
+    for key in data.columns:
+        if key not in fields:
+            raise ctx.error(("data", "columns", key), f"unknown field of task '{task_cls.name}'{suggest(key, fields)} (known: {', '.join(fields)})")
+    if data.hub is None:
+        for split in ("train", "validation"):
+            if getattr(data, split) is None:
+                raise ctx.error(("data", split), "missing required key (expected a file path)")
+        for split in ("train", "validation", "test"):
+            value = getattr(data, split)
+            if value is None:
+                continue
+            path = _resolve_path(value, recipe_dir)
+            if check_files and not path.is_file():
+                raise ctx.error(("data", split), f"file '{value}' does not exist (looked for {path})")
+            setattr(data, split, str(path))
+        if data.format is None:
+            data.format = Path(data.train).suffix.lstrip(".").lower() or "(none)"
+            if data.format not in registries.data_formats:
+                names = registries.data_formats.names()
+                raise ctx.error(("data", "format"), f"cannot tell the format from the extension of '{data.train}'; set one of: {', '.join(names)}")
+    elif data.format is not None:
+        raise ctx.error(("data", "format"), "not used with data.hub (the hub dataset has its own format)")
+    if data.format is not None and data.format not in registries.data_formats:
+        names = registries.data_formats.names()
+        raise ctx.error(("data", "format"), f"unknown data format '{data.format}'; known: {', '.join(names)}{suggest(data.format, names)}")
+
+
+def _check_tokenizer(recipe: Recipe, recipe_dir: Path, ctx: _Context, check_files: bool) -> None:
+    tok = recipe.tokenizer
+    if tok.file is not None and tok.train is not None:
+        raise ctx.error(("tokenizer",), "set either 'file' (load a tokenizer.json) or 'train' (wordpiece or bpe), not both")
+    if tok.file is None and tok.train is None:
+        tok.train = "wordpiece"
+    if tok.file is not None:
+        path = _resolve_path(tok.file, recipe_dir)
+        if check_files and not path.is_file():
+            raise ctx.error(("tokenizer", "file"), f"file '{tok.file}' does not exist (looked for {path})")
+        tok.file = str(path)
+    for key in ("vocab_size", "max_length"):
+        if getattr(tok, key) < 2:
+            raise ctx.error(("tokenizer", key), f"expected an integer >= 2, got {getattr(tok, key)}")
+
+
+def _check_training(recipe: Recipe, task_cls: type, ctx: _Context) -> None:
+    training = recipe.training
+    if training.precision not in PRECISIONS:
+        raise ctx.error(("training", "precision"), f"expected one of {', '.join(PRECISIONS)}, got {training.precision!r}{suggest(training.precision, PRECISIONS)}")
+    for key in ("batch_size", "epochs"):
+        if getattr(training, key) < 1:
+            raise ctx.error(("training", key), f"expected an integer >= 1, got {getattr(training, key)}")
+    monitors = ["val_loss"] + [f"val_{name}" for name in task_cls.metric_names]
+    if training.monitor not in monitors:
+        raise ctx.error(("training", "monitor"), f"unknown metric '{training.monitor}'; known: {', '.join(monitors)}{suggest(training.monitor, monitors)}")
+    if training.monitor_mode is None:
+        training.monitor_mode = "min" if training.monitor.endswith("loss") else "max"
+    optimization = recipe.optimization
+    if len(optimization.betas) != 2:
+        raise ctx.error(("optimization", "betas"), f"expected two numbers, got {optimization.betas}")
+    if not 0.0 <= optimization.warmup_ratio < 1.0:
+        raise ctx.error(("optimization", "warmup_ratio"), f"expected a number in [0, 1), got {optimization.warmup_ratio}")
+    if optimization.lr <= 0:
+        raise ctx.error(("optimization", "lr"), f"expected a positive number, got {optimization.lr}")
+
+
+def _check_trainer(recipe: Recipe, ctx: _Context) -> None:
+    """Check pass-through Trainer arguments by name without importing Lightning.
+
+    The names are checked against Lightning's signature lazily (only when the
+    section is not empty), so most recipes never import Lightning here.
+    """
+    if not recipe.trainer:
+        return
+    for key in recipe.trainer:
+        if key in _TRAINER_KEYS_OWNED:
+            raise ctx.error(("trainer", key), f"set through {_TRAINER_KEYS_OWNED[key]}, not the trainer section")
+    import inspect
+
+    from pytorch_lightning import Trainer
+
+    names = [n for n in inspect.signature(Trainer.__init__).parameters if n != "self" and n not in _TRAINER_KEYS_OWNED]
+    for key, value in recipe.trainer.items():
+        if key not in names:
+            raise ctx.error(("trainer", key), f"unknown Trainer argument{suggest(key, names)}")
+        if isinstance(value, dict):
+            raise ctx.error(("trainer", key), f"expected a plain value, got a mapping")
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """The fully resolved recipe as plain data (the task section under the task's name)."""
+    out = {}
+    for f in dataclasses.fields(Recipe):
+        if f.name in ("task_options", "source"):
+            continue
+        value = getattr(recipe, f.name)
+        out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    out[recipe.task] = dataclasses.asdict(recipe.task_options)
+    return out

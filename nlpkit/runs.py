@@ -1,0 +1,163 @@
+"""The run folder: everything a trained run needs to be loaded, evaluated and served.
+
+Layout (format version 1)::
+
+    RUN_DIR/
+      run.json                format version, task, creation time, package versions
+      recipe.yaml             the fully resolved recipe
+      backbone.json           the backbone config
+      task_state.json         what the task learnt from the data (its label set ...)
+      tokenizer.json          the tokenizer, and tokenizer_config.json (its special tokens)
+      model.safetensors       the best weights (backbone and head)
+      metrics.csv             the metric history, one row per logging step
+      metrics.json            the final metrics (validation at the best checkpoint, test)
+      checkpoints/            Lightning checkpoints (best and last)
+
+Every file is written to a temporary name, then renamed, so a crash never
+leaves a half-written file where a good one was.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nlpkit.errors import NlpkitError
+
+__all__ = ["RunFolder", "FORMAT_VERSION", "atomic_write"]
+
+FORMAT_VERSION = 1
+RUN_FILE = "run.json"
+RECIPE_FILE = "recipe.yaml"
+BACKBONE_FILE = "backbone.json"
+TASK_STATE_FILE = "task_state.json"
+WEIGHTS_FILE = "model.safetensors"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "metrics.csv"
+CHECKPOINT_DIR = "checkpoints"
+
+_PACKAGES = ("nlpkit", "torch", "pytorch-lightning", "torchmetrics", "datasets", "tokenizers", "pluggy", "safetensors")
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+class RunFolder:
+    """A run folder on disk; see the module docstring for its layout."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, output_dir: str | Path, name: str) -> RunFolder:
+        """Make a new, empty run folder ``OUTPUT_DIR/NAME-YYYYmmdd-HHMMSS``; never reuse one."""
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        for attempt in range(1000):
+            path = output_dir / (f"{name}-{stamp}" + (f"-{attempt + 1}" if attempt else ""))
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return cls(path)
+        raise NlpkitError(f"output_dir: cannot create a new run folder in {output_dir}")
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunFolder:
+        """Open an existing run folder, checking its format version."""
+        path = Path(path)
+        run_file = path / RUN_FILE
+        if not run_file.is_file():
+            raise NlpkitError(f"'{path}' is not an nlpkit run folder (no {RUN_FILE})")
+        info = json.loads(run_file.read_text(encoding="utf-8"))
+        version = info.get("format_version")
+        if version != FORMAT_VERSION:
+            raise NlpkitError(f"{run_file}: run-folder format {version} is not supported (this nlpkit reads {FORMAT_VERSION})")
+        if not (path / WEIGHTS_FILE).is_file():
+            raise NlpkitError(f"{path}: no {WEIGHTS_FILE}: the run did not finish")
+        return cls(path)
+
+    # -- writing --------------------------------------------------------------
+
+    def write_json(self, name: str, data: Any) -> None:
+        atomic_write(self.path / name, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+    def write_start(self, task: str, recipe: dict[str, Any], backbone: dict[str, Any], task_state: dict[str, Any], plugins: list[str]) -> None:
+        """Write what is known before training: the recipe, configs, task state and versions."""
+        self.write_json(
+            RUN_FILE,
+            {
+                "format_version": FORMAT_VERSION,
+                "task": task,
+                "created": _dt.datetime.now().isoformat(timespec="seconds"),
+                "plugins": plugins,
+                "versions": package_versions(),
+            },
+        )
+        atomic_write(self.path / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))
+        self.write_json(BACKBONE_FILE, backbone)
+        self.write_json(TASK_STATE_FILE, task_state)
+
+    def save_weights(self, model: Any) -> None:
+        """Save a module's weights as safetensors (tied weights stored once)."""
+        from safetensors.torch import save_model
+
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{WEIGHTS_FILE}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_model(model, tmp, metadata={"format": "pt", "nlpkit_format_version": str(FORMAT_VERSION)})
+            os.replace(tmp, self.path / WEIGHTS_FILE)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    # -- reading --------------------------------------------------------------
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.path / name).read_text(encoding="utf-8"))
+
+    def read_recipe(self) -> dict[str, Any]:
+        return yaml.safe_load((self.path / RECIPE_FILE).read_text(encoding="utf-8"))
+
+    def load_weights(self, model: Any) -> None:
+        from safetensors.torch import load_model
+
+        try:
+            load_model(model, str(self.path / WEIGHTS_FILE))
+        except Exception as error:  # safetensors raises its own error types for bad files
+            raise NlpkitError(f"{self.path / WEIGHTS_FILE}: cannot load weights: {str(error).splitlines()[0]}") from None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / CHECKPOINT_DIR

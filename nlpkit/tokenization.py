@@ -1,0 +1,201 @@
+"""A thin wrapper over the ``tokenizers`` library: load, train, save, encode.
+
+The wrapper adds what the library leaves to its users: which token plays which
+role (padding, classification, separator, begin/end of sequence), the maximum
+length, and the Hugging Face-style ``tokenizer_config.json`` that records both,
+so a saved folder is read back by nlpkit and by ``transformers`` alike.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+import tokenizers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from nlpkit.errors import NlpkitError
+
+__all__ = ["Tokenizer", "SPECIAL_TOKEN_ROLES", "TOKENIZER_FILE", "TOKENIZER_CONFIG_FILE"]
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_TOKEN_ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
+
+# The special tokens of a trained tokenizer, by kind; BERT's and RoBERTa's conventions.
+_TRAINED_SPECIALS = {
+    "wordpiece": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
+    "bpe": {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>", "mask": "<mask>", "cls": "<s>", "sep": "</s>"},
+}
+# Names looked for when a tokenizer.json comes without a tokenizer_config.json.
+_WELL_KNOWN = {
+    "pad": ["[PAD]", "<pad>", "<|pad|>"],
+    "unk": ["[UNK]", "<unk>"],
+    "cls": ["[CLS]", "<s>"],
+    "sep": ["[SEP]", "</s>"],
+    "mask": ["[MASK]", "<mask>"],
+    "bos": ["<s>", "<|begin_of_text|>", "<|endoftext|>"],
+    "eos": ["</s>", "<|end_of_text|>", "<|endoftext|>"],
+}
+
+
+class Tokenizer:
+    """A ``tokenizers.Tokenizer`` with named special tokens and a maximum length.
+
+    Args:
+        backend: the ``tokenizers`` object (kept as ``.backend``).
+        special_tokens: role -> token text, roles from ``SPECIAL_TOKEN_ROLES``.
+        max_length: encodings are truncated to this many tokens.
+    """
+
+    def __init__(self, backend: tokenizers.Tokenizer, special_tokens: dict[str, str], max_length: int) -> None:
+        self.backend = backend
+        self.special_tokens = {role: tok for role, tok in special_tokens.items() if tok is not None}
+        for role, token in self.special_tokens.items():
+            if backend.token_to_id(token) is None:
+                raise NlpkitError(f"tokenizer: the {role} token '{token}' is not in the vocabulary")
+        self.max_length = max_length
+        backend.no_padding()
+        backend.enable_truncation(max_length)
+
+    # -- construction ---------------------------------------------------------
+
+    @classmethod
+    def train(
+        cls,
+        texts: Iterable[str],
+        kind: Literal["wordpiece", "bpe"] = "wordpiece",
+        vocab_size: int = 8000,
+        min_frequency: int = 2,
+        lowercase: bool = True,
+        max_length: int = 128,
+        length: int | None = None,
+    ) -> Tokenizer:
+        """Train a WordPiece (BERT-style) or byte-level BPE (RoBERTa/GPT-2-style) tokenizer.
+
+        Args:
+            texts: the training text.
+            kind: ``wordpiece`` or ``bpe``.
+            vocab_size: the largest vocabulary to learn (special tokens included).
+            min_frequency: merges/pieces seen fewer times are dropped.
+            lowercase: lower-case (and, for WordPiece, strip accents) first.
+            max_length: the maximum number of tokens of an encoding.
+            length: number of texts, for the progress display only.
+        """
+        specials = _TRAINED_SPECIALS[kind]
+        ordered = list(dict.fromkeys(specials.values()))
+        if kind == "wordpiece":
+            backend = tokenizers.Tokenizer(models.WordPiece(unk_token=specials["unk"]))
+            backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase or None)
+            backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+            backend.decoder = decoders.WordPiece()
+            trainer = trainers.WordPieceTrainer(
+                vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=ordered, show_progress=False
+            )
+        else:
+            backend = tokenizers.Tokenizer(models.BPE(unk_token=None))
+            if lowercase:
+                backend.normalizer = normalizers.Lowercase()
+            backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            backend.decoder = decoders.ByteLevel()
+            trainer = trainers.BpeTrainer(
+                vocab_size=vocab_size,
+                min_frequency=min_frequency,
+                special_tokens=ordered,
+                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                show_progress=False,
+            )
+        backend.train_from_iterator(texts, trainer, length=length)
+        cls_token, sep_token = specials["cls"], specials["sep"]
+        cls_id, sep_id = backend.token_to_id(cls_token), backend.token_to_id(sep_token)
+        # BERT's and RoBERTa's templates: [CLS] A [SEP] (B [SEP]); <s> A </s> (</s> B </s>).
+        pair = f"{cls_token} $A {sep_token} $B:1 {sep_token}:1" if kind == "wordpiece" else f"{cls_token} $A {sep_token} {sep_token} $B {sep_token}"
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{cls_token} $A {sep_token}",
+            pair=pair,
+            special_tokens=[(cls_token, cls_id), (sep_token, sep_id)],
+        )
+        return cls(backend, specials, max_length)
+
+    @classmethod
+    def from_file(cls, path: str | Path, max_length: int | None = None) -> Tokenizer:
+        """Load a ``tokenizer.json``; roles and length come from ``tokenizer_config.json`` beside it.
+
+        Without a ``tokenizer_config.json``, well-known token names are looked up
+        (``[PAD]``, ``<pad>`` ...).
+        """
+        path = Path(path)
+        try:
+            backend = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as error:  # the Rust library raises a plain Exception for bad files
+            raise NlpkitError(f"{path}: cannot read tokenizer: {str(error).splitlines()[0]}") from None
+        config = _read_json(path.parent / TOKENIZER_CONFIG_FILE)
+        special_tokens = {}
+        for role in SPECIAL_TOKEN_ROLES:
+            token = config.get(f"{role}_token")
+            if isinstance(token, dict):
+                token = token.get("content")
+            if token is None and not config:
+                token = next((t for t in _WELL_KNOWN[role] if backend.token_to_id(t) is not None), None)
+            if token is not None:
+                special_tokens[role] = token
+        if max_length is None:
+            configured = config.get("model_max_length")
+            # transformers writes a huge sentinel (1e30) when the length is unknown.
+            max_length = int(configured) if isinstance(configured, (int, float)) and configured < 1e9 else 512
+        return cls(backend, special_tokens, max_length)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Tokenizer:
+        """Load what :meth:`save` wrote into ``folder``."""
+        return cls.from_file(Path(folder) / TOKENIZER_FILE)
+
+    def save(self, folder: str | Path) -> None:
+        """Write ``tokenizer.json`` and ``tokenizer_config.json`` into ``folder``."""
+        folder = Path(folder)
+        self.backend.save(str(folder / TOKENIZER_FILE))
+        config: dict[str, Any] = {f"{role}_token": tok for role, tok in self.special_tokens.items()}
+        config["model_max_length"] = self.max_length
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        (folder / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+    # -- use ------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def token_id(self, role: str) -> int | None:
+        """The id of the special token playing ``role`` (``pad``, ``cls`` ...), or None."""
+        token = self.special_tokens.get(role)
+        return None if token is None else self.backend.token_to_id(token)
+
+    @property
+    def pad_token_id(self) -> int:
+        """The padding id (0 when the tokenizer names no padding token)."""
+        pad_id = self.token_id("pad")
+        return 0 if pad_id is None else pad_id
+
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        pairs: Sequence[str] | None = None,
+        add_special_tokens: bool = True,
+    ) -> list[tokenizers.Encoding]:
+        """Encode texts (or text pairs), truncated to ``max_length``; no padding."""
+        inputs: list[Any] = list(texts) if pairs is None else list(zip(texts, pairs))
+        return self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise NlpkitError(f"{path}: not valid JSON: {error}") from None
+    return data if isinstance(data, dict) else {}

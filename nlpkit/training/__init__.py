@@ -1,0 +1,1 @@
+"""Lightning code that drives any Task: one LightningModule, one LightningDataModule, Trainer assembly."""

@@ -1,0 +1,102 @@
+"""The one LightningModule that trains, validates and tests any Task."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torchmetrics import MetricCollection
+from typing_extensions import override
+
+from nlpkit.recipe import OptimizationSection
+from nlpkit.tasks import Task, TaskModel
+
+__all__ = ["TaskModule", "schedule_factor"]
+
+
+def schedule_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then linear / cosine decay or constant."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - progress
+
+
+def _batch_size(batch: dict[str, Any]) -> int:
+    for value in batch.values():
+        if isinstance(value, torch.Tensor):
+            return int(value.shape[0])
+    return 1
+
+
+class TaskModule(pl.LightningModule):
+    """Runs ``task`` on ``model``; knows the task only through the Task contract.
+
+    Args:
+        task: the task, with its state set up.
+        model: backbone and head.
+        optimization: the recipe's optimisation section (None when only evaluating).
+        recipe: the resolved recipe, saved as hyperparameters in checkpoints.
+    """
+
+    def __init__(self, task: Task, model: TaskModel, optimization: OptimizationSection | None = None,
+                 recipe: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.task = task
+        self.model = model
+        self.optimization = optimization
+        self.save_hyperparameters({"recipe": recipe or {}})
+        metrics = task.metrics()
+        self.val_metrics = MetricCollection(metrics, prefix="val_") if metrics else None
+        self.test_metrics = self.val_metrics.clone(prefix="test_") if metrics else None
+
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        outputs = self.task.forward(self.model, batch)
+        loss = self.task.loss(outputs, batch)
+        batch_size = _batch_size(batch)
+        self.log(f"{stage}_loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=batch_size)
+        metrics = {"val": self.val_metrics, "test": self.test_metrics}.get(stage)
+        if metrics is not None:
+            metrics.update(*self.task.evaluate_batch(self.model, batch, outputs))
+            # Logging the Metric objects lets Lightning compute, sync across processes and reset them per epoch.
+            self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    @override
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    @override
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "val")
+
+    @override
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "test")
+
+    @override
+    def configure_optimizers(self) -> Any:
+        opt = self.optimization or OptimizationSection()
+        # No weight decay on biases and norm weights (vectors), as in BERT and GPT-2 training.
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=opt.lr,
+            betas=tuple(opt.betas),
+            eps=opt.eps,
+            # One fused kernel for all tensors instead of a Python loop per tensor.
+            fused=True,
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = opt.warmup_steps or int(opt.warmup_ratio * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: schedule_factor(step, total, warmup, opt.schedule)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
