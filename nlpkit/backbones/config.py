@@ -1,0 +1,261 @@
+"""One configuration dataclass for the three Transformer backbones.
+
+Family differences are fields with `Literal[...]` values, not subclasses (the
+litgpt idea without its flag creep): every field below is needed by at least
+one family the backbones reproduce, and the comment beside it names which.
+
+How the families map onto the fields (the `checkpoints/` mapping files fill
+them in from a Hugging Face `config.json`):
+
+| family        | norm / position | positions              | notable fields                               |
+| ------------- | --------------- | ---------------------- | -------------------------------------------- |
+| BERT          | layernorm, post | learned                | type_vocab_size=2, embedding_norm            |
+| RoBERTa       | layernorm, post | learned, offset 2      | type_vocab_size=1, embedding_norm            |
+| DistilBERT    | layernorm, post | learned                | embedding_norm                               |
+| GPT-2         | layernorm, pre  | learned                | gelu_tanh, final_norm, tied head             |
+| Llama/Mistral | rmsnorm, pre    | rotary                 | gated silu MLP, num_kv_heads, no biases      |
+| Qwen2         | rmsnorm, pre    | rotary                 | as Llama plus attention_bias (q/k/v only)    |
+| BART          | layernorm, post | learned, offset 2      | embedding_norm, lm_head_bias                 |
+| Marian        | layernorm, post | sinusoidal             | scale_embedding, silu, lm_head_bias          |
+| T5 / Flan-T5  | rmsnorm, pre    | relative               | attention_scale=1.0, head_dim, scale_lm_head_input |
+
+The config stores only plain values so that it serialises to YAML/JSON and
+round-trips through `to_dict`/`from_dict`. Defaults that depend on other
+fields (`head_dim=None` meaning `hidden_size // num_heads`) stay `None` in the
+stored value and are resolved by the `resolved_*` properties, so that
+`dataclasses.replace(config, hidden_size=...)` never keeps a stale value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["BackboneConfig"]
+
+Kind = Literal["encoder", "decoder", "encoder-decoder"]
+PositionEmbedding = Literal["learned", "sinusoidal", "rotary", "relative"]
+Norm = Literal["layernorm", "rmsnorm"]
+NormPosition = Literal["pre", "post"]
+Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
+
+
+@dataclass
+class BackboneConfig:
+    """Shape and family options of a Transformer backbone.
+
+    Attributes:
+        kind: Which backbone module this config builds.
+        vocab_size: Rows of the token embedding (and columns of the LM head).
+        hidden_size: Width of the residual stream (`d_model`).
+        num_layers: Number of layers; the encoder's stack for an encoder-decoder.
+        num_decoder_layers: Decoder layers of an encoder-decoder; `None` means
+            `num_layers` (T5 and BART style symmetry).
+        num_heads: Query heads per attention layer.
+        num_kv_heads: Key/value heads for grouped-query attention (Llama,
+            Mistral, Qwen2); `None` means `num_heads` (ordinary multi-head).
+        head_dim: Width of one head; `None` means `hidden_size // num_heads`.
+            Flan-T5-small and some Qwen/Mistral sizes need an explicit value.
+        intermediate_size: Hidden width of the feed-forward block.
+        max_positions: Number of usable positions for learned and sinusoidal
+            tables (the table itself has `max_positions + position_offset`
+            rows). Ignored by rotary and relative positions.
+        position_embedding: `learned` (BERT, GPT-2, BART), `sinusoidal`
+            (Marian: first half sin, second half cos), `rotary` (Llama,
+            `rotate_half` layout) or `relative` (T5 buckets, shared by all
+            layers of a stack; not available for decoder-only models).
+        position_offset: Added to position ids before the table lookup:
+            2 for RoBERTa and BART. In an `Encoder` a non-zero offset also
+            switches to RoBERTa's padding-aware ids (pads get
+            `position_offset - 1`, real tokens count up from
+            `position_offset`), which is why it then needs `pad_token_id`.
+        rope_theta: Base of the rotary frequencies.
+        relative_attention_num_buckets: T5 relative position buckets.
+        relative_attention_max_distance: T5 distance beyond which buckets saturate.
+        type_vocab_size: Rows of the token-type (segment) embedding; 0 means
+            none. BERT uses 2, RoBERTa 1. Encoders only.
+        norm: `layernorm` (with bias) or `rmsnorm` (no mean subtraction, no
+            bias: Llama and T5).
+        norm_eps: Epsilon of every normalisation layer.
+        norm_position: `pre` (GPT-2, Llama, T5) or `post` (BERT, BART, Marian)
+            relative to each residual branch.
+        embedding_norm: Normalise the summed embeddings (BERT, RoBERTa,
+            DistilBERT, BART).
+        final_norm: Normalise the output of the last layer (GPT-2, Llama, T5).
+        scale_embedding: Multiply token embeddings by `sqrt(hidden_size)`
+            before adding positions (Marian; BART checkpoints set it per model).
+        activation: Feed-forward activation: `gelu` (erf form: BERT, BART),
+            `gelu_tanh` (GPT-2 `gelu_new`, T5 v1.1), `relu` (T5 v1.0) or `silu`
+            (Llama, Marian's `swish`).
+        gated_mlp: Gated feed-forward `down(act(gate(x)) * up(x))` (SwiGLU in
+            Llama, gated-GELU in T5 v1.1/Flan).
+        attention_bias: Biases on the query, key and value projections
+            (BERT, GPT-2, BART, Qwen2).
+        attention_output_bias: Bias on the attention output projection (BERT,
+            GPT-2, BART; not Qwen2, Llama or T5).
+        mlp_bias: Biases on the feed-forward projections.
+        attention_scale: Multiplier of the query-key dot products; `None`
+            means `head_dim ** -0.5`. T5 uses 1.0.
+        tie_word_embeddings: Share one Parameter between the token embedding
+            and the LM head.
+        lm_head_bias: Add a (non-trained) `final_logits_bias` buffer to the
+            logits (BART, Marian).
+        scale_lm_head_input: Multiply the hidden states by
+            `hidden_size ** -0.5` before the LM head (original T5 with a tied
+            head).
+        dropout: Dropout on embeddings and residual branches (training only).
+        attention_dropout: Dropout on attention probabilities (training only).
+        pad_token_id: Padding token id; needed by RoBERTa-style positions.
+    """
+
+    kind: Kind
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_decoder_layers: int | None = None
+    num_heads: int = 12
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    intermediate_size: int = 3072
+    max_positions: int = 512
+    position_embedding: PositionEmbedding = "learned"
+    position_offset: int = 0
+    rope_theta: float = 10000.0
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    type_vocab_size: int = 0
+    norm: Norm = "layernorm"
+    norm_eps: float = 1e-5
+    norm_position: NormPosition = "pre"
+    embedding_norm: bool = False
+    final_norm: bool = True
+    scale_embedding: bool = False
+    activation: Activation = "gelu"
+    gated_mlp: bool = False
+    attention_bias: bool = True
+    attention_output_bias: bool = True
+    mlp_bias: bool = True
+    attention_scale: float | None = None
+    tie_word_embeddings: bool = True
+    lm_head_bias: bool = False
+    scale_lm_head_input: bool = False
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    pad_token_id: int | None = 0
+
+    def __post_init__(self) -> None:
+        # Types first: a YAML typo like `num_heads: "12"` should name the field,
+        # not fail later inside torch with an unrelated message.
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            _check_type(field.name, getattr(self, field.name), hints[field.name])
+
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                     "max_positions", "relative_attention_num_buckets", "relative_attention_max_distance"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("num_decoder_layers", "num_kv_heads", "head_dim"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive or None, got {value}")
+        for name in ("position_offset", "type_vocab_size"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("rope_theta", "norm_eps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.attention_scale is not None and self.attention_scale <= 0:
+            raise ValueError(f"attention_scale must be positive or None, got {self.attention_scale}")
+
+        if self.head_dim is None and self.hidden_size % self.num_heads != 0:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads}) "
+                "when head_dim is None"
+            )
+        if self.num_heads % self.resolved_num_kv_heads != 0:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})"
+            )
+        if self.position_embedding == "rotary" and self.resolved_head_dim % 2 != 0:
+            raise ValueError(f"head_dim must be even for rotary positions, got {self.resolved_head_dim}")
+        if self.position_embedding == "relative" and self.kind == "decoder":
+            raise ValueError("position_embedding 'relative' needs kind 'encoder' or 'encoder-decoder'")
+        if self.num_decoder_layers is not None and self.kind != "encoder-decoder":
+            raise ValueError(f"num_decoder_layers applies only to kind 'encoder-decoder', not {self.kind!r}")
+        if self.type_vocab_size > 0 and self.kind != "encoder":
+            raise ValueError(f"type_vocab_size applies only to kind 'encoder', not {self.kind!r}")
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id must be in [0, vocab_size), got {self.pad_token_id}")
+        if (self.kind == "encoder" and self.position_offset > 0
+                and self.position_embedding in ("learned", "sinusoidal") and self.pad_token_id is None):
+            raise ValueError("pad_token_id is needed by an encoder with position_offset > 0 (RoBERTa positions)")
+
+    @property
+    def resolved_head_dim(self) -> int:
+        """Width of one attention head (`head_dim` or `hidden_size // num_heads`)."""
+        return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
+
+    @property
+    def resolved_num_kv_heads(self) -> int:
+        """Key/value heads (`num_kv_heads` or `num_heads`)."""
+        return self.num_kv_heads if self.num_kv_heads is not None else self.num_heads
+
+    @property
+    def resolved_num_decoder_layers(self) -> int:
+        """Decoder layers of an encoder-decoder (`num_decoder_layers` or `num_layers`)."""
+        return self.num_decoder_layers if self.num_decoder_layers is not None else self.num_layers
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the fields as a plain dict (JSON/YAML serialisable)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BackboneConfig:
+        """Builds a config from a dict as written by `to_dict`.
+
+        Args:
+            d: Field names to values; missing fields take their defaults.
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ValueError: On an unknown key or an invalid value (the message
+                names the field).
+        """
+        known = {field.name for field in dataclasses.fields(cls)}
+        for key in d:
+            if key not in known:
+                raise ValueError(f"unknown backbone config key {key!r}; known: {', '.join(sorted(known))}")
+        if "kind" not in d:
+            raise ValueError("kind is required: one of 'encoder', 'decoder', 'encoder-decoder'")
+        return cls(**d)
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    """Raises ValueError naming `name` unless `value` fits the annotation `hint`."""
+    if value is None and type(None) in typing.get_args(hint):
+        return
+    if typing.get_origin(hint) is Literal:
+        if value not in typing.get_args(hint):
+            choices = ", ".join(repr(choice) for choice in typing.get_args(hint))
+            raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        return
+    # `int | None` and friends: check against the non-None member.
+    members = [member for member in typing.get_args(hint) if member is not type(None)] or [hint]
+    expected = members[0]
+    if expected is bool:
+        ok = isinstance(value, bool)
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = True
+    if not ok:
+        raise ValueError(f"{name} must be of type {expected.__name__}, got {value!r}")

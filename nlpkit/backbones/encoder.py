@@ -1,0 +1,124 @@
+"""Bidirectional Transformer encoder (BERT, RoBERTa, DistilBERT, T5's encoder).
+
+References:
+    - Devlin et al. 2019, BERT (https://arxiv.org/abs/1810.04805);
+      `transformers/models/bert/modeling_bert.py`.
+    - Liu et al. 2019, RoBERTa (https://arxiv.org/abs/1907.11692): positions
+      count from `padding_idx + 1` and skip padding
+      (`create_position_ids_from_input_ids`).
+    - Sanh et al. 2019, DistilBERT (https://arxiv.org/abs/1910.01108).
+
+The encoder has no LM head: tasks put their own head on `last_hidden_state`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from nlpkit.backbones.config import BackboneConfig
+from nlpkit.backbones.cache import BackboneOutput
+from nlpkit.backbones.layers import (
+    Embeddings,
+    RelativePositionBias,
+    TransformerLayer,
+    check_positions,
+    compute_dtype,
+    init_weights,
+    make_attention_mask,
+    make_norm,
+    rotary_cos_sin,
+)
+
+__all__ = ["Encoder"]
+
+
+class Encoder(nn.Module):
+    """A stack of bidirectional Transformer layers over token embeddings.
+
+    Sub-modules: `embeddings.{token,position,token_type,norm}`,
+    `relative_position_bias.embedding` (relative positions only),
+    `layers.N.{attention,attention_norm,mlp,mlp_norm}`, `final_norm`.
+
+    Args:
+        config: A config with `kind="encoder"`.
+
+    Example:
+        >>> from nlpkit.backbones.presets import encoder_tiny
+        >>> encoder = Encoder(encoder_tiny())
+        >>> encoder(torch.tensor([[101, 2023, 102]])).last_hidden_state.shape
+        torch.Size([1, 3, 128])
+    """
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        if config.kind != "encoder":
+            raise ValueError(f"kind must be 'encoder' for Encoder, got {config.kind!r}")
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.relative_position_bias = (
+            RelativePositionBias(config, bidirectional=True) if config.position_embedding == "relative" else None
+        )
+        self.layers = nn.ModuleList(TransformerLayer(config, i) for i in range(config.num_layers))
+        self.final_norm = make_norm(config) if config.final_norm else None
+        self.apply(init_weights)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The token embedding table."""
+        return self.embeddings.token
+
+    def _position_ids(self, input_ids: Tensor) -> Tensor:
+        """`(batch or 1, seq)` positions before `position_offset` is added."""
+        length = input_ids.shape[1]
+        if self.config.position_offset > 0 and self.embeddings.position is not None:
+            # RoBERTa counts only real tokens: the k-th real token gets offset + k
+            # and every pad gets offset - 1 (its padding_idx), whatever the padding side.
+            not_pad = (input_ids != self.config.pad_token_id).long()
+            return torch.cumsum(not_pad, dim=1) * not_pad - 1
+        return torch.arange(length, device=input_ids.device)[None]
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> BackboneOutput:
+        """Encodes a batch of token sequences.
+
+        Args:
+            input_ids: `(batch, seq)` token ids.
+            attention_mask: `(batch, seq)`, 1 for real tokens and 0 for padding;
+                None means no padding.
+            token_type_ids: `(batch, seq)` segment ids; None means all 0. Used
+                only when `type_vocab_size > 0`.
+
+        Returns:
+            `BackboneOutput` with `last_hidden_state` `(batch, seq, hidden)`.
+
+        Raises:
+            ValueError: If the sequence is longer than the position table or
+                the mask does not match the input.
+        """
+        config = self.config
+        batch, length = input_ids.shape
+        check_positions(config, length)
+        position_ids = self._position_ids(input_ids)
+        x = self.embeddings(input_ids, position_ids, token_type_ids)  # (batch, seq, hidden)
+
+        dtype = compute_dtype(x)
+        rotary = None
+        if config.position_embedding == "rotary":
+            rotary = rotary_cos_sin(position_ids, config.resolved_head_dim, config.rope_theta, dtype)
+        mask, _ = make_attention_mask(
+            attention_mask, length, length, causal=False, dtype=dtype, device=x.device,
+            explicit=self.relative_position_bias is not None,
+        )
+        if self.relative_position_bias is not None:
+            # Computed once and shared by all layers, as T5 does from its first layer.
+            mask = mask + self.relative_position_bias(length, length, past_length=0).to(dtype)  # (batch, heads, q, k)
+
+        for layer in self.layers:
+            x = layer(x, mask, rotary=rotary)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return BackboneOutput(last_hidden_state=x)

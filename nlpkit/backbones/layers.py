@@ -1,0 +1,534 @@
+"""Building blocks shared by the encoder, decoder and encoder-decoder backbones.
+
+Read top to bottom: normalisation, positions, embeddings, masks, attention, the feed-forward
+block, and the Transformer layer that strings them together.
+
+Every formula mirrors the `transformers` implementation of the family that
+needs it, so that a weight mapping gives identical outputs:
+
+- LayerNorm: BERT, GPT-2, BART (`torch.nn.LayerNorm`).
+- RMSNorm: Llama's `LlamaRMSNorm` == T5's `T5LayerNorm` (Zhang & Sennrich
+  2019, https://arxiv.org/abs/1910.07467), statistics in float32.
+- Rotary positions: Su et al. 2021 (https://arxiv.org/abs/2104.09864) in the
+  `rotate_half` layout of `modeling_llama.py` (not the interleaved original).
+- Sinusoidal positions: Vaswani et al. 2017 in Marian's layout (all sines,
+  then all cosines; `MarianSinusoidalPositionalEmbedding`).
+- Relative position buckets: Raffel et al. 2020 (T5), copied from
+  `T5Attention._relative_position_bucket`.
+- Attention goes through `torch.nn.functional.scaled_dot_product_attention`
+  so each device picks its fastest kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nlpkit.backbones.cache import KVCache
+from nlpkit.backbones.config import BackboneConfig
+
+__all__ = [
+    "Attention",
+    "Embeddings",
+    "MLP",
+    "RMSNorm",
+    "RelativePositionBias",
+    "SinusoidalPositions",
+    "TransformerLayer",
+    "apply_rotary",
+    "check_positions",
+    "compute_dtype",
+    "init_weights",
+    "make_attention_mask",
+    "make_norm",
+    "relative_position_bucket",
+    "rotary_cos_sin",
+    "tie_lm_head",
+]
+
+
+# ---------------------------------------------------------------------------
+# Normalisation and activations
+# ---------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm without bias or mean subtraction (Llama, T5).
+
+    Statistics are taken in float32 and the result is cast back before the
+    weight multiplies it, exactly as `LlamaRMSNorm` does, so half-precision
+    inputs neither overflow nor drift from the reference.
+    """
+
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        input_dtype = x.dtype
+        x = x.to(torch.float32)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(input_dtype)
+
+
+def make_norm(config: BackboneConfig) -> nn.Module:
+    """The normalisation layer the config asks for."""
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.hidden_size, config.norm_eps)
+    return nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,  # erf form: BERT's and BART's "gelu"
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's "gelu_new"
+    "relu": F.relu,
+    "silu": F.silu,  # Llama's SwiGLU gate, Marian's "swish"
+}
+
+
+# ---------------------------------------------------------------------------
+# Positions
+# ---------------------------------------------------------------------------
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sinusoidal position table in Marian's layout (sines, then cosines).
+
+    The table is built in float64 (the reference builds it with numpy) and
+    kept as a non-persistent buffer: it is not a weight, so it stays out of
+    the state dict.
+    """
+
+    def __init__(self, num_positions: int, dim: int) -> None:
+        super().__init__()
+        half = (dim + 1) // 2  # Marian's "sentinel": the sine half gets the odd column
+        exponent = torch.arange(half, dtype=torch.float64) * 2 / dim
+        angle = torch.arange(num_positions, dtype=torch.float64)[:, None] / torch.pow(10000.0, exponent)[None, :]
+        table = torch.cat([angle.sin(), angle[:, : dim - half].cos()], dim=-1)  # (positions, dim)
+        self.register_buffer("table", table.to(torch.get_default_dtype()), persistent=False)
+
+    def forward(self, position_ids: Tensor) -> Tensor:
+        return F.embedding(position_ids, self.table)
+
+
+def rotary_cos_sin(position_ids: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Cosines and sines of rotary positions, computed in float32.
+
+    The inverse frequencies are recomputed per call instead of living in a
+    buffer, so that `module.to(torch.bfloat16)` cannot round them.
+
+    Args:
+        position_ids: `(batch, seq)` positions.
+        head_dim: Rotated width (the whole head).
+        theta: Frequency base.
+        dtype: Dtype of the returned tensors.
+
+    Returns:
+        `(cos, sin)`, each `(batch, 1, seq, head_dim)` to broadcast over heads.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim))
+    freqs = position_ids[..., None].float() * inv_freq  # (batch, seq, head_dim / 2)
+    angles = torch.cat([freqs, freqs], dim=-1)  # (batch, seq, head_dim): HF's rotate_half layout
+    return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotates `(batch, heads, seq, head_dim)` queries or keys by their positions."""
+    first, second = x.chunk(2, dim=-1)
+    rotated = torch.cat([-second, first], dim=-1)  # rotate_half
+    return x * cos + rotated * sin
+
+
+def relative_position_bucket(
+    relative_position: Tensor, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Tensor:
+    """Maps key-minus-query distances to T5's log-spaced buckets.
+
+    Half the buckets hold exact small distances, the rest grow
+    logarithmically up to `max_distance`; a bidirectional stack spends half
+    its buckets on positive distances, a causal one only sees the past.
+    """
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (relative_position > 0).long() * num_buckets
+        relative_position = relative_position.abs()
+    else:
+        relative_position = -torch.min(relative_position, torch.zeros_like(relative_position))
+    max_exact = num_buckets // 2
+    is_small = relative_position < max_exact
+    # clamp(min=1) only avoids log(0) where is_small picks the exact bucket anyway.
+    large = max_exact + (
+        torch.log(relative_position.clamp(min=1).float() / max_exact)
+        / math.log(max_distance / max_exact)
+        * (num_buckets - max_exact)
+    ).long()
+    large = large.clamp(max=num_buckets - 1)
+    return buckets + torch.where(is_small, relative_position, large)
+
+
+class RelativePositionBias(nn.Module):
+    """T5's learned per-head bias over relative position buckets.
+
+    One instance per stack: the reference computes it in the first layer and
+    passes the same tensor to all later layers.
+    """
+
+    def __init__(self, config: BackboneConfig, bidirectional: bool) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(config.relative_attention_num_buckets, config.num_heads)
+        self.bidirectional = bidirectional
+        self.num_buckets = config.relative_attention_num_buckets
+        self.max_distance = config.relative_attention_max_distance
+
+    def forward(self, query_length: int, key_length: int, past_length: int) -> Tensor:
+        """Returns the `(1, heads, query_length, key_length)` additive bias."""
+        device = self.embedding.weight.device
+        query_position = torch.arange(past_length, past_length + query_length, device=device)[:, None]
+        key_position = torch.arange(key_length, device=device)[None, :]
+        bucket = relative_position_bucket(
+            key_position - query_position, self.bidirectional, self.num_buckets, self.max_distance
+        )
+        return self.embedding(bucket).permute(2, 0, 1)[None]  # (1, heads, query, key)
+
+
+# ---------------------------------------------------------------------------
+# Embeddings
+# ---------------------------------------------------------------------------
+
+
+class Embeddings(nn.Module):
+    """Token, position and token-type embeddings, then scale, norm and dropout.
+
+    With `with_token=False` the caller looks tokens up itself and passes
+    `inputs_embeds`; the encoder-decoder does this so its two stacks share one
+    token table owned by the parent module.
+    """
+
+    def __init__(self, config: BackboneConfig, with_token: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.token = nn.Embedding(config.vocab_size, config.hidden_size) if with_token else None
+        num_positions = config.max_positions + config.position_offset
+        if config.position_embedding == "learned":
+            self.position: nn.Module | None = nn.Embedding(num_positions, config.hidden_size)
+        elif config.position_embedding == "sinusoidal":
+            self.position = SinusoidalPositions(num_positions, config.hidden_size)
+        else:
+            self.position = None  # rotary and relative act inside attention
+        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size else None
+        self.norm = make_norm(config) if config.embedding_norm else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.scale = math.sqrt(config.hidden_size) if config.scale_embedding else 1.0
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+    ) -> Tensor:
+        """Embeds `(batch, seq)` ids (or takes `inputs_embeds`) into `(batch, seq, hidden)`.
+
+        `position_ids` are the positions before `position_offset` is added.
+        """
+        x = self.token(input_ids) if inputs_embeds is None else inputs_embeds
+        if self.scale != 1.0:
+            x = x * self.scale
+        if self.position is not None:
+            x = x + self.position(position_ids + self.config.position_offset)
+        if self.token_type is not None:
+            # No ids means segment 0 everywhere, as in BERT.
+            x = x + (self.token_type.weight[0] if token_type_ids is None else self.token_type(token_type_ids))
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.dropout(x)
+
+
+def check_positions(config: BackboneConfig, total_length: int) -> None:
+    """Raises ValueError when a position table is too short for `total_length` positions."""
+    if config.position_embedding in ("learned", "sinusoidal") and total_length > config.max_positions:
+        raise ValueError(f"sequence of {total_length} positions exceeds max_positions={config.max_positions}")
+
+
+# ---------------------------------------------------------------------------
+# Masks
+# ---------------------------------------------------------------------------
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype attention runs in: the autocast dtype if active, else `x.dtype`.
+
+    Masks are built in this dtype: an fp32 `finfo.min` cast down to bf16
+    would round to -inf, and fully masked rows would turn into NaN.
+    """
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def make_attention_mask(
+    attention_mask: Tensor | None,
+    query_length: int,
+    key_length: int,
+    causal: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    explicit: bool = False,
+) -> tuple[Tensor | None, bool]:
+    """Builds the additive attention mask once per forward pass.
+
+    Masked entries get `torch.finfo(dtype).min` rather than -inf: a fully
+    masked row (a padding query) then softmaxes to uniform weights instead of
+    NaN, and its output is ignored anyway.
+
+    Args:
+        attention_mask: `(batch, key_length)` with 1 for real and 0 for padded
+            positions (past and current), or None for no padding.
+        query_length: Number of new positions.
+        key_length: Past plus new positions.
+        causal: Whether a query may only see keys at or before its position.
+        dtype: Dtype of the additive mask.
+        device: Where to build it.
+        explicit: Always return a tensor (the caller adds a bias to it).
+
+    Returns:
+        `(mask, is_causal)`: mask is `(batch or 1, 1, query_length, key_length)`
+        or None; is_causal tells SDPA to apply its own causal mask (only when
+        there is no mask, no past and more than one query).
+    """
+    past_length = key_length - query_length
+    needs_causal = causal and query_length > 1
+    if attention_mask is None and not explicit:
+        if not needs_causal:
+            return None, False
+        if past_length == 0:
+            return None, True  # SDPA's fused causal path
+    allowed = torch.ones(1, 1, query_length, key_length, dtype=torch.bool, device=device)
+    if attention_mask is not None:
+        if attention_mask.shape[-1] != key_length:
+            raise ValueError(
+                f"attention_mask must cover past and current positions ({key_length}), got {attention_mask.shape[-1]}"
+            )
+        allowed = allowed & attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
+    if needs_causal:
+        query_position = torch.arange(past_length, key_length, device=device)[:, None]
+        allowed = allowed & (torch.arange(key_length, device=device)[None, :] <= query_position)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min), False
+
+
+# ---------------------------------------------------------------------------
+# Attention, feed-forward, layer
+# ---------------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    """Multi-head (or grouped-query) attention over SDPA.
+
+    Query, key, value and output are separate Linear layers so that each
+    family's checkpoint maps onto them by name (GPT-2's fused `c_attn` is
+    split at load time). Self-attention reads and writes the cache's
+    per-layer buffers; cross-attention projects the encoder output once and
+    keeps it in the cache's `cross_keys`/`cross_values`.
+    """
+
+    def __init__(self, config: BackboneConfig, layer_index: int, cross: bool = False) -> None:
+        super().__init__()
+        self.layer_index = layer_index
+        self.cross = cross
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.resolved_num_kv_heads
+        self.head_dim = config.resolved_head_dim
+        self.scale = config.attention_scale  # None: SDPA's default head_dim ** -0.5
+        self.dropout_p = config.attention_dropout
+        hidden, inner, kv_inner = config.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.query = nn.Linear(hidden, inner, bias=config.attention_bias)
+        self.key = nn.Linear(hidden, kv_inner, bias=config.attention_bias)
+        self.value = nn.Linear(hidden, kv_inner, bias=config.attention_bias)
+        self.output = nn.Linear(inner, hidden, bias=config.attention_output_bias)
+
+    def _split_kv(self, states: Tensor) -> tuple[Tensor, Tensor]:
+        batch, length, _ = states.shape
+        k = self.key(states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.value(states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return k, v  # each (batch, kv_heads, length, head_dim)
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        rotary: tuple[Tensor, Tensor] | None = None,
+        cache: KVCache | None = None,
+        memory: Tensor | None = None,
+    ) -> Tensor:
+        """Attends from `x` to itself (or to `memory` for cross-attention).
+
+        Args:
+            x: `(batch, seq, hidden)` queries' input.
+            mask: Additive mask broadcastable to `(batch, heads, seq, keys)`.
+            is_causal: Let SDPA apply the causal mask (no `mask` then).
+            rotary: `(cos, sin)` from `rotary_cos_sin`, for self-attention.
+            cache: KV cache to read and write, or None.
+            memory: `(batch, source_seq, hidden)` encoder output for
+                cross-attention; may be None when the cache already holds it.
+
+        Returns:
+            `(batch, seq, hidden)`.
+        """
+        batch, length, _ = x.shape
+        q = self.query(x).view(batch, length, self.num_heads, self.head_dim)
+        q = q.transpose(1, 2)  # (batch, heads, seq, head_dim)
+        if self.cross:
+            if cache is not None and cache.cross_keys[self.layer_index] is not None:
+                k, v = cache.cross_keys[self.layer_index], cache.cross_values[self.layer_index]
+            else:
+                if memory is None:
+                    raise ValueError("cross-attention needs encoder outputs when the cache holds none")
+                k, v = self._split_kv(memory)
+                if cache is not None:
+                    cache.cross_keys[self.layer_index], cache.cross_values[self.layer_index] = k, v
+        else:
+            k, v = self._split_kv(x)
+            if rotary is not None:
+                q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+            if cache is not None:
+                k, v = cache.update(self.layer_index, k, v)  # (batch, kv_heads, past + seq, head_dim)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask,
+            dropout_p=self.dropout_p if self.training else 0.0,
+            is_causal=is_causal,
+            scale=self.scale,
+            enable_gqa=self.num_kv_heads != self.num_heads,
+        )  # (batch, heads, seq, head_dim)
+        y = y.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+        return self.output(y)
+
+
+class MLP(nn.Module):
+    """Feed-forward block: `down(act(up(x)))`, or gated `down(act(gate(x)) * up(x))`.
+
+    The gated form is SwiGLU in Llama (`gate_proj`, `up_proj`, `down_proj`)
+    and gated-GELU in T5 v1.1 (`wi_0` is the gate, `wi_1` the up projection).
+    """
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        hidden, inner = config.hidden_size, config.intermediate_size
+        self.gate = nn.Linear(hidden, inner, bias=config.mlp_bias) if config.gated_mlp else None
+        self.up = nn.Linear(hidden, inner, bias=config.mlp_bias)
+        self.down = nn.Linear(inner, hidden, bias=config.mlp_bias)
+        self.activation = ACTIVATIONS[config.activation]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.gate is not None:
+            return self.down(self.activation(self.gate(x)) * self.up(x))
+        return self.down(self.activation(self.up(x)))
+
+
+class TransformerLayer(nn.Module):
+    """Self-attention, optional cross-attention, feed-forward; each a residual branch.
+
+    Pre-norm (GPT-2, Llama, T5) normalises the branch input:
+    `x + branch(norm(x))`. Post-norm (BERT, BART, Marian) normalises the sum:
+    `norm(x + branch(x))`. Each norm is named after the branch it belongs to.
+    """
+
+    def __init__(self, config: BackboneConfig, layer_index: int, cross_attention: bool = False) -> None:
+        super().__init__()
+        self.pre_norm = config.norm_position == "pre"
+        self.attention = Attention(config, layer_index)
+        self.attention_norm = make_norm(config)
+        if cross_attention:
+            self.cross_attention: Attention | None = Attention(config, layer_index, cross=True)
+            self.cross_attention_norm: nn.Module | None = make_norm(config)
+        else:
+            self.cross_attention = self.cross_attention_norm = None
+        self.mlp = MLP(config)
+        self.mlp_norm = make_norm(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def _residual(self, x: Tensor, norm: nn.Module, branch: Callable[[Tensor], Tensor]) -> Tensor:
+        if self.pre_norm:
+            return x + self.dropout(branch(norm(x)))
+        return norm(x + self.dropout(branch(x)))
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        rotary: tuple[Tensor, Tensor] | None = None,
+        cache: KVCache | None = None,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Runs one layer on `(batch, seq, hidden)` and returns the same shape."""
+        x = self._residual(x, self.attention_norm, lambda h: self.attention(h, mask, is_causal, rotary, cache))
+        if self.cross_attention is not None:
+            x = self._residual(
+                x, self.cross_attention_norm, lambda h: self.cross_attention(h, memory_mask, cache=cache, memory=memory)
+            )
+        return self._residual(x, self.mlp_norm, self.mlp)
+
+
+# ---------------------------------------------------------------------------
+# Initialisation and weight tying
+# ---------------------------------------------------------------------------
+
+
+def init_weights(module: nn.Module) -> None:
+    """From-scratch init as in `transformers`' `_init_weights`: N(0, 0.02), zero biases, unit norms."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+        nn.init.ones_(module.weight)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+
+
+def tie_lm_head(model: nn.Module, head_name: str, token_name: str) -> None:
+    """Shares the token embedding's Parameter with the LM head, and keeps it shared.
+
+    Sharing the Parameter object survives `.to()` and in-place loading. Two
+    load-state-dict hooks cover the rest: a checkpoint that stores the tied
+    tensor once (safetensors drops duplicates) gets the missing name filled
+    from the other, and `load_state_dict(..., assign=True)`, which replaces
+    Parameters, is followed by re-tying. The hooks are module-level functions
+    that look the names up on the module they are called with, so deep copies
+    and pickles of the model stay correct.
+
+    Args:
+        model: The module that owns both.
+        head_name: Dotted name of the `nn.Linear` LM head inside `model`.
+        token_name: Dotted name of the token `nn.Embedding` inside `model`.
+    """
+    model.get_submodule(head_name).weight = model.get_submodule(token_name).weight
+    if getattr(model, "_tied_lm_head", None) is None:
+        model._tied_lm_head = (head_name, token_name)
+        model.register_load_state_dict_pre_hook(_fill_tied_weight)
+        model.register_load_state_dict_post_hook(_retie_lm_head)
+
+
+def _fill_tied_weight(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: object) -> None:
+    head_key, token_key = (f"{prefix}{name}.weight" for name in module._tied_lm_head)
+    if head_key not in state_dict and token_key in state_dict:
+        state_dict[head_key] = state_dict[token_key]
+    elif token_key not in state_dict and head_key in state_dict:
+        state_dict[token_key] = state_dict[head_key]
+
+
+def _retie_lm_head(module: nn.Module, incompatible_keys: object) -> None:
+    head_name, token_name = module._tied_lm_head
+    module.get_submodule(head_name).weight = module.get_submodule(token_name).weight
