@@ -90,6 +90,7 @@ class LoadedModel:
 
         from nlpkit.data import load_splits, select_columns
         from nlpkit.training.module import TaskModule
+        from nlpkit.training.trainer import quiet_lightning
 
         path = Path(data)
         if not path.is_file():
@@ -102,6 +103,7 @@ class LoadedModel:
             [*self.task.input_columns, *self.task.target_columns], self.task.optional_columns,
         )
         self.task.check_split(str(path), splits["test"])
+        quiet_lightning()
         loader = DataLoader(self.task.prepare(splits["test"]), batch_size=batch_size, collate_fn=self.task.collate)
         trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
         (results,) = trainer.test(TaskModule(self.task, self.model), dataloaders=loader, verbose=False)

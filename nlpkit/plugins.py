@@ -76,6 +76,14 @@ def _import_plugin(module_name: str, origin: str) -> Any:
         raise NlpkitError(f"cannot import plugin module '{module_name}' ({origin}): {error}") from None
 
 
+def _load_entry_point(ep: importlib.metadata.EntryPoint, dist_name: str | None) -> Any:
+    """The plugin an entry point names: a module, or an object in one (``module:attribute``)."""
+    try:
+        return ep.load()
+    except (ImportError, AttributeError) as error:
+        raise NlpkitError(f"cannot load plugin '{ep.name}' ({ep.value}) of {dist_name}: {error}") from None
+
+
 def load_plugins(
     plugins: Iterable[str] = (),
     blocked: Iterable[str] = (),
@@ -118,7 +126,8 @@ def load_plugins(
         register(_import_plugin(module_name, "built-in"), name, DISTRIBUTION, nlpkit_version)
 
     entry_points = _entry_points()
-    known = set(ESSENTIAL_PLUGINS) | {ep.name for ep in entry_points}
+    plugins = list(plugins)
+    known = set(ESSENTIAL_PLUGINS) | {ep.name for ep in entry_points} | set(plugins)
     for name in blocked:
         if name in ESSENTIAL_PLUGINS:
             raise NlpkitError(f"plugin '{name}' is essential and cannot be blocked")
@@ -132,13 +141,16 @@ def load_plugins(
         dist_name = ep.dist.name if ep.dist is not None else None
         own = dist_name is not None and dist_name.lower() == DISTRIBUTION
         if (own or autoload) and not manager.has_plugin(ep.name) and not manager.is_blocked(ep.name):
-            plugin = _import_plugin(ep.value, f"entry point '{ep.name}' of {dist_name}")
+            plugin = _load_entry_point(ep, dist_name)
             register(plugin, ep.name, dist_name, ep.dist.version if ep.dist is not None else None)
 
     for module_name in plugins:
         if manager.has_plugin(module_name) or manager.is_blocked(module_name):
             continue
-        register(_import_plugin(module_name, "--plugin"), module_name, None, None)
+        plugin = _import_plugin(module_name, "--plugin")
+        if manager.is_registered(plugin):  # an installed plugin named again: already loaded
+            continue
+        register(plugin, module_name, None, None)
 
     try:
         manager.check_pending()

@@ -17,7 +17,7 @@ from nlpkit.runs import CHECKPOINT_DIR, METRICS_FILE, RunFolder
 from nlpkit.tasks import Task, TaskModel
 from nlpkit.tokenization import Tokenizer
 
-__all__ = ["RunResult", "run", "train", "prepare_inputs", "build_backbone_config"]
+__all__ = ["RunResult", "run", "train", "prepare_inputs", "build_backbone_config", "quiet_lightning"]
 
 log = logging.getLogger("nlpkit")
 
@@ -140,11 +140,23 @@ def _trainer(recipe: Recipe, run: RunFolder) -> tuple[Any, Any]:
     return trainer, checkpoint
 
 
-def _quiet_lightning() -> None:
+class _DropLightningAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's output to what a user of nlpkit can act on."""
     # With features tokenized ahead of time, collation is cheap: extra DataLoader
     # workers cost more start-up time than they save on small CPU runs.
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=r".*`training_step` returns `None`.*")
+    # The run folder is new and already holds the recipe: metrics.csv goes beside it on purpose.
+    warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
+    # Lightning 2.6 calls a torch.utils._pytree API that torch 2.13 deprecates.
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropLightningAdverts())
 
 
 def train(recipe: Recipe, plugin_set: PluginSet) -> RunResult:
@@ -154,7 +166,7 @@ def train(recipe: Recipe, plugin_set: PluginSet) -> RunResult:
     from nlpkit.training.datamodule import TaskDataModule
     from nlpkit.training.module import TaskModule
 
-    _quiet_lightning()
+    quiet_lightning()
     registries = plugin_set.registries
     pl.seed_everything(recipe.training.seed, verbose=False)
     inputs = prepare_inputs(recipe, registries)
