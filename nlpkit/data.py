@@ -95,9 +95,15 @@ def load_splits(data: DataSection, formats: Registry[Any]) -> datasets.DatasetDi
             elif split != "test":
                 raise NlpkitError(f"data.{split}: hub dataset '{data.hub}' has no split '{name}'; found: {', '.join(loaded)}")
         return datasets.DatasetDict(splits)
-    files = {split: getattr(data, split) for split in SPLITS if getattr(data, split) is not None}
     loader = formats.get(data.format)
-    return loader(files, **data.options)
+    # One call per file: splits may differ in extra columns (a test file with an id
+    # column) or in inferred types, which one multi-file builder refuses.
+    splits = {}
+    for split in SPLITS:
+        path = getattr(data, split)
+        if path is not None:
+            splits[split] = loader({split: path}, **dict(data.options))[split]
+    return datasets.DatasetDict(splits)
 
 
 def select_columns(
@@ -172,7 +178,12 @@ class LengthGroupedSampler(Sampler[int]):
         chunks = [
             sorted(order[i : i + self.chunk], key=lambda j: -self.lengths[j]) for i in range(0, len(order), self.chunk)
         ]
-        # Shuffle whole batches so long batches do not always come first in a chunk.
+        # Shuffle whole batches so long batches do not always come first in a chunk. A short
+        # batch stays last: anywhere else it would shift every later DataLoader batch
+        # across two length groups.
         batches = [c[i : i + self.batch_size] for c in chunks for i in range(0, len(c), self.batch_size)]
+        short = batches.pop() if batches and len(batches[-1]) < self.batch_size else None
         for b in torch.randperm(len(batches), generator=generator).tolist():
             yield from batches[b]
+        if short is not None:
+            yield from short

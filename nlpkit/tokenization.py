@@ -21,6 +21,7 @@ __all__ = ["Tokenizer", "SPECIAL_TOKEN_ROLES", "TOKENIZER_FILE", "TOKENIZER_CONF
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 SPECIAL_TOKEN_ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
 
 # The special tokens of a trained tokenizer, by kind; BERT's and RoBERTa's conventions.
@@ -74,6 +75,12 @@ class Tokenizer:
     ) -> Tokenizer:
         """Train a WordPiece (BERT-style) or byte-level BPE (RoBERTa/GPT-2-style) tokenizer.
 
+        Byte-level BPE training is deterministic. WordPiece training in
+        ``tokenizers`` is not (huggingface/tokenizers#1794: hash-map order
+        breaks ties between merges), so two runs on the same data may differ
+        slightly; the run folder keeps the tokenizer it trained, and a recipe
+        that must be byte-for-byte reproducible uses ``bpe`` or ``file``.
+
         Args:
             texts: the training text.
             kind: ``wordpiece`` or ``bpe``.
@@ -122,8 +129,9 @@ class Tokenizer:
     def from_file(cls, path: str | Path, max_length: int | None = None) -> Tokenizer:
         """Load a ``tokenizer.json``; roles and length come from ``tokenizer_config.json`` beside it.
 
-        Without a ``tokenizer_config.json``, well-known token names are looked up
-        (``[PAD]``, ``<pad>`` ...).
+        Roles come from ``tokenizer_config.json`` and ``special_tokens_map.json``
+        beside the file; a role neither names is looked up among well-known
+        token names (``[PAD]``, ``<pad>`` ...). A role set to null stays unset.
         """
         path = Path(path)
         try:
@@ -131,12 +139,14 @@ class Tokenizer:
         except Exception as error:  # the Rust library raises a plain Exception for bad files
             raise NlpkitError(f"{path}: cannot read tokenizer: {str(error).splitlines()[0]}") from None
         config = _read_json(path.parent / TOKENIZER_CONFIG_FILE)
+        named = {**_read_json(path.parent / SPECIAL_TOKENS_MAP_FILE), **config}
         special_tokens = {}
         for role in SPECIAL_TOKEN_ROLES:
-            token = config.get(f"{role}_token")
+            key = f"{role}_token"
+            token = named.get(key)
             if isinstance(token, dict):
                 token = token.get("content")
-            if token is None and not config:
+            if key not in named:
                 token = next((t for t in _WELL_KNOWN[role] if backend.token_to_id(t) is not None), None)
             if token is not None:
                 special_tokens[role] = token
@@ -154,6 +164,7 @@ class Tokenizer:
     def save(self, folder: str | Path) -> None:
         """Write ``tokenizer.json`` and ``tokenizer_config.json`` into ``folder``."""
         folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(folder / TOKENIZER_FILE))
         config: dict[str, Any] = {f"{role}_token": tok for role, tok in self.special_tokens.items()}
         config["model_max_length"] = self.max_length

@@ -86,13 +86,17 @@ class TaskModule(pl.LightningModule):
         # No weight decay on biases and norm weights (vectors), as in BERT and GPT-2 training.
         decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
+        # One fused kernel for all tensors instead of a Python loop per tensor. Lightning's
+        # mixed-precision plugin refuses gradient clipping with fused optimizers (they unscale
+        # internally), so mixed precision gets the multi-tensor "foreach" implementation.
+        fused = not str(self.trainer.precision).endswith("-mixed")
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=opt.lr,
             betas=tuple(opt.betas),
             eps=opt.eps,
-            # One fused kernel for all tensors instead of a Python loop per tensor.
-            fused=True,
+            fused=fused,
+            foreach=None if fused else True,
         )
         total = int(self.trainer.estimated_stepping_batches)
         warmup = opt.warmup_steps or int(opt.warmup_ratio * total)
