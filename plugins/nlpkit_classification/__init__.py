@@ -5,11 +5,10 @@ The model task plugin: copy this file to write your own. A minimal recipe::
     task: classification
     backbone: {preset: encoder-tiny}
     data: {train: train.csv, validation: dev.csv, columns: {text: sentence}}
-    classification: {multi_label: false}
 
-Multi-label data gives a list of labels per row (JSON) or one string split on
+Multi-label rows give a list of labels (JSON) or one string split on
 ``label_separator`` (CSV). The head is BERT's: a tanh "pooler" on the first
-token (or the mean of all tokens), then a linear layer.
+token (or the tokens' mean), then a linear layer.
 """
 
 from __future__ import annotations
@@ -125,12 +124,9 @@ class Classification(Task):
         for row in probs.tolist():
             scores = dict(zip(self.labels, row))
             best = max(scores, key=scores.get)
-            answer = {"score": scores[best], "scores": scores}
-            if self.config.multi_label:
-                answer = {"labels": [label for label, p in scores.items() if p >= self.config.threshold], **answer}
-            else:
-                answer = {"label": best, **answer}
-            answers.append(answer)
+            chosen = ({"labels": [label for label, p in scores.items() if p >= self.config.threshold]}
+                      if self.config.multi_label else {"label": best})
+            answers.append({**chosen, "score": scores[best], "scores": scores})
         return answers
 
 
