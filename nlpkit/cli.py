@@ -27,7 +27,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     plugin_set = _plugins(args)
     recipe = load_recipe(args.recipe, args.overrides, plugin_set.registries)
-    result = train(recipe, plugin_set)
+    result = train(recipe, plugin_set, resume=args.resume)
+    if not result.primary:  # the other processes of a multi-process run stay quiet
+        return 0
     print(f"run folder: {result.run_dir}")
     for key, value in result.metrics.items():
         print(f"{key:>20} {value:.4f}")
@@ -127,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub = verb(name, function)
         sub.add_argument("recipe", help="recipe YAML file")
         sub.add_argument("overrides", nargs="*", metavar="key.sub=value", help="change a recipe field")
+        if name == "run":
+            sub.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     sub = verb("predict", cmd_predict)
     sub.add_argument("run_dir", help="a run folder")
     sub.add_argument("texts", nargs="*", metavar="TEXT", help="texts to answer")

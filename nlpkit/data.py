@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from nlpkit.recipe import DataSection
     from nlpkit.registry import Registry
 
-__all__ = ["FORMATS", "load_splits", "select_columns", "LengthGroupedSampler", "quiet_datasets"]
+__all__ = ["FORMATS", "load_splits", "select_columns", "EpochSampler", "LengthGroupedSampler", "quiet_datasets"]
 
 SPLITS = ("train", "validation", "test")
 
@@ -150,30 +150,58 @@ def select_columns(
     return datasets.DatasetDict(out)
 
 
-class LengthGroupedSampler(Sampler[int]):
-    """Random order, but examples of similar length share a batch.
+class EpochSampler(Sampler[int]):
+    """A random order per epoch, drawn from ``seed + epoch`` alone, that can resume mid-epoch.
 
-    Shuffles, then sorts by length inside chunks of 50 batches (the scheme of
-    ``transformers``' ``LengthGroupedSampler`` and fairseq's buckets): batches
-    need little padding yet their order stays random. ``set_epoch`` (called by
-    Lightning each epoch) reshuffles deterministically from the seed.
+    Its own generator (not torch's global one) makes the order of every epoch
+    reproducible, so an interrupted run that is resumed sees the same batches as
+    an uninterrupted one. ``resume(epoch, batches)`` makes the next pass over
+    that epoch start after its first ``batches`` batches: the skipped examples
+    are never loaded, not replayed one by one. Lightning calls ``set_epoch``.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, chunk_batches: int = 50) -> None:
-        self.lengths = list(lengths)
-        self.chunk = batch_size * chunk_batches
+    def __init__(self, size: int, batch_size: int, seed: int = 0) -> None:
+        self.size = size
         self.batch_size = batch_size
         self.seed = seed
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def resume(self, epoch: int, batches: int) -> None:
+        self._resume = (epoch, batches)
+
     def __len__(self) -> int:
-        return len(self.lengths)
+        return self.size
+
+    def order(self, generator: torch.Generator) -> list[int]:
+        """All indices of one epoch, in the order they are served."""
+        return torch.randperm(self.size, generator=generator).tolist()
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = self.order(torch.Generator().manual_seed(self.seed + self.epoch))
+        if self._resume is not None and self._resume[0] == self.epoch:
+            order = order[self._resume[1] * self.batch_size :]
+        self._resume = None
+        yield from order
+
+
+class LengthGroupedSampler(EpochSampler):
+    """Random order, but examples of similar length share a batch.
+
+    Shuffles, then sorts by length inside chunks of 50 batches (the scheme of
+    ``transformers``' ``LengthGroupedSampler`` and fairseq's buckets): batches
+    need little padding yet their order stays random.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, chunk_batches: int = 50) -> None:
+        super().__init__(len(lengths), batch_size, seed)
+        self.lengths = list(lengths)
+        self.chunk = batch_size * chunk_batches
+
+    def order(self, generator: torch.Generator) -> list[int]:
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
         chunks = [
             sorted(order[i : i + self.chunk], key=lambda j: -self.lengths[j]) for i in range(0, len(order), self.chunk)
@@ -183,7 +211,5 @@ class LengthGroupedSampler(Sampler[int]):
         # across two length groups.
         batches = [c[i : i + self.batch_size] for c in chunks for i in range(0, len(c), self.batch_size)]
         short = batches.pop() if batches and len(batches[-1]) < self.batch_size else None
-        for b in torch.randperm(len(batches), generator=generator).tolist():
-            yield from batches[b]
-        if short is not None:
-            yield from short
+        out = [i for b in torch.randperm(len(batches), generator=generator).tolist() for i in batches[b]]
+        return out + (short or [])

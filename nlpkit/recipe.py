@@ -144,6 +144,7 @@ class TrainingSection:
     early_stopping: EarlyStoppingSection | None = None
     num_workers: int = 0
     log_every_n_steps: int = 10
+    checkpoint_every_n_steps: int = 200
 
 
 @dataclass
@@ -544,7 +545,7 @@ def _check_training(recipe: Recipe, task_cls: type, ctx: _Context) -> None:
     training = recipe.training
     if training.precision not in PRECISIONS:
         raise ctx.error(("training", "precision"), f"expected one of {', '.join(PRECISIONS)}, got {training.precision!r}{suggest(training.precision, PRECISIONS)}")
-    for key in ("batch_size", "epochs"):
+    for key in ("batch_size", "epochs", "checkpoint_every_n_steps"):
         if getattr(training, key) < 1:
             raise ctx.error(("training", key), f"expected an integer >= 1, got {getattr(training, key)}")
     monitors = ["val_loss"] + [f"val_{name}" for name in task_cls.metric_names]

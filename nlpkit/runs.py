@@ -43,6 +43,7 @@ WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "metrics.csv"
 CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
 
 _PACKAGES = ("nlpkit", "torch", "pytorch-lightning", "torchmetrics", "datasets", "tokenizers", "pluggy", "safetensors")
 
@@ -95,7 +96,15 @@ class RunFolder:
 
     @classmethod
     def open(cls, path: str | Path) -> RunFolder:
-        """Open an existing run folder, checking its format version."""
+        """Open a finished run folder (one with weights), checking its format version."""
+        run = cls.open_unfinished(path)
+        if not (run.path / WEIGHTS_FILE).is_file():
+            raise NlpkitError(f"{run.path}: no {WEIGHTS_FILE}: the run did not finish (continue it with --resume)")
+        return run
+
+    @classmethod
+    def open_unfinished(cls, path: str | Path) -> RunFolder:
+        """Open a run folder that may still be training, checking its format version."""
         path = Path(path)
         run_file = path / RUN_FILE
         if not run_file.is_file():
@@ -104,8 +113,6 @@ class RunFolder:
         version = info.get("format_version")
         if version != FORMAT_VERSION:
             raise NlpkitError(f"{run_file}: run-folder format {version} is not supported (this nlpkit reads {FORMAT_VERSION})")
-        if not (path / WEIGHTS_FILE).is_file():
-            raise NlpkitError(f"{path}: no {WEIGHTS_FILE}: the run did not finish")
         return cls(path)
 
     # -- writing --------------------------------------------------------------
@@ -161,3 +168,9 @@ class RunFolder:
     @property
     def checkpoint_dir(self) -> Path:
         return self.path / CHECKPOINT_DIR
+
+    @property
+    def last_checkpoint(self) -> Path | None:
+        """The latest training checkpoint, or None before the first one is written."""
+        path = self.checkpoint_dir / LAST_CHECKPOINT
+        return path if path.is_file() else None

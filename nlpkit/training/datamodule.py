@@ -8,7 +8,9 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from nlpkit.data import LengthGroupedSampler
+import torch
+
+from nlpkit.data import EpochSampler, LengthGroupedSampler
 from nlpkit.recipe import TrainingSection
 from nlpkit.tasks import Task
 
@@ -32,6 +34,7 @@ class TaskDataModule(pl.LightningDataModule):
         self.training = training
         self.group_by_length = group_by_length
         self.features: dict[str, Any] = {}
+        self._resume: dict[str, int] | None = None
 
     @override
     def prepare_data(self) -> None:
@@ -48,18 +51,38 @@ class TaskDataModule(pl.LightningDataModule):
         features = self.features[split]
         batch_size = self.training.batch_size if train else (self.training.eval_batch_size or self.training.batch_size)
         sampler = None
-        if train and self.group_by_length:
-            lengths = [self.task.feature_length(f) for f in features]
-            sampler = LengthGroupedSampler(lengths, batch_size, seed=self.training.seed)
+        if train:
+            if self.group_by_length:
+                lengths = [self.task.feature_length(f) for f in features]
+                sampler = LengthGroupedSampler(lengths, batch_size, seed=self.training.seed)
+            else:
+                sampler = EpochSampler(len(features), batch_size, seed=self.training.seed)
+            if self._resume is not None:
+                sampler.resume(self._resume["epoch"], self._resume["batches"])
         return DataLoader(
             features,
             batch_size=batch_size,
-            shuffle=train and sampler is None,
             sampler=sampler,
             collate_fn=self.task.collate,
             num_workers=self.training.num_workers,
             persistent_workers=self.training.num_workers > 0,
+            # A DataLoader draws its workers' base seed from this generator, or else from
+            # torch's global one: that draw would shift dropout's random numbers after a resume.
+            generator=torch.Generator().manual_seed(self.training.seed),
         )
+
+    @override
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands in the epoch, saved in every checkpoint (mid-epoch ones too)."""
+        if self.trainer is None:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": self.trainer.current_epoch, "batches": progress.processed}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        # Restored before the train DataLoader is made: its sampler skips the batches already seen.
+        self._resume = dict(state_dict) if state_dict else None
 
     @override
     def train_dataloader(self) -> DataLoader:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from typing import Any
 
 import pytorch_lightning as pl
@@ -60,7 +61,10 @@ class TaskModule(pl.LightningModule):
         outputs = self.task.forward(self.model, batch)
         loss = self.task.loss(outputs, batch)
         batch_size = _batch_size(batch)
-        self.log(f"{stage}_loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=batch_size)
+        # Validation and test losses are averaged over all processes; the training loss stays
+        # per process, as syncing it every step would cost a collective each step.
+        self.log(f"{stage}_loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
+                 batch_size=batch_size, sync_dist=stage != "train")
         metrics = {"val": self.val_metrics, "test": self.test_metrics}.get(stage)
         if metrics is not None:
             metrics.update(*self.task.evaluate_batch(self.model, batch, outputs))
@@ -79,6 +83,19 @@ class TaskModule(pl.LightningModule):
     @override
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "test")
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Dropout draws from these generators: a resumed run must continue their streams
+        # exactly where the checkpoint left them to reproduce the uninterrupted run.
+        checkpoint["nlpkit_rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("nlpkit_rng")
+        if state is not None and self.trainer.training:
+            torch.set_rng_state(state["torch"])
+            random.setstate(state["python"])
 
     @override
     def configure_optimizers(self) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +14,11 @@ from nlpkit.errors import NlpkitError
 from nlpkit.plugins import PluginSet, load_plugins
 from nlpkit.recipe import Recipe, load_recipe, recipe_to_dict
 from nlpkit.registry import Registries
-from nlpkit.runs import CHECKPOINT_DIR, METRICS_FILE, RunFolder
+from nlpkit.runs import BACKBONE_FILE, LAST_CHECKPOINT, METRICS_FILE, TASK_STATE_FILE, RunFolder
 from nlpkit.tasks import Task, TaskModel
 from nlpkit.tokenization import Tokenizer
 
-__all__ = ["RunResult", "run", "train", "prepare_inputs", "build_backbone_config", "quiet_lightning"]
+__all__ = ["RunResult", "run", "train", "prepare_inputs", "build_backbone_config", "check_resumable", "quiet_lightning"]
 
 log = logging.getLogger("nlpkit")
 
@@ -30,10 +31,13 @@ class RunResult:
         run_dir: the new run folder.
         metrics: validation metrics at the best checkpoint (``val_*``) and, when
             the recipe has a test split, test metrics (``test_*``).
+        primary: False in the other processes of a multi-process run, which
+            write nothing and print nothing.
     """
 
     run_dir: Path
     metrics: dict[str, float]
+    primary: bool = True
 
 
 @dataclass
@@ -76,11 +80,15 @@ def _train_tokenizer(recipe: Recipe, train_split: Any, columns: list[str]) -> To
     )
 
 
-def prepare_inputs(recipe: Recipe, registries: Registries) -> PreparedInputs:
+def prepare_inputs(recipe: Recipe, registries: Registries, run: RunFolder | None = None) -> PreparedInputs:
     """Load and check the data, build the tokenizer, set up the task and size the backbone.
 
-    ``nlpkit check`` stops here; ``nlpkit run`` goes on to train.
+    ``nlpkit check`` stops here; ``nlpkit run`` goes on to train. Given an
+    existing ``run`` folder (a resumed run, or another process of a
+    multi-process run), the tokenizer, task state and backbone config come from
+    it instead of being learnt again, so every process trains the same model.
     """
+    from nlpkit.backbones.config import BackboneConfig
     from nlpkit.data import load_splits, select_columns
 
     task_cls = registries.tasks.get(recipe.task)
@@ -88,16 +96,23 @@ def prepare_inputs(recipe: Recipe, registries: Registries) -> PreparedInputs:
     splits = select_columns(
         raw, recipe.data, [*task_cls.input_columns, *task_cls.target_columns], task_cls.optional_columns
     )
-    if recipe.tokenizer.file is not None:
+    if run is not None:
+        tokenizer = Tokenizer.load(run.path)
+    elif recipe.tokenizer.file is not None:
         tokenizer = Tokenizer.from_file(recipe.tokenizer.file, max_length=recipe.tokenizer.max_length)
     else:
         tokenizer = _train_tokenizer(recipe, splits["train"], task_cls.text_columns(splits["train"].column_names))
     task = task_cls(recipe.task_options, tokenizer)
-    task.setup(dict(splits))
+    if run is not None:
+        task.load_state(run.read_json(TASK_STATE_FILE))
+        config = BackboneConfig.from_dict(run.read_json(BACKBONE_FILE))
+    else:
+        task.setup(dict(splits))
+        config = build_backbone_config(recipe, registries, tokenizer)
     for name, dataset in splits.items():
         source = getattr(recipe.data, name) or recipe.data.hub
         task.check_split(f"data.{name} ({source})", dataset)
-    return PreparedInputs(task, splits, tokenizer, build_backbone_config(recipe, registries, tokenizer))
+    return PreparedInputs(task, splits, tokenizer, config)
 
 
 def _trainer(recipe: Recipe, run: RunFolder) -> tuple[Any, Any]:
@@ -105,16 +120,26 @@ def _trainer(recipe: Recipe, run: RunFolder) -> tuple[Any, Any]:
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
+    from nlpkit.training.checkpoint_io import AtomicCheckpointIO
+
     training = recipe.training
     checkpoint = ModelCheckpoint(
-        dirpath=run.path / CHECKPOINT_DIR,
+        dirpath=run.checkpoint_dir,
         filename="best",
         monitor=training.monitor,
         mode=training.monitor_mode,
         save_top_k=1,
-        save_last=True,
+        enable_version_counter=False,
     )
-    callbacks: list[Any] = [checkpoint]
+    # The latest state, mid-epoch too, replaced in place: what --resume continues from.
+    latest = ModelCheckpoint(
+        dirpath=run.checkpoint_dir,
+        filename=LAST_CHECKPOINT.removesuffix(".ckpt"),
+        every_n_train_steps=training.checkpoint_every_n_steps,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    callbacks: list[Any] = [checkpoint, latest]
     if training.early_stopping is not None:
         callbacks.append(
             EarlyStopping(
@@ -135,6 +160,7 @@ def _trainer(recipe: Recipe, run: RunFolder) -> tuple[Any, Any]:
         # name="" and version="" put metrics.csv straight into the run folder.
         logger=CSVLogger(save_dir=run.path, name="", version=""),
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         **recipe.trainer,
     )
     return trainer, checkpoint
@@ -153,14 +179,29 @@ def quiet_lightning() -> None:
     # The run folder is new and already holds the recipe: metrics.csv goes beside it on purpose.
     warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
+    # nlpkit's DataModule restores the position in the epoch itself (TaskDataModule.state_dict).
+    warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
     # Lightning 2.6 calls a torch.utils._pytree API that torch 2.13 deprecates.
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropLightningAdverts())
 
 
-def train(recipe: Recipe, plugin_set: PluginSet) -> RunResult:
-    """Train the validated ``recipe`` into a new run folder."""
+# Set by the first process of a multi-process run before Lightning starts the
+# others (which re-run the same command): they join its run folder instead of
+# making their own.
+RUN_DIR_ENV = "NLPKIT_RUN_DIR"
+
+
+def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = None) -> RunResult:
+    """Train the validated ``recipe`` into a new run folder, or continue ``resume``'s run.
+
+    Args:
+        recipe: the validated recipe.
+        plugin_set: the loaded plugins.
+        resume: a run folder whose last checkpoint training continues from,
+            mid-epoch included, with the batches it had not yet seen.
+    """
     import pytorch_lightning as pl
 
     from nlpkit.training.datamodule import TaskDataModule
@@ -169,34 +210,73 @@ def train(recipe: Recipe, plugin_set: PluginSet) -> RunResult:
     quiet_lightning()
     registries = plugin_set.registries
     pl.seed_everything(recipe.training.seed, verbose=False)
-    inputs = prepare_inputs(recipe, registries)
+    resolved = recipe_to_dict(recipe)
+    joined = os.environ.get(RUN_DIR_ENV)
+    run = RunFolder.open_unfinished(resume or joined) if (resume or joined) else None
+    checkpoint_path = None
+    if resume is not None:
+        check_resumable(run, resolved)
+        checkpoint_path = run.last_checkpoint
+    inputs = prepare_inputs(recipe, registries, run)
     task, config = inputs.task, inputs.backbone_config
     backbone = registries.backbone_kinds.get(config.kind)(config)
     model = TaskModel(backbone, task.build_head(config))
 
-    run = RunFolder.create(recipe.output_dir, recipe.name)
-    resolved = recipe_to_dict(recipe)
-    run.write_start(recipe.task, resolved, config.to_dict(), task.state(), [p.name for p in plugin_set.plugins])
-    inputs.tokenizer.save(run.path)
-    log.info("run folder: %s", run.path)
+    if run is None:
+        run = RunFolder.create(recipe.output_dir, recipe.name)
+        run.write_start(recipe.task, resolved, config.to_dict(), task.state(), [p.name for p in plugin_set.plugins])
+        inputs.tokenizer.save(run.path)
+        log.info("run folder: %s", run.path)
+    os.environ[RUN_DIR_ENV] = str(run.path)
 
     module = TaskModule(task, model, recipe.optimization, resolved)
     datamodule = TaskDataModule(task, inputs.splits, recipe.training, recipe.data.group_by_length)
     trainer, checkpoint = _trainer(recipe, run)
-    trainer.fit(module, datamodule=datamodule)
-
-    # Validating from the best checkpoint loads its weights into `module` (and so `model`).
-    best = checkpoint.best_model_path or None
-    metrics: dict[str, float] = {}
-    for results in trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False):
-        metrics.update(results)
-    if "test" in inputs.splits:
-        for results in trainer.test(module, datamodule=datamodule, verbose=False):
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_path)
+        # Validating from the best checkpoint loads its weights into `module` (and so `model`).
+        best = checkpoint.best_model_path or None
+        metrics: dict[str, float] = {}
+        for results in trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False):
             metrics.update(results)
+        if "test" in inputs.splits:
+            for results in trainer.test(module, datamodule=datamodule, verbose=False):
+                metrics.update(results)
+    finally:
+        os.environ.pop(RUN_DIR_ENV, None)
     metrics = {k: float(v) for k, v in sorted(metrics.items())}
-    run.save_weights(model)
-    run.write_json(METRICS_FILE, metrics)
-    return RunResult(run.path, metrics)
+    if trainer.is_global_zero:
+        run.save_weights(model)
+        run.write_json(METRICS_FILE, metrics)
+    return RunResult(run.path, metrics, primary=trainer.is_global_zero)
+
+
+# Fields a resumed run may change: how long it trains and on what hardware.
+_RESUMABLE_CHANGES = ("training.epochs", "training.max_steps", "trainer.")
+
+
+def check_resumable(run: RunFolder, resolved: dict[str, Any]) -> None:
+    """Refuse to resume with a recipe that would train a different model."""
+    if run.last_checkpoint is None:
+        raise NlpkitError(f"--resume: {run.path} has no checkpoint to continue from ({run.checkpoint_dir} is empty)")
+    before = _flatten(run.read_recipe())
+    after = _flatten(resolved)
+    for key in sorted(set(before) | set(after)):
+        if before.get(key) != after.get(key) and not key.startswith(_RESUMABLE_CHANGES):
+            raise NlpkitError(
+                f"--resume: the recipe's {key} is {after.get(key)!r} but the run in {run.path} was trained with "
+                f"{before.get(key)!r}; only training.epochs, training.max_steps and trainer.* may change"
+            )
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def run(
@@ -204,6 +284,7 @@ def run(
     overrides: list[str] | None = None,
     plugins: list[str] | tuple[str, ...] = (),
     blocked: list[str] | tuple[str, ...] = (),
+    resume: str | Path | None = None,
 ) -> RunResult:
     """Validate a recipe, train it and return the run folder and its metrics.
 
@@ -212,6 +293,7 @@ def run(
         overrides: ``key.sub=value`` strings.
         plugins: extra plugin modules to load.
         blocked: plugin names not to load.
+        resume: an interrupted run's folder to continue (same recipe).
 
     Raises:
         NlpkitError: any user error, before training starts where possible.
@@ -222,4 +304,4 @@ def run(
     """
     plugin_set = load_plugins(plugins, blocked)
     validated = load_recipe(recipe, overrides, plugin_set.registries)
-    return train(validated, plugin_set)
+    return train(validated, plugin_set, resume)
