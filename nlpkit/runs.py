@@ -80,8 +80,18 @@ class RunFolder:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, output_dir: str | Path, name: str) -> RunFolder:
-        """Make a new, empty run folder ``OUTPUT_DIR/NAME-YYYYmmdd-HHMMSS``; never reuse one."""
+    def create(cls, output_dir: str | Path, name: str, path: str | Path | None = None) -> RunFolder:
+        """Make a new, empty run folder ``OUTPUT_DIR/NAME-YYYYmmdd-HHMMSS``; never reuse one.
+
+        ``path`` names the folder instead (a multi-machine run's shared folder);
+        it may exist but must hold no run yet.
+        """
+        if path is not None:
+            folder = Path(path)
+            if (folder / RUN_FILE).exists():
+                raise NlpkitError(f"{folder} already holds a run; continue it with --resume")
+            folder.mkdir(parents=True, exist_ok=True)
+            return cls(folder)
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -121,7 +131,14 @@ class RunFolder:
         atomic_write(self.path / name, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
     def write_start(self, task: str, recipe: dict[str, Any], backbone: dict[str, Any], task_state: dict[str, Any], plugins: list[str]) -> None:
-        """Write what is known before training: the recipe, configs, task state and versions."""
+        """Write what is known before training: the recipe, configs, task state and versions.
+
+        ``run.json`` comes last: other processes take its presence to mean the
+        folder is ready to join.
+        """
+        atomic_write(self.path / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))
+        self.write_json(BACKBONE_FILE, backbone)
+        self.write_json(TASK_STATE_FILE, task_state)
         self.write_json(
             RUN_FILE,
             {
@@ -132,9 +149,6 @@ class RunFolder:
                 "versions": package_versions(),
             },
         )
-        atomic_write(self.path / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))
-        self.write_json(BACKBONE_FILE, backbone)
-        self.write_json(TASK_STATE_FILE, task_state)
 
     def save_weights(self, model: Any) -> None:
         """Save a module's weights as safetensors (tied weights stored once)."""

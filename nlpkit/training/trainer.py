@@ -14,7 +14,7 @@ from nlpkit.errors import NlpkitError
 from nlpkit.plugins import PluginSet, load_plugins
 from nlpkit.recipe import Recipe, load_recipe, recipe_to_dict
 from nlpkit.registry import Registries
-from nlpkit.runs import BACKBONE_FILE, LAST_CHECKPOINT, METRICS_FILE, TASK_STATE_FILE, RunFolder
+from nlpkit.runs import BACKBONE_FILE, LAST_CHECKPOINT, METRICS_FILE, RUN_FILE, TASK_STATE_FILE, RunFolder
 from nlpkit.tasks import Task, TaskModel
 from nlpkit.tokenization import Tokenizer
 
@@ -187,10 +187,38 @@ def quiet_lightning() -> None:
         logging.getLogger(name).addFilter(_DropLightningAdverts())
 
 
-# Set by the first process of a multi-process run before Lightning starts the
-# others (which re-run the same command): they join its run folder instead of
-# making their own.
+# The run folder every process of a multi-process run shares. On one machine the
+# first process sets it before Lightning starts the others (which re-run the same
+# command). On several machines the user sets it to a folder on shared storage:
+# the first process of the first machine creates the run there, the others wait
+# for it and join.
 RUN_DIR_ENV = "NLPKIT_RUN_DIR"
+JOIN_TIMEOUT_S = 600
+
+
+def _is_first_process() -> bool:
+    """Whether this process is global rank 0, read from the launchers' environment variables."""
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+    return int(rank) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
+def _shared_run_folder() -> RunFolder | None:
+    """The run folder named by NLPKIT_RUN_DIR: joined, or created by the first process; None if unset."""
+    import time
+
+    path = os.environ.get(RUN_DIR_ENV)
+    if not path:
+        return None
+    started = (Path(path) / RUN_FILE).is_file()
+    if started or not _is_first_process():
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        # The first process writes run.json last of the set-up files (see train()).
+        while not (Path(path) / RUN_FILE).is_file():
+            if time.monotonic() > deadline:
+                raise NlpkitError(f"{RUN_DIR_ENV}={path}: no run appeared there within {JOIN_TIMEOUT_S} s")
+            time.sleep(1)
+        return RunFolder.open_unfinished(path)
+    return None
 
 
 def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = None) -> RunResult:
@@ -211,8 +239,7 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
     registries = plugin_set.registries
     pl.seed_everything(recipe.training.seed, verbose=False)
     resolved = recipe_to_dict(recipe)
-    joined = os.environ.get(RUN_DIR_ENV)
-    run = RunFolder.open_unfinished(resume or joined) if (resume or joined) else None
+    run = RunFolder.open_unfinished(resume) if resume else _shared_run_folder()
     checkpoint_path = None
     if resume is not None:
         check_resumable(run, resolved)
@@ -223,9 +250,9 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
     model = TaskModel(backbone, task.build_head(config))
 
     if run is None:
-        run = RunFolder.create(recipe.output_dir, recipe.name)
-        run.write_start(recipe.task, resolved, config.to_dict(), task.state(), [p.name for p in plugin_set.plugins])
+        run = RunFolder.create(recipe.output_dir, recipe.name, path=os.environ.get(RUN_DIR_ENV))
         inputs.tokenizer.save(run.path)
+        run.write_start(recipe.task, resolved, config.to_dict(), task.state(), [p.name for p in plugin_set.plugins])
         log.info("run folder: %s", run.path)
     os.environ[RUN_DIR_ENV] = str(run.path)
 
