@@ -136,7 +136,7 @@ class RunFolder:
         ``run.json`` comes last: other processes take its presence to mean the
         folder is ready to join.
         """
-        atomic_write(self.path / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))
+        self.write_recipe(recipe)
         self.write_json(BACKBONE_FILE, backbone)
         self.write_json(TASK_STATE_FILE, task_state)
         self.write_json(
@@ -149,6 +149,9 @@ class RunFolder:
                 "versions": package_versions(),
             },
         )
+
+    def write_recipe(self, recipe: dict[str, Any]) -> None:
+        atomic_write(self.path / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))
 
     def save_weights(self, model: Any) -> None:
         """Save a module's weights as safetensors (tied weights stored once)."""

@@ -244,6 +244,9 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
     if resume is not None:
         check_resumable(run, resolved)
         checkpoint_path = run.last_checkpoint
+        if _is_first_process():
+            # The folder's recipe describes what was trained, epochs added by the resume included.
+            run.write_recipe({**resolved, **{key: run.read_recipe()[key] for key in _RUN_NAMING}})
     inputs = prepare_inputs(recipe, registries, run)
     task, config = inputs.task, inputs.backbone_config
     backbone = registries.backbone_kinds.get(config.kind)(config)
@@ -278,8 +281,10 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
     return RunResult(run.path, metrics, primary=trainer.is_global_zero)
 
 
-# Fields a resumed run may change: how long it trains and on what hardware.
-_RESUMABLE_CHANGES = ("training.epochs", "training.max_steps", "trainer.")
+# Fields a resumed run may change: how long it trains, on what hardware, and the
+# naming of a new run folder (the resumed run keeps its own).
+_RUN_NAMING = ("name", "output_dir")
+_RESUMABLE_CHANGES = ("training.epochs", "training.max_steps", "trainer.", *_RUN_NAMING)
 
 
 def check_resumable(run: RunFolder, resolved: dict[str, Any]) -> None:

@@ -86,6 +86,7 @@ def test_resume_refuses_a_different_recipe(tmp_path):
     assert longer.returncode == 0, longer.stderr
     history = (run_dir / "metrics.csv").read_text()
     assert "\n1," in history  # the second epoch was trained
+    assert yaml.safe_load((run_dir / "recipe.yaml").read_text())["training"]["epochs"] == 2
 
 
 def test_quickstart_on_two_processes_with_ddp(tmp_path):
