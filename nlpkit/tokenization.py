@@ -4,6 +4,13 @@ The wrapper adds what the library leaves to its users: which token plays which
 role (padding, classification, separator, begin/end of sequence), the maximum
 length, and the Hugging Face-style ``tokenizer_config.json`` that records both,
 so a saved folder is read back by nlpkit and by ``transformers`` alike.
+
+:func:`from_pretrained` reads the tokenizer of a Hugging Face-format folder:
+its ``tokenizer.json`` when there is one, otherwise the older per-family files
+(``vocab.txt``, ``vocab.json`` + ``merges.txt``, SentencePiece models), which
+it rebuilds as the ``tokenizers`` pipeline that ``transformers`` would use, so
+every tokenizer nlpkit holds is a ``tokenizers.Tokenizer`` and saves as one
+``tokenizer.json``.
 """
 
 from __future__ import annotations
@@ -17,11 +24,15 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from nlpkit.errors import NlpkitError
 
-__all__ = ["Tokenizer", "SPECIAL_TOKEN_ROLES", "TOKENIZER_FILE", "TOKENIZER_CONFIG_FILE"]
+__all__ = ["Tokenizer", "from_pretrained", "SPECIAL_TOKEN_ROLES", "TOKENIZER_FILE", "TOKENIZER_CONFIG_FILE"]
+
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
+MODEL_CONFIG_FILE = "config.json"
+# Where save() puts the target-side tokenizer of a translation pair (Marian), beside the source one.
+TARGET_FOLDER = "target"
 SPECIAL_TOKEN_ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
 
 # The special tokens of a trained tokenizer, by kind; BERT's and RoBERTa's conventions.
@@ -48,10 +59,21 @@ class Tokenizer:
         backend: the ``tokenizers`` object (kept as ``.backend``).
         special_tokens: role -> token text, roles from ``SPECIAL_TOKEN_ROLES``.
         max_length: encodings are truncated to this many tokens.
+        target: for a translation pair whose two languages are segmented
+            differently (Marian), the tokenizer of the target side, kept as
+            ``.target``; ``None`` when one tokenizer serves both sides.
     """
 
-    def __init__(self, backend: tokenizers.Tokenizer, special_tokens: dict[str, str], max_length: int) -> None:
+    def __init__(
+        self,
+        backend: tokenizers.Tokenizer,
+        special_tokens: dict[str, str],
+        max_length: int,
+        *,
+        target: Tokenizer | None = None,
+    ) -> None:
         self.backend = backend
+        self.target = target
         self.special_tokens = {role: tok for role, tok in special_tokens.items() if tok is not None}
         for role, token in self.special_tokens.items():
             if backend.token_to_id(token) is None:
@@ -158,15 +180,22 @@ class Tokenizer:
 
     @classmethod
     def load(cls, folder: str | Path) -> Tokenizer:
-        """Load what :meth:`save` wrote into ``folder``."""
-        return cls.from_file(Path(folder) / TOKENIZER_FILE)
+        """Load what :meth:`save` wrote into ``folder`` (and its ``target/`` subfolder, if any)."""
+        folder = Path(folder)
+        tokenizer = cls.from_file(folder / TOKENIZER_FILE)
+        if (folder / TARGET_FOLDER / TOKENIZER_FILE).is_file():
+            tokenizer.target = cls.load(folder / TARGET_FOLDER)
+        return tokenizer
 
     def save(self, folder: str | Path) -> None:
-        """Write ``tokenizer.json`` and ``tokenizer_config.json`` into ``folder``."""
+        """Write ``tokenizer.json`` and ``tokenizer_config.json`` into ``folder``; the target side into ``target/``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        if self.target is not None:
+            self.target.save(folder / TARGET_FOLDER)
         self.backend.save(str(folder / TOKENIZER_FILE))
-        config: dict[str, Any] = {f"{role}_token": tok for role, tok in self.special_tokens.items()}
+        # An unset role is written as null, so that loading does not fill it in with a well-known token.
+        config: dict[str, Any] = {f"{role}_token": self.special_tokens.get(role) for role in SPECIAL_TOKEN_ROLES}
         config["model_max_length"] = self.max_length
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
         (folder / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -200,6 +229,62 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def from_pretrained(path: str | Path, max_length: int | None = None) -> Tokenizer:
+    """Load the tokenizer of a Hugging Face-format folder.
+
+    ``tokenizer.json`` is read when present. Otherwise the folder's family
+    (tokenizer_config.json ``tokenizer_class``, else config.json
+    ``model_type``, else the files present) decides how its files are rebuilt
+    into the ``tokenizers`` pipeline ``transformers`` uses:
+
+    - ``vocab.txt``: BERT WordPiece (BERT, DistilBERT, ELECTRA); lower-casing,
+      accent stripping and CJK splitting from ``do_lower_case``,
+      ``strip_accents`` and ``tokenize_chinese_chars``; ``[CLS] A [SEP] B [SEP]``
+      with type ids 0 and 1.
+    - ``vocab.json`` + ``merges.txt``: byte-level BPE, GPT-2 style (no template
+      unless ``add_bos_token`` / ``add_eos_token``), or RoBERTa style
+      ``<s> A </s></s> B </s>`` for RoBERTa, BART and Longformer; honours
+      ``add_prefix_space``.
+    - ``spiece.model`` (T5, mT5): SentencePiece unigram, ``extra_ids`` sentinel
+      tokens ``<extra_id_N>`` after the pieces, ``</s>`` appended.
+    - ``sentencepiece.bpe.model`` (XLM-RoBERTa): fairseq ids (``<s> <pad> </s>
+      <unk>``, pieces shifted by one, ``<mask>`` last), RoBERTa template.
+    - ``source.spm`` + ``target.spm`` + ``vocab.json`` (Marian): the source
+      model segments, ``vocab.json`` gives the ids, ``</s>`` appended; the
+      target side (``target_vocab.json`` when ``separate_vocabs``) is
+      returned as the ``.target`` tokenizer, for labels and decoding.
+
+    SentencePiece models need the optional ``sentencepiece`` package
+    (``pip install "nlpkit[sentencepiece]"``). Special tokens come from
+    tokenizer_config.json and special_tokens_map.json (the family's defaults
+    otherwise), tokens recorded in ``added_tokens_decoder`` keep their ids and
+    options.
+
+    Args:
+        path: the local folder.
+        max_length: truncate encodings to this many tokens; by default
+            tokenizer_config.json ``model_max_length``, capped by config.json
+            ``max_position_embeddings`` (less RoBERTa's offset of 2) or
+            ``n_positions``, which is also the fallback; 512 when neither says.
+
+    Returns:
+        The tokenizer (a Marian folder's has ``.target`` set).
+
+    Raises:
+        NlpkitError: the folder is missing or holds no tokenizer files, its
+            tokenizer class is not one of the supported ones, a file is
+            unreadable, or a SentencePiece model is found without the
+            ``sentencepiece`` package.
+
+    Example:
+        >>> tokenizer = from_pretrained("models/all-minilm-l6-v2")
+        >>> tokenizer.encode_batch(["a sentence"])[0].ids
+    """
+    from nlpkit._tokenizer_folders import load_folder
+
+    return load_folder(Path(path), max_length)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
