@@ -26,7 +26,7 @@ Example, a plugin author's test (``nlpkit_regression.py`` defines
     from nlpkit.testing import check_task
     from nlpkit_regression import Regression
 
-    def test_regression_conformance(tmp_path):
+    def test_regression_follows_the_task_contract(tmp_path):
         rows = [{"text": "good " * n + "film", "value": float(n)} for n in range(4)] * 4
         check_task(Regression, rows[:12], rows[12:], tmp_path=tmp_path)
 
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib
 import json
 import math
 import os
@@ -476,6 +475,7 @@ class _Checker:
         self.predict_inputs = predict_inputs
         self.backbone_kind = backbone_kind
         self.overrides = overrides
+        self.batch_size = 0  # of the in-process batch, set by check_prepare_and_collate
         # The code objects of the task's methods, to name the method an exception came from.
         self._task_code = {
             function.__code__
@@ -488,8 +488,10 @@ class _Checker:
     # -- helpers ----------------------------------------------------------------
 
     def fail(self, member: str, detail: str) -> ConformanceError:
-        """An error for ``Task.member`` (a method or attribute) or, with a space, a step."""
-        part = f"{self.name}.{member}" if member.isidentifier() else f"{self.name}: {member}"
+        """An error for ``Task.member`` (a method or attribute of the contract) or for a step (``predict``)."""
+        from nlpkit.tasks import Task
+
+        part = f"{self.name}.{member}" if hasattr(Task, member) else f"{self.name}: {member}"
         return ConformanceError(part, detail)
 
     def _blame(self, error: BaseException) -> str | None:
@@ -514,18 +516,18 @@ class _Checker:
             message = f"raised {type(error).__name__}: {error}"
             if method is None:
                 raise self.fail(doing, message) from error
-            raise self.fail(method, f"{message} (during {doing})") from error
+            # Any method of the class, its own helpers included, is named like a contract member.
+            raise ConformanceError(f"{self.name}.{method}", f"{message} (during {doing})") from error
 
     # -- the check, part by part ----------------------------------------------------
 
     def run(self) -> TaskCheck:
         import torch
 
-        self.check_rows()
         self.check_attributes()
+        self.check_rows()
         plugin_set = self.check_registration()
-        self.check_backbone_kind(plugin_set)
-        self.write_data()
+        self.write_data(self.check_backbone_kind(plugin_set))
         recipe = self.check_recipe(plugin_set)
         # The in-process steps draw random weights: keep the caller's random state as it was.
         with torch.random.fork_rng(devices=[]):
@@ -542,7 +544,7 @@ class _Checker:
     def check_rows(self) -> None:
         if len(self.train_rows) < 2 or not self.validation_rows:
             raise ValueError("check_task: needs at least 2 training rows and 1 validation row")
-        fields = [*getattr(self.cls, "input_columns", ()), *getattr(self.cls, "target_columns", ())]
+        fields = [*self.cls.input_columns, *self.cls.target_columns]
         for split, rows in (("train_rows", self.train_rows), ("validation_rows", self.validation_rows)):
             for i, row in enumerate(rows):
                 missing = [f for f in fields if f not in row]
@@ -609,17 +611,18 @@ class _Checker:
             )
         return plugin_set
 
-    def check_backbone_kind(self, plugin_set: Any) -> None:
+    def check_backbone_kind(self, plugin_set: Any) -> str:
         known = plugin_set.registries.backbone_kinds
         for kind in self.cls.backbone_kinds:
             if kind not in known:
                 raise self.fail("backbone_kinds", f"unknown backbone kind '{kind}'; known: {', '.join(known.names())}")
-        self.backbone_kind = self.backbone_kind or self.cls.backbone_kinds[0]
-        if self.backbone_kind not in self.cls.backbone_kinds:
-            raise ValueError(f"check_task: backbone_kind '{self.backbone_kind}' is not one of "
+        kind = self.backbone_kind or self.cls.backbone_kinds[0]
+        if kind not in self.cls.backbone_kinds:
+            raise ValueError(f"check_task: backbone_kind '{kind}' is not one of "
                              f"{self.name}.backbone_kinds {self.cls.backbone_kinds}")
+        return kind
 
-    def write_data(self) -> None:
+    def write_data(self, kind: str) -> None:
         # JSON lines keep types (numbers, lists of labels) exactly as the rows give them.
         folder = self.tmp_path / "data"
         folder.mkdir(parents=True, exist_ok=True)
@@ -627,16 +630,32 @@ class _Checker:
             "train": str(write_rows(folder / "train.jsonl", self.train_rows)),
             "validation": str(write_rows(folder / "validation.jsonl", self.validation_rows)),
         }
-        self.recipe = tiny_recipe(self.cls.name, self.files, self.tmp_path / "runs", self.backbone_kind, self.options)
+        self.recipe = tiny_recipe(self.cls.name, self.files, self.tmp_path / "runs", kind, self.options)
 
     def check_recipe(self, plugin_set: Any) -> Any:
         from nlpkit.errors import NlpkitError
-        from nlpkit.recipe import load_recipe
+        from nlpkit.recipe import build_dataclass, load_recipe
 
+        # The task's own section first, so that its errors name the config class rather than the recipe.
+        # Defaults are checked too: the run folder's recipe.yaml holds every field, and nlpkit.load
+        # validates it again.
+        raw: dict[str, Any] = {}
+        for field in dataclasses.fields(self.cls.config_class):
+            if field.default is not dataclasses.MISSING:
+                raw[field.name] = field.default
+            elif field.default_factory is not dataclasses.MISSING:
+                raw[field.name] = field.default_factory()
+            value = raw.get(field.name)
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                raw[field.name] = dataclasses.asdict(value)
+        try:
+            build_dataclass(self.cls.config_class, {**raw, **(self.options or {})}, (self.cls.name,), "options")
+        except (NlpkitError, TypeError) as error:
+            raise self.fail("config_class", f"cannot hold the options {self.options or {}}: {error}") from error
         try:
             return load_recipe(self.recipe, self.overrides, plugin_set.registries)
         except NlpkitError as error:
-            raise self.fail("config_class", f"the recipe with options {self.options or {}} is refused: {error}") from error
+            raise self.fail("recipe", str(error)) from error
 
     def check_setup_and_state(self, recipe: Any, plugin_set: Any) -> Any:
         from nlpkit.training.trainer import prepare_inputs
@@ -666,9 +685,10 @@ class _Checker:
         import torch
 
         task = inputs.task
+        prepared = {}
         for split, dataset in inputs.splits.items():
             with self.step(f"prepare({split})"):
-                features = task.prepare(dataset)
+                prepared[split] = features = task.prepare(dataset)
                 again = task.prepare(dataset)
             if not isinstance(features, datasets.Dataset):
                 raise self.fail("prepare", f"expected a datasets.Dataset, got {type(features).__name__}")
@@ -678,7 +698,9 @@ class _Checker:
                 raise self.fail("prepare", "expected a cached datasets.map: two calls on the same data gave the "
                                            f"fingerprints {features._fingerprint} and {again._fingerprint} (datasets "
                                            "names its cache by hashing the task; keep the task's attributes plain data)")
-        examples = [features[i] for i in range(min(4, len(features)))]
+        # A batch as the DataLoader makes it: rows of the prepared training split.
+        train = prepared["train"]
+        examples = [train[i] for i in range(min(4, len(train)))]
         with self.step("feature_length(features)"):
             length = task.feature_length(examples[0])
         if not isinstance(length, int) or length < 1:
@@ -823,7 +845,10 @@ class _Checker:
         if type(loaded.task) is not self.cls:
             raise self.fail("nlpkit.load", f"expected a {self.name} task, got {type(loaded.task).__name__}")
 
-        inputs = list(self.predict_inputs) if self.predict_inputs is not None else self.default_inputs()
+        inputs: list[str | dict[str, Any]] = (
+            [item if isinstance(item, str) else dict(item) for item in self.predict_inputs]
+            if self.predict_inputs is not None else self.default_inputs()
+        )
         if not inputs:
             raise ValueError("check_task: predict_inputs is empty")
         with self.step(f"predict(a list of {len(inputs)} inputs)"):
