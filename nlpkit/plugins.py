@@ -162,6 +162,16 @@ def load_plugins(
     return PluginSet(manager, registries, list(infos.values()))
 
 
+def _check_task_class(name: Any, task: Any, plugin: str) -> None:
+    """Refuse task names and metric names that would collide with the recipe's own keys."""
+    from nlpkit.recipe import RESERVED_TASK_NAMES
+
+    if name in RESERVED_TASK_NAMES:
+        raise NlpkitError(f"plugin '{plugin}' registers a task named '{name}', which is a recipe section name")
+    if "loss" in getattr(task, "metric_names", ()):
+        raise NlpkitError(f"plugin '{plugin}': task '{name}' has a metric named 'loss', which nlpkit logs itself")
+
+
 def _fill_registries(manager: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> Registries:
     """Call each registration hook once per plugin, so each name knows its plugin."""
     registries = Registries()
@@ -174,6 +184,8 @@ def _fill_registries(manager: pluggy.PluginManager, infos: dict[str, PluginInfo]
                 continue
             if table_name == "tasks":
                 items = [(getattr(task, "name", None), task) for task in result]
+                for name, task in items:
+                    _check_task_class(name, task, impl.plugin_name)
             else:
                 items = list(dict(result).items())
             for name, obj in items:

@@ -167,6 +167,7 @@ class Recipe:
 
 
 _SECTION_FIELDS = [f.name for f in dataclasses.fields(Recipe) if f.name not in ("task_options", "source")]
+RESERVED_TASK_NAMES = frozenset(_SECTION_FIELDS)
 
 
 class _Context:
@@ -552,7 +553,8 @@ def _check_training(recipe: Recipe, task_cls: type, ctx: _Context) -> None:
     if training.monitor not in monitors:
         raise ctx.error(("training", "monitor"), f"unknown metric '{training.monitor}'; known: {', '.join(monitors)}{suggest(training.monitor, monitors)}")
     if training.monitor_mode is None:
-        training.monitor_mode = "min" if training.monitor.endswith("loss") else "max"
+        lower = {"val_loss", *(f"val_{name}" for name in task_cls.lower_is_better)}
+        training.monitor_mode = "min" if training.monitor in lower else "max"
     optimization = recipe.optimization
     if len(optimization.betas) != 2:
         raise ctx.error(("optimization", "betas"), f"expected two numbers, got {optimization.betas}")

@@ -84,6 +84,8 @@ class Task:
         target_columns: fields that hold the answer in training data.
         metric_names: names of the metrics ``metrics()`` returns; recipes may
             monitor ``val_<name>``.
+        lower_is_better: the metric names that improve downwards (errors,
+            perplexity); a recipe monitoring one keeps its lowest value.
     """
 
     name: ClassVar[str]
@@ -93,6 +95,7 @@ class Task:
     optional_columns: ClassVar[tuple[str, ...]] = ()
     target_columns: ClassVar[tuple[str, ...]] = ("label",)
     metric_names: ClassVar[tuple[str, ...]] = ()
+    lower_is_better: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any, tokenizer: Tokenizer) -> None:
         self.config = config

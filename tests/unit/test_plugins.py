@@ -318,3 +318,21 @@ def test_plugins_verb_reports_a_user_error_in_one_line(capsys):
     assert lines[0].startswith("nlpkit: error:")
     assert "'nope'" in lines[0]
     assert captured.out == ""
+
+
+def test_task_names_and_metric_names_that_collide_with_the_recipe_are_refused(tmp_path, monkeypatch):
+    (tmp_path / "toy_sections.py").write_text(
+        "import nlpkit\nfrom nlpkit.tasks import Task\n\n"
+        "class Data(Task):\n    name = 'data'\n\n"
+        "@nlpkit.hookimpl\ndef nlpkit_register_tasks():\n    return [Data]\n"
+    )
+    (tmp_path / "toy_loss_metric.py").write_text(
+        "import nlpkit\nfrom nlpkit.tasks import Task\n\n"
+        "class Scored(Task):\n    name = 'scored'\n    metric_names = ('loss', 'f1')\n\n"
+        "@nlpkit.hookimpl\ndef nlpkit_register_tasks():\n    return [Scored]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(NlpkitError, match=r"plugin 'toy_sections' registers a task named 'data', which is a recipe section"):
+        load_plugins(plugins=["toy_sections"])
+    with pytest.raises(NlpkitError, match=r"task 'scored' has a metric named 'loss'"):
+        load_plugins(plugins=["toy_loss_metric"])

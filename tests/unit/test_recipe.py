@@ -155,3 +155,19 @@ def test_malformed_overrides(text):
 def test_override_into_a_scalar_is_an_error():
     with pytest.raises(NlpkitError, match=r"'task' is .* not a section"):
         apply_overrides({"task": "classification"}, ["task.name=x"])
+
+
+def test_monitor_mode_follows_the_direction_the_task_declares(sentiment_recipe, tmp_path, monkeypatch):
+    (tmp_path / "toy_errors.py").write_text(
+        "from dataclasses import dataclass\nimport nlpkit\nfrom nlpkit.tasks import Task\n\n"
+        "class Errors(Task):\n    name = 'errors'\n    metric_names = ('mae', 'r2')\n    lower_is_better = ('mae',)\n\n"
+        "@nlpkit.hookimpl\ndef nlpkit_register_tasks():\n    return [Errors]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from nlpkit.plugins import load_plugins
+
+    registries = load_plugins(plugins=["toy_errors"]).registries
+    sentiment_recipe["task"] = "errors"
+    modes = {monitor: load_recipe(sentiment_recipe, [f"training.monitor={monitor}"], registries).training.monitor_mode
+             for monitor in ("val_loss", "val_mae", "val_r2")}
+    assert modes == {"val_loss": "min", "val_mae": "min", "val_r2": "max"}

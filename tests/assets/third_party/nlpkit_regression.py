@@ -37,6 +37,7 @@ class Regression(Task):
     input_columns = ("text",)
     target_columns = ("value",)
     metric_names = ("mae", "rmse")
+    lower_is_better = ("mae", "rmse")
     mean, std = 0.0, 1.0
 
     def check_split(self, where, dataset):
