@@ -18,6 +18,7 @@ from nlpkit.backbones.decoder import Decoder
 from nlpkit.backbones.encoder import Encoder
 from nlpkit.backbones.encoder_decoder import EncoderDecoder
 from nlpkit.backbones.cache import BackboneOutput, KVCache
+from nlpkit.backbones.checkpoints import from_pretrained
 from nlpkit.backbones.presets import PRESETS
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "EncoderDecoder",
     "KVCache",
     "build_backbone",
+    "from_pretrained",
 ]
 
 KINDS: dict[str, type[nn.Module]] = {

@@ -1,0 +1,497 @@
+"""Hugging Face-format checkpoint folders in and out: the only code that touches them.
+
+A folder holds `config.json` and weights (`model.safetensors`, sharded
+safetensors with an index, or `pytorch_model.bin`, also sharded). Loading
+detects the family from `config.json`, translates the config into a
+`BackboneConfig`, maps the weights onto the matching backbone and returns it;
+saving writes the same layout back so that `transformers` (and everything
+built on it) loads a model nlpkit trained.
+
+One small file per family holds its name rules and config translation
+(`bert.py`, `distilbert.py`, `gpt2.py`, `llama.py`, `bart.py`, `t5.py`);
+`_common.py` holds what they share. Correctness is measured, not assumed:
+`tests/parity/` compares hidden states and logits with `transformers` for
+every family.
+
+References:
+    - `transformers/modeling_utils.py` (`from_pretrained`, `save_pretrained`):
+      weight-file precedence, base-model prefixes of head classes, and the
+      rule that a tied head stays untied when the file holds a different one.
+    - litgpt `scripts/convert_hf_checkpoint.py`: one name table per family.
+
+Example:
+    >>> from nlpkit.backbones import from_pretrained
+    >>> encoder = from_pretrained("../shared/models/all-minilm-l6-v2")
+    >>> encoder(input_ids, attention_mask=mask).last_hidden_state.shape
+    torch.Size([2, 7, 384])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from nlpkit.backbones.checkpoints import bart, bert, distilbert, gpt2, llama, t5
+from nlpkit.backbones.checkpoints._common import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    Family,
+    Rule,
+    check_folder,
+    hf_names,
+    read_config,
+    read_weights,
+)
+from nlpkit.backbones.config import BackboneConfig
+from nlpkit.errors import NlpkitError
+
+__all__ = [
+    "FAMILIES",
+    "CheckpointConfig",
+    "LoadedCheckpoint",
+    "checkpoint_config",
+    "detect_family",
+    "from_pretrained",
+    "load_checkpoint",
+    "save_pretrained",
+]
+
+logger = logging.getLogger(__name__)
+
+# model_type -> family file. The core plugin will route detection through the
+# `nlpkit_detect_checkpoint` hook; until then this table is the whole registry.
+_FAMILY_FILES: tuple[Family, ...] = (bert, distilbert, gpt2, llama, bart, t5)
+FAMILIES: dict[str, Family] = {model_type: module for module in _FAMILY_FILES for model_type in module.MODEL_TYPES}
+
+# Old configs without `model_type` still name their class; `DistilBertModel`
+# must not read as BERT, nor `Qwen2MoeForCausalLM` as Qwen2.
+_ARCHITECTURES = {
+    "Bert": "bert", "Roberta": "roberta", "DistilBert": "distilbert", "GPT2": "gpt2", "Llama": "llama",
+    "Mistral": "mistral", "Qwen2": "qwen2", "Bart": "bart", "Marian": "marian", "T5": "t5",
+}
+_ARCHITECTURE = re.compile(rf"({'|'.join(_ARCHITECTURES)})(Model|LMHeadModel|MTModel|For[A-Z]\w*)")
+
+# nlpkit weights that may be absent: an untied LM head of a folder saved from
+# a base class (it starts fresh), and BART's bias (zeros, as `transformers` does).
+_OPTIONAL = ("lm_head.weight", "final_logits_bias")
+_TOKEN_EMBEDDING = {"decoder": "embeddings.token.weight", "encoder-decoder": "token_embedding.weight"}
+
+
+@dataclass
+class CheckpointConfig:
+    """What a checkpoint folder's `config.json` says; no weight is read.
+
+    Cheap enough for validating a recipe. `config.tie_word_embeddings` can
+    still change once the weights are read: a folder whose LM head differs
+    from its token embedding is untied whatever its config says (see
+    `load_checkpoint`).
+
+    Attributes:
+        folder: The checkpoint folder.
+        family: The detected `model_type` (a key of `FAMILIES`).
+        config: The backbone config translated from `config.json`.
+        hf_config: The raw `config.json`.
+    """
+
+    folder: Path
+    family: str
+    config: BackboneConfig
+    hf_config: dict[str, Any]
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint folder read and mapped onto nlpkit's names, not yet a module.
+
+    Attributes:
+        config: The backbone config translated from `config.json`.
+        family: The detected `model_type` (a key of `FAMILIES`).
+        backbone_state: The backbone's weights under nlpkit names, ready for
+            `load_state_dict` (a tied LM head is not repeated).
+        extra_state: Checkpoint tensors that are not backbone weights (the
+            pooler, task heads such as `classifier.*`, `cls.predictions.*`),
+            under their checkpoint names with the base-model prefix
+            (`bert.`, `model.`, ...) removed.
+        hf_config: The raw `config.json`.
+        fresh: Backbone weights the folder lacks, left at their initial
+            values (an untied LM head of a folder saved from a base class).
+    """
+
+    config: BackboneConfig
+    family: str
+    backbone_state: dict[str, Tensor]
+    extra_state: dict[str, Tensor]
+    hf_config: dict[str, Any]
+    fresh: list[str] = field(default_factory=list)
+
+
+def detect_family(config_json: Mapping[str, Any]) -> str:
+    """The family of a checkpoint from its `config.json`: its `model_type`.
+
+    Args:
+        config_json: The parsed `config.json`.
+
+    Returns:
+        A key of `FAMILIES`.
+
+    Raises:
+        NlpkitError: If the model type is not supported (the message lists
+            the supported ones).
+    """
+    supported = ", ".join(sorted(FAMILIES))
+    model_type = config_json.get("model_type")
+    if model_type is None:
+        for architecture in config_json.get("architectures") or ():
+            if found := _ARCHITECTURE.fullmatch(str(architecture)):
+                return _ARCHITECTURES[found.group(1)]
+        raise NlpkitError(f"config.json names no model_type (nor a known architecture); supported: {supported}")
+    if model_type not in FAMILIES:
+        raise NlpkitError(f"unsupported model_type {model_type!r}; supported: {supported}")
+    return str(model_type)
+
+
+def checkpoint_config(path: str | Path) -> CheckpointConfig:
+    """Reads and translates a checkpoint folder's `config.json`, without its weights.
+
+    Args:
+        path: A local folder holding `config.json` and the weights.
+
+    Returns:
+        The folder, its family and its backbone config.
+
+    Raises:
+        NlpkitError: On a path that is not a checkpoint folder (a Hub id
+            included: nlpkit never downloads), an unsupported model type, or
+            a config the backbones cannot express (naming the field).
+    """
+    folder = check_folder(path)
+    hf_config = read_config(folder)
+    try:
+        model_type = detect_family(hf_config)
+        config = FAMILIES[model_type].config_from_hf(hf_config, model_type)
+    except NlpkitError as error:
+        raise NlpkitError(f"{folder / CONFIG_FILE}: {error}") from None
+    return CheckpointConfig(folder=folder, family=model_type, config=config, hf_config=hf_config)
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Reads a checkpoint folder and maps it onto nlpkit's backbone names.
+
+    Args:
+        path: A local folder holding `config.json` and the weights.
+
+    Returns:
+        The translated config, the mapped backbone weights and the rest.
+
+    Raises:
+        NlpkitError: As `checkpoint_config`, or on an unreadable weights
+            file, or a missing or misshapen weight.
+    """
+    described = checkpoint_config(path)
+    family = FAMILIES[described.family]
+    hf_state = {_modern_name(key): value for key, value in read_weights(described.folder).items()}
+    if hasattr(family, "state_from_hf"):
+        hf_state = family.state_from_hf(hf_state)
+    return _map_state(family, described, hf_state)
+
+
+def from_pretrained(path: str | Path, dtype: torch.dtype | str | None = None) -> nn.Module:
+    """Builds the backbone a checkpoint folder describes, with its weights.
+
+    The LM head of a decoder or encoder-decoder comes with it (tied where the
+    checkpoint ties it). The module is returned in eval mode, as
+    `transformers` does; training code switches it back.
+
+    Args:
+        path: A local folder holding `config.json` and the weights.
+        dtype: Parameter dtype (`torch.bfloat16` or `"bfloat16"`); None means
+            the default float dtype (float32), `"auto"` the dtype recorded in
+            `config.json`.
+
+    Returns:
+        An `Encoder`, `Decoder` or `EncoderDecoder`; called as
+        `backbone(input_ids, attention_mask=mask)` (the encoder-decoder also
+        with `decoder_input_ids=...`) it returns a `BackboneOutput` whose
+        `last_hidden_state` equals that of `transformers.AutoModel`.
+
+    Raises:
+        NlpkitError: As `load_checkpoint`, or on an unknown dtype.
+
+    Example:
+        >>> decoder = from_pretrained("checkpoints/tiny-llama")
+        >>> logits = decoder.logits(decoder(input_ids).last_hidden_state)
+    """
+    from nlpkit.backbones import build_backbone
+
+    loaded = load_checkpoint(path)
+    target = _resolve_dtype(dtype, loaded.hf_config)
+    backbone = build_backbone(loaded.config).to(target)
+    state = {name: tensor.to(target) for name, tensor in loaded.backbone_state.items()}
+    # assign=True adopts the loaded tensors instead of copying them: one copy in memory, not two.
+    result = backbone.load_state_dict(state, strict=False, assign=True)
+    missing = set(result.missing_keys) - set(loaded.fresh)
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"checkpoint mapping out of step with the backbone: missing {sorted(missing)}, "
+                           f"unexpected {sorted(result.unexpected_keys)}")
+    for name in loaded.fresh:
+        if name != "final_logits_bias":  # zeros are what transformers uses too
+            logger.warning("%s has no %s (saved from a base class?): it starts from a random initialisation",
+                           path, name)
+    return backbone.eval()
+
+
+def save_pretrained(
+    backbone: nn.Module,
+    folder: str | Path,
+    family: str | None = None,
+    extra_state: Mapping[str, Tensor] | None = None,
+    hf_config: Mapping[str, Any] | None = None,
+) -> Path:
+    """Writes a backbone as a Hugging Face-format folder (`config.json` + `model.safetensors`).
+
+    Weights take the base model's names (`embeddings.*`, `encoder.*`, ...),
+    with a decoder's untied LM head and BART's `final_logits_bias` at the top
+    level, as the family's head class stores them; `transformers` loads such
+    a folder with `AutoModel` and with the matching head class alike.
+
+    Args:
+        backbone: An `Encoder`, `Decoder` or `EncoderDecoder`.
+        folder: Where to write; created if needed, existing files replaced.
+        family: The `model_type` to write (`LoadedCheckpoint.family` of the
+            checkpoint it came from); None picks the first family that can
+            express the backbone's config.
+        extra_state: More tensors under their `transformers` names, written
+            as given (a task head: `classifier.weight`, or `pooler.*`).
+        hf_config: A `config.json` to start from (the original one, keeping
+            token ids, labels and `architectures`); the fields that describe
+            the backbone are overwritten from its config.
+
+    Returns:
+        The folder.
+
+    Raises:
+        NlpkitError: If `backbone` is not an nlpkit backbone, the family is
+            unknown or cannot express the backbone's config (the message
+            names the field), or an extra tensor collides with a backbone
+            weight.
+    """
+    config = getattr(backbone, "config", None)
+    if not isinstance(config, BackboneConfig):
+        raise NlpkitError(f"save_pretrained needs an nlpkit backbone (with a BackboneConfig), "
+                          f"got {type(backbone).__name__}")
+    model_type = family or _infer_family(config)
+    if model_type not in FAMILIES:
+        raise NlpkitError(f"unsupported model_type {model_type!r}; supported: {', '.join(sorted(FAMILIES))}")
+    module = FAMILIES[model_type]
+    dtype = next(backbone.parameters()).dtype
+    fields = {key: value for key, value in (hf_config or {}).items() if key != "torch_dtype"}
+    fields.update(module.config_to_hf(config, model_type))
+    fields.setdefault("architectures", [module.ARCHITECTURES[model_type]])
+    fields["dtype"] = str(dtype).removeprefix("torch.")
+    mismatch = _mismatch(module, model_type, fields, config)
+    if mismatch:
+        raise NlpkitError(f"cannot save this backbone as a {model_type} checkpoint: {mismatch}")
+
+    rules = module.rules(config)
+    state: dict[str, Tensor] = {}
+    for name, tensor in backbone.state_dict().items():
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue  # the token embedding holds it
+        state[hf_names(name, rules)[0].lstrip("/")] = tensor.detach()
+    if hasattr(module, "state_to_hf"):
+        state = module.state_to_hf(state)
+    for key, tensor in (extra_state or {}).items():
+        if key in state:
+            raise NlpkitError(f"extra_state tensor {key!r} has the name of a backbone weight")
+        state[key] = tensor.detach()
+
+    from safetensors.torch import save_file
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(_unshared(state), str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    (out / CONFIG_FILE).write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Loading, step by step
+# ---------------------------------------------------------------------------
+
+
+def _modern_name(key: str) -> str:
+    """`LayerNorm.gamma`/`.beta` (files converted from TensorFlow) -> `.weight`/`.bias`, as transformers reads them."""
+    if key.endswith(".gamma"):
+        return key[: -len("gamma")] + "weight"
+    if key.endswith(".beta"):
+        return key[: -len("beta")] + "bias"
+    return key
+
+
+def _skeleton(config: BackboneConfig) -> dict[str, torch.Size]:
+    """Names and shapes of the backbone's state, from a module built on the meta device (no memory)."""
+    from nlpkit.backbones import build_backbone
+
+    with torch.device("meta"):
+        return {name: tensor.shape for name, tensor in build_backbone(config).state_dict().items()}
+
+
+def _detect_prefix(hf_state: Mapping[str, Tensor], prefixes: tuple[str, ...], body: list[str]) -> str:
+    """The base-model prefix of a head class (`bert.`, `model.`, ...) or "" for a base class.
+
+    Whichever candidate finds the most body weights wins, so a stray key never decides.
+    """
+    def hits(prefix: str) -> int:
+        return sum(prefix + name in hf_state for name in body)
+
+    return max(("", *prefixes), key=hits)
+
+
+def _map_state(family: Family, described: CheckpointConfig, hf_state: dict[str, Tensor]) -> LoadedCheckpoint:
+    """Looks every backbone weight up in the checkpoint, checks its shape and sorts the rest."""
+    config, folder = described.config, described.folder
+    rules: list[Rule] = family.rules(config)
+    shapes = _skeleton(config)
+    names = {name: hf_names(name, rules) for name in shapes}
+    prefix = _detect_prefix(hf_state, family.PREFIXES,
+                            [hf for candidates in names.values() for hf in candidates if not hf.startswith("/")])
+
+    def find(name: str) -> list[str]:
+        """Checkpoint keys present for nlpkit `name`, preferred first."""
+        keys = [hf[1:] if hf.startswith("/") else prefix + hf for hf in names[name]]
+        return [key for key in keys if key in hf_state]
+
+    tied = config.kind != "encoder" and config.tie_word_embeddings
+    if tied:
+        head, token = find("lm_head.weight"), find(_TOKEN_EMBEDDING[config.kind])
+        if head and token and not torch.equal(hf_state[head[0]], hf_state[token[0]]):
+            # transformers' rule: a file holding its own, different head is untied whatever the config says.
+            logger.info("%s: %s differs from the token embedding; the LM head is loaded untied", folder, head[0])
+            config = dataclasses.replace(config, tie_word_embeddings=False)
+            tied = False
+
+    backbone_state: dict[str, Tensor] = {}
+    consumed: set[str] = set()
+    fresh: list[str] = []
+    for name, shape in shapes.items():
+        present = find(name)
+        consumed.update(present)
+        if tied and name == "lm_head.weight":
+            continue  # shares the token embedding
+        if not present:
+            if name in _OPTIONAL:
+                fresh.append(name)
+                continue
+            expected = names[name][0]
+            expected = expected[1:] if expected.startswith("/") else prefix + expected
+            raise NlpkitError(f"missing weight {expected} (nlpkit {name}) in {folder}")
+        tensor = hf_state[present[0]]
+        if tensor.shape != shape:
+            raise NlpkitError(f"weight {present[0]} in {folder} has shape {tuple(tensor.shape)}, but "
+                              f"{CONFIG_FILE} implies {tuple(shape)}")
+        backbone_state[name] = tensor
+
+    ignored = [re.compile(pattern) for pattern in family.IGNORED]
+    extra_state = {
+        key.removeprefix(prefix): tensor
+        for key, tensor in hf_state.items()
+        if key not in consumed and not any(pattern.fullmatch(key.removeprefix(prefix)) for pattern in ignored)
+    }
+    return LoadedCheckpoint(config=config, family=described.family, backbone_state=backbone_state,
+                            extra_state=extra_state, hf_config=described.hf_config, fresh=fresh)
+
+
+def _resolve_dtype(dtype: torch.dtype | str | None, hf_config: Mapping[str, Any]) -> torch.dtype:
+    """None -> the default float dtype; "auto" -> config.json's `dtype` (or older `torch_dtype`)."""
+    if dtype is None:
+        return torch.get_default_dtype()
+    if dtype == "auto":
+        dtype = hf_config.get("dtype") or hf_config.get("torch_dtype") or torch.get_default_dtype()
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(resolved, torch.dtype):
+            raise NlpkitError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16' or 'auto'")
+        dtype = resolved
+    if not dtype.is_floating_point:
+        raise NlpkitError(f"dtype must be a floating-point type, got {dtype}")
+    return dtype
+
+
+# ---------------------------------------------------------------------------
+# Saving, step by step
+# ---------------------------------------------------------------------------
+
+
+def _effective(config: BackboneConfig) -> dict[str, Any]:
+    """The config fields that change what the backbone computes at inference, defaults resolved.
+
+    Dropout rates only matter in training, rotary or relative settings only
+    where those positions are used, head options only where there is a head.
+    """
+    values = config.to_dict()
+    values.update(num_kv_heads=config.resolved_num_kv_heads, head_dim=config.resolved_head_dim,
+                  attention_scale=config.attention_scale or config.resolved_head_dim**-0.5)
+    values["num_decoder_layers"] = config.resolved_num_decoder_layers if config.kind == "encoder-decoder" else None
+    dropped = ["dropout", "attention_dropout"]
+    if config.position_embedding != "rotary":
+        dropped.append("rope_theta")
+    if config.position_embedding != "relative":
+        dropped += ["relative_attention_num_buckets", "relative_attention_max_distance"]
+    if config.position_embedding not in ("learned", "sinusoidal"):
+        dropped.append("position_offset")
+    if config.kind == "encoder":
+        dropped += ["tie_word_embeddings", "lm_head_bias", "scale_lm_head_input"]
+    for name in dropped:
+        values.pop(name)
+    return values
+
+
+def _mismatch(family: Family, model_type: str, fields: Mapping[str, Any], config: BackboneConfig) -> str | None:
+    """Why `fields` would not read back as `config` (naming the field), or None when it would."""
+    try:
+        back = family.config_from_hf(fields, model_type)
+    except NlpkitError as error:
+        return str(error)
+    ours, theirs = _effective(config), _effective(back)
+    for name, value in ours.items():
+        if theirs.get(name) != value:
+            return f"{name}={value!r} has no {model_type} equivalent (it would read back as {theirs.get(name)!r})"
+    return None
+
+
+def _infer_family(config: BackboneConfig) -> str:
+    """The first family that can express `config` exactly; NlpkitError listing why none can."""
+    reasons = []
+    for model_type, family in FAMILIES.items():
+        probe = family.config_from_hf({}, model_type)
+        if probe.kind != config.kind:
+            continue
+        fields = family.config_to_hf(config, model_type)
+        reason = _mismatch(family, model_type, fields, config)
+        if reason is None:
+            return model_type
+        reasons.append(f"{model_type}: {reason}")
+    raise NlpkitError(f"no checkpoint family can express this {config.kind} backbone; {'; '.join(reasons)}")
+
+
+def _unshared(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Contiguous CPU tensors, none sharing memory (safetensors refuses shared storage)."""
+    out: dict[str, Tensor] = {}
+    seen: set[int] = set()
+    for key, tensor in state.items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        pointer = tensor.untyped_storage().data_ptr()
+        if pointer in seen:
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        out[key] = tensor
+    return out

@@ -1,0 +1,295 @@
+"""Shared machinery of the checkpoint families: folders, weight files, name rules.
+
+A family file (`bert.py`, `gpt2.py`, ...) holds only what differs between
+families: the weight-name rules and the `config.json` translation. This file
+holds what they share:
+
+- reading a folder: `config.json`, then `model.safetensors`, sharded
+  safetensors (`model.safetensors.index.json` and its `weight_map`), or
+  `pytorch_model.bin` (also sharded), in the order `transformers` prefers
+  them (`transformers/modeling_utils.py`, `_get_resolved_checkpoint_files`);
+- name rules: pairs of dotted module-path templates, nlpkit on the left and
+  Hugging Face on the right, with `{placeholders}` that stand for one dotted
+  component each (`("layers.{i}.mlp.up", "encoder.layer.{i}.intermediate.dense")`).
+  One table serves both ways (loading looks each backbone weight's names up
+  in the file, saving writes it under its first name), so loading and
+  saving cannot drift apart. A right-hand side starting with `/` names a top-level weight
+  of a head class (`/lm_head`), which sits outside the base model's prefix;
+- the translation of activation names shared by several families.
+
+Every user-facing failure raises `NlpkitError` with a one-line message that
+names the file or the field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from nlpkit.backbones.config import Activation, BackboneConfig
+from nlpkit.errors import NlpkitError
+
+__all__ = [
+    "CONFIG_FILE",
+    "Family",
+    "Rule",
+    "WEIGHTS_FILE",
+    "activation_from_hf",
+    "activation_to_hf",
+    "check_folder",
+    "hf_names",
+    "make_config",
+    "read_config",
+    "read_weights",
+    "token_id",
+    "unsupported",
+]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+_WEIGHT_SOURCES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
+
+Rule = tuple[str, str]
+
+
+class Family(Protocol):
+    """What a family file offers: each is a plain module with these names.
+
+    The constants are read-only properties here only so that a module's
+    `tuple[str, str]` satisfies `tuple[str, ...]` for mypy. A family may also
+    define `state_from_hf(state)` and `state_to_hf(state)` to reshape tensors
+    between the file and the backbone (GPT-2's fused, transposed `c_attn`).
+    """
+
+    @property
+    def MODEL_TYPES(self) -> tuple[str, ...]:
+        """The `model_type` values of `config.json` the file reads."""
+
+    @property
+    def ARCHITECTURES(self) -> Mapping[str, str]:
+        """Per model type, the `transformers` class written to `architectures` when saving."""
+
+    @property
+    def PREFIXES(self) -> tuple[str, ...]:
+        """Base-model prefixes head classes put before the body (`bert.` in `BertForMaskedLM`)."""
+
+    @property
+    def IGNORED(self) -> tuple[str, ...]:
+        """Regular expressions of checkpoint keys that are no weights of their own (buffers, tied copies)."""
+
+    def config_from_hf(self, hf: Mapping[str, Any], model_type: str) -> BackboneConfig:
+        """Translates a `config.json` dict, raising NlpkitError on what cannot be expressed."""
+
+    def config_to_hf(self, config: BackboneConfig, model_type: str) -> dict[str, Any]:
+        """Writes the `config.json` fields that describe `config`."""
+
+    def rules(self, config: BackboneConfig) -> list[Rule]:
+        """The name rules for this config; the first rule of an nlpkit name is the one saved."""
+
+
+# ---------------------------------------------------------------------------
+# Folders and files
+# ---------------------------------------------------------------------------
+
+# `org/name`: what a Hugging Face Hub id looks like (and a relative path rarely does).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def check_folder(path: str | Path) -> Path:
+    """Returns `path` as a folder holding `config.json`, or raises NlpkitError saying why not.
+
+    nlpkit never downloads (see `shared/docs/architecture.md`), so a string
+    that is no local path but looks like a Hub id gets a message that says how
+    to fetch it once.
+    """
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        text = str(path)
+        if _HUB_ID.fullmatch(text):
+            raise NlpkitError(
+                f"checkpoint {text!r} is not a local folder; it looks like a Hugging Face Hub id, and nlpkit never "
+                f"downloads: fetch it once (e.g. `huggingface-cli download {text} --local-dir "
+                f"models/{text.split('/')[-1]}`) and pass that folder"
+            )
+        raise NlpkitError(f"checkpoint folder {folder} does not exist")
+    if not folder.is_dir():
+        raise NlpkitError(f"checkpoint {folder} is not a folder; pass the folder holding config.json and the weights")
+    if not (folder / CONFIG_FILE).is_file():
+        raise NlpkitError(f"no {CONFIG_FILE} in {folder}: not a Hugging Face-format checkpoint folder")
+    return folder
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """Reads `folder/config.json` as a dict."""
+    path = folder / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise NlpkitError(f"cannot read {path}: {_first_line(error)}") from None
+    if not isinstance(config, dict):
+        raise NlpkitError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    return config
+
+
+def read_weights(folder: Path) -> dict[str, Tensor]:
+    """Reads every tensor of the folder's weights, whichever of the four layouts it uses.
+
+    Safetensors comes first, as in `transformers`; `.bin` files load with
+    `weights_only=True`, so a pickle cannot run code.
+
+    Raises:
+        NlpkitError: No weights file, a shard named by an index that is
+            absent, or a file that cannot be read (corrupt or truncated).
+    """
+    for name in _WEIGHT_SOURCES:
+        if (folder / name).is_file():
+            break
+    else:
+        raise NlpkitError(f"no weights in {folder}: expected one of {', '.join(_WEIGHT_SOURCES)}")
+    files = _shard_files(folder / name) if name.endswith(".index.json") else [folder / name]
+    state: dict[str, Tensor] = {}
+    for file in files:
+        state.update(_read_safetensors(file) if file.suffix == ".safetensors" else _read_bin(file))
+    return state
+
+
+def _shard_files(index: Path) -> list[Path]:
+    """The shard files an index's `weight_map` names, in first-seen order."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        names = list(dict.fromkeys(weight_map.values()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise NlpkitError(f"cannot read the shard index {index}: {_first_line(error)}") from None
+    files = [index.parent / name for name in names]
+    for file in files:
+        if not file.is_file():
+            raise NlpkitError(f"shard {file.name} named by {index} is missing from {index.parent}")
+    return files
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            return {key: file.get_tensor(key) for key in file.keys()}
+    except Exception as error:  # safetensors raises its own error types, torch and OSError others
+        raise NlpkitError(f"cannot read weights file {path} (corrupt or truncated?): {_first_line(error)}") from None
+
+
+def _read_bin(path: Path) -> dict[str, Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # zip, pickle and OS errors all mean: this file cannot be used
+        raise NlpkitError(f"cannot read weights file {path} (corrupt or truncated?): {_first_line(error)}") from None
+    if not isinstance(state, dict) or not all(isinstance(value, Tensor) for value in state.values()):
+        raise NlpkitError(f"weights file {path} does not hold a flat dict of tensors (a state dict)")
+    return state
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+# ---------------------------------------------------------------------------
+# Name rules
+# ---------------------------------------------------------------------------
+
+_PARAMETERS = ("weight", "bias")
+
+
+def _split(key: str) -> tuple[str, str]:
+    """`layers.0.mlp.up.weight` -> (`layers.0.mlp.up`, `.weight`); a buffer name stays whole."""
+    module, _, last = key.rpartition(".")
+    return (module, f".{last}") if module and last in _PARAMETERS else (key, "")
+
+
+_PATTERNS: dict[str, re.Pattern[str]] = {}
+
+
+def _match(template: str, path: str) -> dict[str, str] | None:
+    """Matches a dotted path against a template whose `{name}` stands for one component."""
+    pattern = _PATTERNS.get(template)
+    if pattern is None:
+        source = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^.]+)", re.escape(template))
+        pattern = _PATTERNS[template] = re.compile(source)
+    found = pattern.fullmatch(path)
+    return found.groupdict() if found else None
+
+
+def hf_names(key: str, rules: list[Rule]) -> list[str]:
+    """The Hugging Face names of nlpkit weight `key`, preferred first (the one saved).
+
+    A leading `/` marks a top-level head weight that sits outside the base
+    model's prefix.
+
+    Raises:
+        KeyError: If no rule covers `key` (a bug in the family's rules).
+    """
+    module, parameter = _split(key)
+    names = [hf.format(**groups) + parameter
+             for ours, hf in rules if (groups := _match(ours, module)) is not None]
+    if not names:
+        raise KeyError(f"no checkpoint name rule covers nlpkit weight {key!r}")
+    return names
+
+
+# ---------------------------------------------------------------------------
+# Config translation helpers
+# ---------------------------------------------------------------------------
+
+# `transformers.activations.ACT2FN` names -> the backbone's closed set.
+_ACTIVATIONS: dict[str, Activation] = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
+_ACTIVATION_NAMES: dict[str, str] = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+
+
+def activation_from_hf(name: Any, field: str) -> Activation:
+    """Translates an activation name, raising NlpkitError naming `field` when it has no equivalent."""
+    if name not in _ACTIVATIONS:
+        raise NlpkitError(f"{field}={name!r} cannot be expressed; supported: {', '.join(sorted(_ACTIVATIONS))}")
+    return _ACTIVATIONS[name]
+
+
+def activation_to_hf(activation: str) -> str:
+    """The `transformers` name of one of the backbone's activations."""
+    return _ACTIVATION_NAMES[activation]
+
+
+def unsupported(field: str, value: Any, why: str) -> NlpkitError:
+    """An error for a `config.json` field nlpkit cannot express (the caller raises it)."""
+    return NlpkitError(f"{field}={value!r} cannot be expressed by nlpkit's backbones: {why}")
+
+
+def token_id(value: Any, vocab_size: int) -> int | None:
+    """A special-token id for the config, or None when absent or outside the vocabulary.
+
+    Only for kinds whose outputs never read it (decoders and encoder-decoders
+    use arange positions); tiny test configs often keep ids of the full-size
+    vocabulary, which transformers also tolerates.
+    """
+    return value if isinstance(value, int) and 0 <= value < vocab_size else None
+
+
+def make_config(**fields: Any) -> BackboneConfig:
+    """Builds a BackboneConfig, turning its ValueError into NlpkitError."""
+    try:
+        return BackboneConfig(**fields)
+    except NlpkitError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise NlpkitError(str(error)) from None

@@ -1,0 +1,137 @@
+"""Tiny random `transformers` models of every supported family, and what the parity tests share.
+
+Each model is built from its head class (the one that holds the pretrained
+LM head or a task head), with random values everywhere (norms, biases and
+BART's `final_logits_bias` too) so that no formula hides behind ones and
+zeros. The folders are written the ways real checkpoints come: base or head
+class, one file or sharded, safetensors or an older release's `.bin`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+TOLERANCE = 1e-4
+VOCAB, HIDDEN, LAYERS, HEADS, FFN, POSITIONS = 96, 32, 2, 4, 48, 40
+
+
+@dataclass(frozen=True)
+class Family:
+    """A tiny model of one family: its `transformers` head class and config."""
+
+    name: str
+    kind: str  # encoder | decoder | encoder-decoder
+    head_class: str
+    config_class: str
+    config: dict[str, Any]
+
+
+_COMMON = dict(attn_implementation="eager")
+_ENC_DEC = dict(vocab_size=VOCAB, d_model=HIDDEN, encoder_layers=LAYERS, decoder_layers=LAYERS,
+                encoder_attention_heads=HEADS, decoder_attention_heads=HEADS, encoder_ffn_dim=FFN,
+                decoder_ffn_dim=FFN, max_position_embeddings=POSITIONS)
+_LLAMA = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+              num_key_value_heads=2, intermediate_size=FFN, max_position_embeddings=64, rms_norm_eps=1e-6,
+              rope_parameters={"rope_type": "default", "rope_theta": 50000.0}, bos_token_id=1, eos_token_id=2)
+_T5 = dict(vocab_size=VOCAB, d_model=HIDDEN, d_kv=12, d_ff=FFN, num_layers=LAYERS, num_decoder_layers=LAYERS + 1,
+           num_heads=HEADS, relative_attention_num_buckets=8, relative_attention_max_distance=20, pad_token_id=0,
+           eos_token_id=1, decoder_start_token_id=0)
+
+FAMILIES = {
+    family.name: family
+    for family in [
+        Family("bert", "encoder", "BertForSequenceClassification", "BertConfig",
+               dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                    intermediate_size=FFN, max_position_embeddings=POSITIONS, num_labels=3, pad_token_id=0)),
+        Family("roberta", "encoder", "RobertaForMaskedLM", "RobertaConfig",
+               dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                    intermediate_size=FFN, max_position_embeddings=POSITIONS + 2, type_vocab_size=1,
+                    pad_token_id=1, bos_token_id=0, eos_token_id=2)),
+        Family("distilbert", "encoder", "DistilBertForSequenceClassification", "DistilBertConfig",
+               dict(vocab_size=VOCAB, dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS, hidden_dim=FFN,
+                    max_position_embeddings=POSITIONS, pad_token_id=0)),
+        Family("gpt2", "decoder", "GPT2LMHeadModel", "GPT2Config",
+               dict(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=FFN, n_positions=POSITIONS,
+                    bos_token_id=1, eos_token_id=2)),
+        Family("llama", "decoder", "LlamaForCausalLM", "LlamaConfig", dict(_LLAMA, tie_word_embeddings=False)),
+        Family("mistral", "decoder", "MistralForCausalLM", "MistralConfig",
+               dict(_LLAMA, head_dim=12, sliding_window=None, tie_word_embeddings=False)),
+        Family("qwen2", "decoder", "Qwen2ForCausalLM", "Qwen2Config", dict(_LLAMA, tie_word_embeddings=True)),
+        Family("bart", "encoder-decoder", "BartForConditionalGeneration", "BartConfig",
+               dict(_ENC_DEC, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
+                    forced_eos_token_id=2)),
+        Family("marian", "encoder-decoder", "MarianMTModel", "MarianConfig",
+               dict(_ENC_DEC, pad_token_id=VOCAB - 1, decoder_start_token_id=VOCAB - 1, eos_token_id=0,
+                    forced_eos_token_id=0, scale_embedding=True, activation_function="swish")),
+        Family("t5", "encoder-decoder", "T5ForConditionalGeneration", "T5Config",
+               dict(_T5, feed_forward_proj="relu")),
+        Family("t5-v1.1", "encoder-decoder", "T5ForConditionalGeneration", "T5Config",
+               dict(_T5, feed_forward_proj="gated-gelu", tie_word_embeddings=False)),
+    ]
+}
+
+
+def build(family: Family) -> Any:
+    """The family's head-class model with random weights, in eval mode."""
+    config = getattr(transformers, family.config_class)(**family.config, **_COMMON)
+    model = getattr(transformers, family.head_class)(config)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "embed_positions" not in name:  # Marian's sinusoids are a fixed table, not weights
+                param.normal_(0, 0.2)
+        if hasattr(model, "final_logits_bias"):
+            model.final_logits_bias.normal_()
+        if family.name == "t5-v1.1":
+            # transformers 5 ties T5's head in memory whatever the config says; give v1.1 its own.
+            model.lm_head.weight = torch.nn.Parameter(torch.randn(VOCAB, HIDDEN) * 0.2)
+    return model.eval()
+
+
+def save_bin(model: Any, folder: Path, shards: int = 1) -> Path:
+    """Writes a folder as releases before 5.0 did with `safe_serialization=False`.
+
+    Tied tensors stay in the file under every name (torch.save keeps shared
+    storage), and with `shards > 1` the state is split over
+    `pytorch_model-0000K-of-0000N.bin` files named by an index.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(folder)
+    state = model.state_dict()
+    if shards == 1:
+        torch.save(state, folder / "pytorch_model.bin")
+        return folder
+    keys = list(state)
+    weight_map = {}
+    for k in range(shards):
+        name = f"pytorch_model-{k + 1:05d}-of-{shards:05d}.bin"
+        part = {key: state[key] for key in keys[k::shards]}
+        torch.save(part, folder / name)
+        weight_map.update(dict.fromkeys(part, name))
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder
+
+
+def padded_batch(pad_id: int, rows: int = 3, length: int = 9, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids and mask of a batch with one full, one right-padded and one left-padded row."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB - 1, (rows, length), generator=generator)
+    mask = torch.ones_like(ids)
+    ids[1, 5:], mask[1, 5:] = pad_id, 0
+    ids[2, :4], mask[2, :4] = pad_id, 0
+    return ids, mask
+
+
+def max_diff(ours: torch.Tensor, theirs: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """Largest absolute difference, at real positions only when a mask is given."""
+    if mask is not None:
+        ours, theirs = ours[mask.bool()], theirs[mask.bool()]
+    return (ours - theirs).abs().max().item()
