@@ -96,6 +96,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a trained run as a Hugging Face-format folder that transformers loads."""
+    from nlpkit.inference import load
+
+    model = load(args.run_dir, plugin_set=_plugins(args))
+    print(f"exported to {model.export(args.out, format=args.format)}")
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     """List each plugin (name, module, distribution, version) and what it registered."""
     plugin_set = _plugins(args)
@@ -141,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--data", required=True, metavar="FILE", help="a labelled file with the training data's columns")
     sub.add_argument("--format", default=None, help="data format (default: from the file extension)")
     sub.add_argument("--batch-size", type=int, default=32)
+    sub = verb("export", cmd_export)
+    sub.add_argument("run_dir", help="a run folder")
+    sub.add_argument("out", help="the folder to write")
+    sub.add_argument("--format", default="hf", help="export format (hf: a Hugging Face-format folder)")
     verb("plugins", cmd_plugins)
     return parser
 

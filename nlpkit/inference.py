@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -10,11 +11,11 @@ import torch
 from nlpkit.errors import NlpkitError
 from nlpkit.plugins import PluginSet, load_plugins
 from nlpkit.recipe import Recipe, load_recipe
-from nlpkit.runs import BACKBONE_FILE, TASK_STATE_FILE, RunFolder
+from nlpkit.runs import BACKBONE_FILE, RUN_FILE, SOURCE_CHECKPOINT_FILE, TASK_STATE_FILE, RunFolder
 from nlpkit.tasks import Task, TaskModel
 from nlpkit.tokenization import Tokenizer
 
-__all__ = ["LoadedModel", "load"]
+__all__ = ["LoadedModel", "PretrainedModel", "load"]
 
 
 class LoadedModel:
@@ -72,6 +73,40 @@ class LoadedModel:
             answers.extend(self.task.decode(self.task.forward(self.model, batch), batch))
         return answers[0] if single else answers
 
+    def export(self, folder: str | Path, format: str = "hf") -> Path:
+        """Write the model as a Hugging Face-format folder that ``transformers`` loads.
+
+        The backbone goes under its family's names, the task head as the
+        matching ``transformers`` head class (e.g. ``BertForSequenceClassification``),
+        with the tokenizer beside it. A fine-tuned checkpoint keeps its family
+        and the rest of its original ``config.json``.
+
+        Args:
+            folder: where to write (created if needed).
+            format: ``hf``, the only format so far.
+
+        Raises:
+            NlpkitError: an unknown format, a backbone no family can express,
+                or a task head without a ``transformers`` counterpart.
+        """
+        from nlpkit.backbones.checkpoints import infer_family, save_pretrained
+
+        if format != "hf":
+            raise NlpkitError(f"--format: unknown export format '{format}'; known: hf")
+        source_file = self.path / SOURCE_CHECKPOINT_FILE
+        source = json.loads(source_file.read_text(encoding="utf-8")) if source_file.is_file() else {}
+        family = source.get("family") or infer_family(self.model.backbone.config)
+        spec = self.task.hf_head(family)
+        if spec is None:
+            raise NlpkitError(f"task '{self.task.name}' (with these options) has no transformers head for {family} "
+                              f"checkpoints, so it cannot be exported in Hugging Face format")
+        head_state = self.model.head.state_dict()
+        extra = {hf_name: head_state[name] for name, hf_name in spec.weights.items()}
+        hf_config = {**source.get("config", {}), **spec.config, "architectures": [spec.architecture]}
+        out = save_pretrained(self.model.backbone, folder, family, extra, hf_config)
+        self.task.tokenizer.save(out)
+        return out
+
     def evaluate(self, data: str | Path, format: str | None = None, batch_size: int = 32) -> dict[str, float]:
         """Score the model on a labelled file with the task's loss and metrics.
 
@@ -110,23 +145,92 @@ class LoadedModel:
         return {key.removeprefix("test_"): float(value) for key, value in results.items()}
 
 
-def load(path: str | Path, plugins: Iterable[str] = (), blocked: Iterable[str] = (), plugin_set: PluginSet | None = None) -> LoadedModel:
-    """Load a trained run folder.
+class PretrainedModel:
+    """A pretrained Hugging Face-format folder used as it is.
+
+    Attributes:
+        backbone: the backbone module with the folder's weights, in eval mode.
+        tokenizer: the folder's tokenizer.
+        path: the folder.
+    """
+
+    def __init__(self, path: Path) -> None:
+        from nlpkit import tokenization
+        from nlpkit.backbones.checkpoints import from_pretrained
+        from nlpkit.backbones.checkpoints.sentence_transformers import read_sentence_pooling
+
+        self.path = path
+        self.backbone = from_pretrained(path)
+        self.pooling = read_sentence_pooling(path)
+        self.tokenizer = tokenization.from_pretrained(path, max_length=self.pooling.max_length)
+
+    @torch.inference_mode()
+    def embed(self, texts: str | Sequence[str], batch_size: int = 32) -> torch.Tensor:
+        """Sentence embeddings, pooled and normalised as the folder's sentence-transformers files say.
+
+        Args:
+            texts: a text, or a list of texts.
+            batch_size: texts per forward pass.
+
+        Returns:
+            ``(hidden,)`` for one text, ``(len(texts), hidden)`` for a list (float32).
+
+        Raises:
+            NlpkitError: the folder holds no encoder.
+        """
+        from nlpkit.tasks import pad
+
+        if self.backbone.config.kind != "encoder":
+            raise NlpkitError(f"embed needs an encoder; {self.path} holds a {self.backbone.config.kind}")
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+        pad_id = self.tokenizer.pad_token_id
+        chunks = []
+        for start in range(0, len(items), batch_size):
+            encodings = self.tokenizer.encode_batch(items[start : start + batch_size])
+            ids = pad([e.ids for e in encodings], pad_id)
+            mask = pad([[1] * len(e.ids) for e in encodings], 0)
+            hidden = self.backbone(ids, attention_mask=mask).last_hidden_state.float()
+            chunks.append(self._pool(hidden, mask))
+        embeddings = torch.cat(chunks) if chunks else torch.empty(0, self.backbone.config.hidden_size)
+        if self.pooling.normalize:
+            embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=-1)
+        return embeddings[0] if single else embeddings
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # hidden: (batch, seq, hidden); mask: (batch, seq), as sentence-transformers' Pooling module.
+        weights = mask[..., None].to(hidden.dtype)
+        if self.pooling.mode == "cls":
+            return hidden[:, 0]
+        if self.pooling.mode == "max":
+            return hidden.masked_fill(weights == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
+        total, count = (hidden * weights).sum(1), weights.sum(1).clamp(min=1e-9)
+        return total / (count.sqrt() if self.pooling.mode == "mean_sqrt_len" else count)
+
+
+def load(path: str | Path, plugins: Iterable[str] = (), blocked: Iterable[str] = (),
+         plugin_set: PluginSet | None = None) -> LoadedModel | PretrainedModel:
+    """Load a trained run folder, or a pretrained Hugging Face-format folder.
 
     Args:
-        path: the run folder (``nlpkit run`` prints it; ``RunResult.run_dir``).
+        path: a run folder (``nlpkit run`` prints it; ``RunResult.run_dir``), or
+            a pretrained folder (``config.json`` and weights).
         plugins: extra plugin modules (a run of a task from such a plugin needs it).
         blocked: plugin names not to load.
         plugin_set: an already loaded plugin set (the CLI passes its own).
 
     Returns:
-        A :class:`LoadedModel` with ``predict``.
+        For a run folder, a :class:`LoadedModel` with the verbs of its task
+        (``predict``, ``evaluate``, ``export``); for a pretrained folder, a
+        :class:`PretrainedModel` (an encoder's ``embed``).
 
     Raises:
         NlpkitError: not a run folder, an unknown format version, a task whose plugin is missing.
     """
     from nlpkit.backbones.config import BackboneConfig
 
+    if not (Path(path) / RUN_FILE).is_file() and (Path(path) / "config.json").is_file():
+        return PretrainedModel(Path(path))
     run = RunFolder.open(path)
     plugin_set = plugin_set or load_plugins(plugins, blocked)
     recipe = load_recipe(run.read_recipe(), registries=plugin_set.registries, check_files=False)

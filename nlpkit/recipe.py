@@ -64,14 +64,21 @@ _TRAINER_KEYS_OWNED = {
 
 @dataclass
 class BackboneSection:
-    """Which backbone to build: a named preset, optionally with config fields changed.
+    """Which backbone to build, and which of its parts to train.
 
-    ``kind`` + ``config`` alone describe a backbone from scratch without a preset.
+    A named ``preset`` (optionally with ``config`` fields changed), or ``kind``
+    + ``config`` from scratch, or ``pretrained``: a local Hugging Face-format
+    folder whose weights (and, unless the tokenizer section says otherwise,
+    tokenizer) are loaded.
     """
 
     preset: str | None = None
     kind: str | None = None
+    pretrained: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    freeze: bool = False
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0
 
 
 @dataclass
@@ -119,6 +126,7 @@ class OptimizationSection:
     warmup_steps: int = 0
     grad_clip: float | None = 1.0
     accumulate_grad_batches: int = 1
+    layer_lr_decay: float = 1.0
 
 
 @dataclass
@@ -441,7 +449,7 @@ def load_recipe(
     recipe_obj.source = source
     recipe_obj.task_options = build_dataclass(task_cls.config_class, raw.get(task_name), (task_name,), ctx)
 
-    _check_backbone(recipe_obj, task_cls, registries, ctx)
+    _check_backbone(recipe_obj, task_cls, registries, ctx, recipe_dir, check_files)
     _check_data(recipe_obj, task_cls, registries, recipe_dir, ctx, check_files)
     _check_tokenizer(recipe_obj, recipe_dir, ctx, check_files)
     _check_training(recipe_obj, task_cls, ctx)
@@ -456,10 +464,16 @@ def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
     return yaml.safe_load(yaml.safe_dump(raw)) if raw else {}
 
 
-def _check_backbone(recipe: Recipe, task_cls: type, registries: Registries, ctx: _Context) -> None:
+def _check_backbone(recipe: Recipe, task_cls: type, registries: Registries, ctx: _Context, recipe_dir: Path,
+                    check_files: bool) -> None:
     from nlpkit.backbones.config import BackboneConfig
 
     section = recipe.backbone
+    if section.freeze_layers < 0:
+        raise ctx.error(("backbone", "freeze_layers"), f"expected an integer >= 0, got {section.freeze_layers}")
+    if section.pretrained is not None:
+        _check_pretrained(recipe, task_cls, ctx, recipe_dir, check_files)
+        return
     if section.preset is None and section.kind is None:
         raise ctx.error(("backbone",), f"expected 'preset' (one of: {', '.join(registries.backbone_presets)}) or 'kind' with 'config'")
     if section.preset is not None:
@@ -493,6 +507,34 @@ def _check_backbone(recipe: Recipe, task_cls: type, registries: Registries, ctx:
             ("backbone",),
             f"task '{task_cls.name}' needs a backbone of kind {' or '.join(task_cls.backbone_kinds)}, got {config.kind}",
         )
+
+
+def _check_pretrained(recipe: Recipe, task_cls: type, ctx: _Context, recipe_dir: Path, check_files: bool) -> None:
+    section = recipe.backbone
+    for key in ("preset", "kind"):
+        if getattr(section, key) is not None:
+            raise ctx.error(("backbone", key), "cannot be combined with backbone.pretrained (the folder's config.json says what it is)")
+    if section.config:
+        raise ctx.error(("backbone", "config"), "a pretrained backbone's architecture comes from its config.json and cannot change")
+    given, resolved = section.pretrained, _resolve_path(section.pretrained, recipe_dir)
+    section.pretrained = str(resolved)
+    if not check_files:
+        return
+    from nlpkit.backbones.checkpoints import checkpoint_config
+
+    try:
+        # A missing folder is reported as written, so that a hub id reads as one.
+        config = checkpoint_config(resolved if resolved.exists() else given).config
+    except NlpkitError as error:
+        raise ctx.error(("backbone", "pretrained"), str(error)) from None
+    if config.kind not in task_cls.backbone_kinds:
+        raise ctx.error(
+            ("backbone", "pretrained"),
+            f"task '{task_cls.name}' needs a backbone of kind {' or '.join(task_cls.backbone_kinds)}; "
+            f"{section.pretrained} holds a {config.kind}",
+        )
+    if section.freeze_layers > config.num_layers:
+        raise ctx.error(("backbone", "freeze_layers"), f"{section.freeze_layers} is more than the backbone's {config.num_layers} layers")
 
 
 def _check_data(recipe: Recipe, task_cls: type, registries: Registries, recipe_dir: Path, ctx: _Context,
@@ -530,8 +572,10 @@ def _check_tokenizer(recipe: Recipe, recipe_dir: Path, ctx: _Context, check_file
     tok = recipe.tokenizer
     if tok.file is not None and tok.train is not None:
         raise ctx.error(("tokenizer",), "set either 'file' (load a tokenizer.json) or 'train' (wordpiece or bpe), not both")
-    if tok.file is None and tok.train is None:
+    if tok.file is None and tok.train is None and recipe.backbone.pretrained is None:
         tok.train = "wordpiece"
+    if tok.train is not None and recipe.backbone.pretrained is not None:
+        raise ctx.error(("tokenizer", "train"), "a pretrained backbone needs its own tokenizer (leave tokenizer.train unset)")
     if tok.file is not None:
         path = _resolve_path(tok.file, recipe_dir)
         if check_files and not path.is_file():
@@ -558,6 +602,8 @@ def _check_training(recipe: Recipe, task_cls: type, ctx: _Context) -> None:
     optimization = recipe.optimization
     if len(optimization.betas) != 2:
         raise ctx.error(("optimization", "betas"), f"expected two numbers, got {optimization.betas}")
+    if not 0.0 < optimization.layer_lr_decay <= 1.0:
+        raise ctx.error(("optimization", "layer_lr_decay"), f"expected a number in (0, 1], got {optimization.layer_lr_decay}")
     if not 0.0 <= optimization.warmup_ratio < 1.0:
         raise ctx.error(("optimization", "warmup_ratio"), f"expected a number in [0, 1), got {optimization.warmup_ratio}")
     if optimization.lr <= 0:

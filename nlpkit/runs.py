@@ -12,6 +12,7 @@ Layout (format version 1)::
       metrics.csv             the metric history, one row per logging step
       metrics.json            the final metrics (validation at the best checkpoint, test)
       checkpoints/            Lightning checkpoints (best and last)
+      source_checkpoint.json  a fine-tuned run's pretrained folder, family and config.json (for export)
 
 Every file is written to a temporary name, then renamed, so a crash never
 leaves a half-written file where a good one was.
@@ -43,6 +44,7 @@ WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "metrics.csv"
 CHECKPOINT_DIR = "checkpoints"
+SOURCE_CHECKPOINT_FILE = "source_checkpoint.json"
 LAST_CHECKPOINT = "last.ckpt"
 
 _PACKAGES = ("nlpkit", "torch", "pytorch-lightning", "torchmetrics", "datasets", "tokenizers", "pluggy", "safetensors")

@@ -40,12 +40,32 @@ if TYPE_CHECKING:
     from nlpkit.backbones import BackboneConfig
     from nlpkit.tokenization import Tokenizer
 
-__all__ = ["Task", "TaskModel", "NoOptions", "pad", "NlpkitError"]
+__all__ = ["Task", "TaskModel", "HFHead", "NoOptions", "pad", "NlpkitError"]
 
 
 @dataclass
 class NoOptions:
     """The recipe section of a task that has no options."""
+
+
+@dataclass
+class HFHead:
+    """How a task head corresponds to a ``transformers`` head class of one checkpoint family.
+
+    Used both ways: a pretrained checkpoint's matching head weights initialise
+    the task head, and ``nlpkit export`` writes the head under these names so
+    that ``transformers`` loads the folder with ``architecture``.
+
+    Attributes:
+        architecture: the ``transformers`` class, e.g. ``BertForSequenceClassification``.
+        weights: head parameter name (``0.weight``) -> checkpoint tensor name
+            without the base-model prefix (``pooler.dense.weight``).
+        config: ``config.json`` entries the head class reads (``num_labels``, ``id2label`` ...).
+    """
+
+    architecture: str
+    weights: dict[str, str]
+    config: dict[str, Any]
 
 
 class TaskModel(nn.Module):
@@ -184,3 +204,16 @@ class Task:
     def decode(self, outputs: Any, batch: dict[str, Any]) -> list[dict[str, Any]]:
         """Turn a batch of outputs into human answers, one per example."""
         raise NotImplementedError
+
+    # -- checkpoints ----------------------------------------------------------
+
+    def hf_head(self, family: str) -> HFHead | None:
+        """The ``transformers`` head class this task's head matches for a checkpoint family.
+
+        Optional: None (the default) means the head starts fresh on pretrained
+        backbones and the task cannot be exported in Hugging Face format.
+
+        Args:
+            family: the checkpoint's ``model_type`` (``bert``, ``roberta`` ...).
+        """
+        return None

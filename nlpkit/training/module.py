@@ -13,6 +13,7 @@ from typing_extensions import override
 
 from nlpkit.recipe import OptimizationSection
 from nlpkit.tasks import Task, TaskModel
+from nlpkit.training.finetuning import parameter_groups
 
 __all__ = ["TaskModule", "schedule_factor"]
 
@@ -101,16 +102,15 @@ class TaskModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         opt = self.optimization or OptimizationSection()
         # No weight decay on biases and norm weights (vectors), as in BERT and GPT-2 training.
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
+        groups = parameter_groups(self.model, opt.lr, opt.weight_decay, opt.layer_lr_decay)
         # One fused kernel for all tensors instead of a Python loop per tensor. Lightning's
         # mixed-precision plugin refuses gradient clipping with fused optimizers (they unscale
         # internally), so mixed precision gets the multi-tensor "foreach" implementation.
         fused = not str(self.trainer.precision).endswith("-mixed")
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            groups,
             lr=opt.lr,
-            betas=tuple(opt.betas),
+            betas=(opt.betas[0], opt.betas[1]),
             eps=opt.eps,
             fused=fused,
             foreach=None if fused else True,

@@ -14,8 +14,17 @@ from nlpkit.errors import NlpkitError
 from nlpkit.plugins import PluginSet, load_plugins
 from nlpkit.recipe import Recipe, load_recipe, recipe_to_dict
 from nlpkit.registry import Registries
-from nlpkit.runs import BACKBONE_FILE, LAST_CHECKPOINT, METRICS_FILE, RUN_FILE, TASK_STATE_FILE, RunFolder
+from nlpkit.runs import (
+    BACKBONE_FILE,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    RUN_FILE,
+    SOURCE_CHECKPOINT_FILE,
+    TASK_STATE_FILE,
+    RunFolder,
+)
 from nlpkit.tasks import Task, TaskModel
+from nlpkit import tokenization
 from nlpkit.tokenization import Tokenizer
 
 __all__ = ["RunResult", "run", "train", "prepare_inputs", "build_backbone_config", "check_resumable", "quiet_lightning"]
@@ -55,16 +64,75 @@ def build_backbone_config(recipe: Recipe, registries: Registries, tokenizer: Tok
     from nlpkit.backbones.config import BackboneConfig
 
     section = recipe.backbone
+    if section.pretrained:
+        from nlpkit.backbones.checkpoints import checkpoint_config
+
+        config = checkpoint_config(section.pretrained).config
+        if tokenizer.vocab_size > config.vocab_size:
+            raise NlpkitError(f"{recipe.source}: tokenizer: {tokenizer.vocab_size} tokens, but {section.pretrained} "
+                              f"embeds only {config.vocab_size}")
+        _check_length(recipe, config)
+        return config
     base = registries.backbone_presets.get(section.preset)().to_dict() if section.preset else {}
     if section.kind:
         base["kind"] = section.kind
     config = BackboneConfig.from_dict({**base, **section.config})
+    _check_length(recipe, config)
+    return dataclasses.replace(config, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id)
+
+
+def _check_length(recipe: Recipe, config: Any) -> None:
     if recipe.tokenizer.max_length > config.max_positions:
         raise NlpkitError(
             f"{recipe.source}: tokenizer.max_length: {recipe.tokenizer.max_length} is longer than the backbone's "
             f"max_positions ({config.max_positions})"
         )
-    return dataclasses.replace(config, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id)
+
+
+def build_model(recipe: Recipe, registries: Registries, task: Task, config: Any) -> tuple[TaskModel, dict[str, Any] | None]:
+    """The backbone (with its pretrained weights when the recipe names a folder), the task head, frozen parts.
+
+    Returns:
+        The model, and for a pretrained backbone what the run folder records of
+        its source (folder, family, config.json), for export; else None.
+    """
+    from nlpkit.training.finetuning import freeze
+
+    section = recipe.backbone
+    source = None
+    if section.pretrained:
+        from nlpkit.backbones.checkpoints import build_from_checkpoint, load_checkpoint
+
+        loaded = load_checkpoint(section.pretrained)
+        # from_pretrained hands back an inference-ready module (eval mode); training wants dropout on.
+        model = TaskModel(build_from_checkpoint(loaded).train(), task.build_head(config))
+        _initialise_head(task, model, loaded.family, loaded.extra_state)
+        source = {"folder": section.pretrained, "family": loaded.family, "config": loaded.hf_config}
+    else:
+        model = TaskModel(registries.backbone_kinds.get(config.kind)(config), task.build_head(config))
+    frozen = freeze(model.backbone, section.freeze_embeddings, section.freeze_layers, section.freeze)
+    if frozen:
+        log.info("frozen: %d of %d backbone parameters", frozen, sum(p.numel() for p in model.backbone.parameters()))
+    return model, source
+
+
+def _initialise_head(task: Task, model: TaskModel, family: str, checkpoint_state: dict[str, Any]) -> None:
+    """Start the task head from the checkpoint's matching head weights (BERT's pooler ...), where shapes agree."""
+    spec = task.hf_head(family)
+    if spec is None:
+        return
+    import torch
+
+    head_state = model.head.state_dict()
+    taken = []
+    with torch.no_grad():
+        for name, checkpoint_name in spec.weights.items():
+            tensor = checkpoint_state.get(checkpoint_name)
+            if tensor is not None and name in head_state and head_state[name].shape == tensor.shape:
+                head_state[name].copy_(tensor)
+                taken.append(checkpoint_name)
+    if taken:
+        log.info("task head starts from the checkpoint's %s", ", ".join(taken))
 
 
 def _train_tokenizer(recipe: Recipe, train_split: Any, columns: list[str]) -> Tokenizer:
@@ -100,6 +168,8 @@ def prepare_inputs(recipe: Recipe, registries: Registries, run: RunFolder | None
         tokenizer = Tokenizer.load(run.path)
     elif recipe.tokenizer.file is not None:
         tokenizer = Tokenizer.from_file(recipe.tokenizer.file, max_length=recipe.tokenizer.max_length)
+    elif recipe.backbone.pretrained is not None:
+        tokenizer = tokenization.from_pretrained(recipe.backbone.pretrained, max_length=recipe.tokenizer.max_length)
     else:
         tokenizer = _train_tokenizer(recipe, splits["train"], task_cls.text_columns(splits["train"].column_names))
     task = task_cls(recipe.task_options, tokenizer)
@@ -249,12 +319,13 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
             run.write_recipe({**resolved, **{key: run.read_recipe()[key] for key in _RUN_NAMING}})
     inputs = prepare_inputs(recipe, registries, run)
     task, config = inputs.task, inputs.backbone_config
-    backbone = registries.backbone_kinds.get(config.kind)(config)
-    model = TaskModel(backbone, task.build_head(config))
+    model, source = build_model(recipe, registries, task, config)
 
     if run is None:
         run = RunFolder.create(recipe.output_dir, recipe.name, path=os.environ.get(RUN_DIR_ENV))
         inputs.tokenizer.save(run.path)
+        if source is not None:
+            run.write_json(SOURCE_CHECKPOINT_FILE, source)
         run.write_start(recipe.task, resolved, config.to_dict(), task.state(), [p.name for p in plugin_set.plugins])
         log.info("run folder: %s", run.path)
     os.environ[RUN_DIR_ENV] = str(run.path)

@@ -129,6 +129,11 @@ class Classification(Task):
             answers.append({**chosen, "score": scores[best], "scores": scores})
         return answers
 
+    def hf_head(self, family):
+        from nlpkit_classification.hf import sequence_classification_head
+
+        return sequence_classification_head(family, self.labels, self.config.multi_label, self.config.pooling)
+
 
 @nlpkit.hookimpl
 def nlpkit_register_tasks():

@@ -230,9 +230,13 @@ def from_pretrained(path: str | Path, dtype: torch.dtype | str | None = None) ->
         >>> decoder = from_pretrained("checkpoints/tiny-llama")
         >>> logits = decoder.logits(decoder(input_ids).last_hidden_state)
     """
+    return build_from_checkpoint(load_checkpoint(path), dtype)
+
+
+def build_from_checkpoint(loaded: LoadedCheckpoint, dtype: torch.dtype | str | None = None) -> nn.Module:
+    """The backbone module of a checkpoint already read with `load_checkpoint` (see `from_pretrained`)."""
     from nlpkit.backbones import build_backbone
 
-    loaded = load_checkpoint(path)
     target = _resolve_dtype(dtype, loaded.hf_config)
     backbone = build_backbone(loaded.config).to(target)
     state = {name: tensor.to(target) for name, tensor in loaded.backbone_state.items()}
@@ -244,8 +248,8 @@ def from_pretrained(path: str | Path, dtype: torch.dtype | str | None = None) ->
                            f"unexpected {sorted(result.unexpected_keys)}")
     for name in loaded.fresh:
         if name != "final_logits_bias":  # zeros are what transformers uses too
-            logger.warning("%s has no %s (saved from a base class?): it starts from a random initialisation",
-                           path, name)
+            logger.warning("the %s checkpoint has no %s (saved from a base class?): it starts from a random "
+                           "initialisation", loaded.family, name)
     return backbone.eval()
 
 
@@ -288,7 +292,7 @@ def save_pretrained(
     if not isinstance(config, BackboneConfig):
         raise NlpkitError(f"save_pretrained needs an nlpkit backbone (with a BackboneConfig), "
                           f"got {type(backbone).__name__}")
-    model_type = family or _infer_family(config)
+    model_type = family or infer_family(config)
     if model_type not in FAMILIES:
         raise NlpkitError(f"unsupported model_type {model_type!r}; supported: {', '.join(sorted(FAMILIES))}")
     module = FAMILIES[model_type]
@@ -468,7 +472,7 @@ def _mismatch(family: Family, model_type: str, fields: Mapping[str, Any], config
     return None
 
 
-def _infer_family(config: BackboneConfig) -> str:
+def infer_family(config: BackboneConfig) -> str:
     """The first family that can express `config` exactly; NlpkitError listing why none can."""
     reasons = []
     for model_type, family in FAMILIES.items():

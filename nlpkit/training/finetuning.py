@@ -1,0 +1,86 @@
+"""Fine-tuning controls: frozen parts of the backbone and layer-wise learning-rate decay.
+
+Both work from parameter names alone (``embeddings.*``, ``layers.N.*``), the
+names the three backbones share, so they apply to every kind and family.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from torch import nn
+
+from nlpkit.errors import NlpkitError
+
+__all__ = ["freeze", "layer_depths", "parameter_groups"]
+
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+_EMBEDDING = re.compile(r"(?:^|\.)embeddings\.|^token_embedding\.")
+
+
+def _stack_offset(name: str, num_encoder_layers: int) -> int:
+    # An encoder-decoder's decoder layers sit above all of its encoder layers.
+    return num_encoder_layers if name.startswith("decoder.") else 0
+
+
+def layer_depths(backbone: nn.Module) -> dict[str, int]:
+    """Depth of each backbone parameter: 0 for embeddings, i + 1 for layer i, top + 1 for the rest."""
+    config = backbone.config
+    encoder_layers = config.num_layers
+    total = encoder_layers + (config.resolved_num_decoder_layers if config.kind == "encoder-decoder" else 0)
+    depths = {}
+    for name, _ in backbone.named_parameters():
+        if _EMBEDDING.search(name):
+            depths[name] = 0
+        elif match := _LAYER.search(name):
+            depths[name] = _stack_offset(name, encoder_layers) + int(match.group(1)) + 1
+        else:  # final norms, relative position tables: with the top layer
+            depths[name] = total + 1
+    return depths
+
+
+def freeze(backbone: nn.Module, embeddings: bool = False, layers: int = 0, whole: bool = False) -> int:
+    """Stop gradients to the embeddings, the first ``layers`` layers, or the whole backbone.
+
+    Returns:
+        The number of parameters frozen.
+
+    Raises:
+        NlpkitError: ``layers`` is more than the backbone has.
+    """
+    if layers > backbone.config.num_layers:
+        raise NlpkitError(f"backbone.freeze_layers: {layers} is more than the backbone's {backbone.config.num_layers} layers")
+    frozen = 0
+    for name, parameter in backbone.named_parameters():
+        match = _LAYER.search(name)
+        first_layers = match is not None and not name.startswith("decoder.") and int(match.group(1)) < layers
+        if whole or (embeddings and _EMBEDDING.search(name)) or first_layers:
+            parameter.requires_grad_(False)
+            frozen += parameter.numel()
+    return frozen
+
+
+def parameter_groups(model: nn.Module, lr: float, weight_decay: float, layer_lr_decay: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW parameter groups: no weight decay on vectors, learning rates decayed towards the embeddings.
+
+    With ``layer_lr_decay`` d < 1 (ELECTRA, Clark et al. 2020; BEiT), a
+    parameter at depth k of a backbone with L layers learns at
+    ``lr * d ** (L + 1 - k)``; the task head learns at ``lr``.
+
+    Args:
+        model: a TaskModel (``backbone`` and ``head``).
+        lr: the peak learning rate.
+        weight_decay: applied to matrices only (not biases and norm weights).
+        layer_lr_decay: the factor per layer; 1.0 gives every parameter ``lr``.
+    """
+    depths = {f"backbone.{name}": depth for name, depth in layer_depths(model.backbone).items()}
+    top = max(depths.values(), default=0)
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        scale = layer_lr_decay ** (top - depths[name]) if name in depths else 1.0
+        decay = weight_decay if parameter.ndim >= 2 else 0.0
+        groups.setdefault((lr * scale, decay), []).append(parameter)
+    return [{"params": params, "lr": group_lr, "weight_decay": decay} for (group_lr, decay), params in groups.items()]

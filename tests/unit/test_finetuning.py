@@ -1,0 +1,84 @@
+"""Fine-tuning controls: which parameters train, and at which learning rate."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+import nlpkit
+from nlpkit import NlpkitError
+from nlpkit.backbones import PRESETS, BackboneConfig, build_backbone
+from nlpkit.plugins import load_plugins
+from nlpkit.recipe import load_recipe
+from nlpkit.tasks import TaskModel
+from nlpkit.training.finetuning import freeze, layer_depths, parameter_groups
+from nlpkit.training.trainer import build_model
+
+
+def tiny(kind: str) -> nn.Module:
+    config = dataclasses.replace(PRESETS[f"{kind}-tiny"](), vocab_size=50, hidden_size=32, num_heads=2,
+                                 intermediate_size=64, num_layers=3)
+    return build_backbone(config)
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder", "encoder-decoder"])
+def test_freezing_embeddings_layers_or_everything(kind):
+    backbone = tiny(kind)
+    freeze(backbone, embeddings=True)
+    frozen = {n for n, p in backbone.named_parameters() if not p.requires_grad}
+    assert frozen and all("embedding" in n for n in frozen)
+
+    backbone = tiny(kind)
+    freeze(backbone, layers=2)
+    frozen = {n for n, p in backbone.named_parameters() if not p.requires_grad}
+    assert any(".0." in n for n in frozen) and any(".1." in n for n in frozen)
+    assert not any("layers.2." in n and not n.startswith("decoder.") for n in frozen)
+    assert not any(n.startswith("decoder.") for n in frozen)  # only the encoder's first layers
+
+    backbone = tiny(kind)
+    assert freeze(backbone, whole=True) == sum(p.numel() for p in backbone.parameters())
+
+
+def test_freezing_more_layers_than_exist_is_an_error():
+    with pytest.raises(NlpkitError, match="freeze_layers: 9 is more than the backbone's 3 layers"):
+        freeze(tiny("encoder"), layers=9)
+
+
+def test_layer_lr_decay_lowers_the_rate_towards_the_embeddings():
+    model = TaskModel(tiny("encoder"), nn.Linear(32, 2))
+    groups = parameter_groups(model, lr=1.0, weight_decay=0.1, layer_lr_decay=0.5)
+    rate = {id(p): g["lr"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    depths = layer_depths(model.backbone)
+    top = max(depths.values())
+    assert rate[id(named["head.weight"])] == 1.0
+    for name, depth in depths.items():
+        assert rate[id(named[f"backbone.{name}"])] == pytest.approx(0.5 ** (top - depth))
+    assert rate[id(named["backbone.embeddings.token.weight"])] < rate[id(named["backbone.layers.0.attention.query.weight"])]
+    # Vectors (biases, norms) never get weight decay.
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    assert all(decay[id(p)] == 0.0 for p in model.parameters() if p.ndim < 2)
+    assert all(decay[id(p)] == 0.1 for p in model.parameters() if p.ndim >= 2)
+
+
+def test_frozen_parameters_do_not_change_in_training(sentiment_recipe):
+    controls = ["backbone.config.num_layers=2", "backbone.freeze_embeddings=true", "backbone.freeze_layers=1"]
+    result = nlpkit.run(sentiment_recipe, [*controls, "training.epochs=1", "optimization.layer_lr_decay=0.8"])
+    trained = load_file(result.run_dir / "model.safetensors")
+    # Rebuild the initial weights: same seed, same construction order as the run.
+    plugin_set = load_plugins()
+    recipe = load_recipe(sentiment_recipe, controls, plugin_set.registries)
+    task = nlpkit.load(result.run_dir).task
+    config = BackboneConfig.from_dict(json.loads((result.run_dir / "backbone.json").read_text()))
+    pl.seed_everything(recipe.training.seed, verbose=False)
+    initial = build_model(recipe, plugin_set.registries, task, config)[0].state_dict()
+    for name, tensor in trained.items():
+        if name.startswith("backbone.embeddings.") or name.startswith("backbone.layers.0."):
+            assert torch.equal(tensor, initial[name]), name
+    assert not torch.equal(trained["backbone.layers.1.attention.query.weight"], initial["backbone.layers.1.attention.query.weight"])
