@@ -47,9 +47,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = inputs.backbone_config
     print(f"recipe {args.recipe}: ok")
     print(f"  task       {recipe.task} ({plugin_set.registries.tasks.owner(recipe.task)})")
-    print(f"  backbone   {recipe.backbone.preset or config.kind}: {config.kind}, {config.num_layers} layers, "
+    origin = recipe.backbone.pretrained or recipe.backbone.preset or "custom"
+    print(f"  backbone   {origin}: {config.kind}, {config.num_layers} layers, "
           f"hidden {config.hidden_size}, vocabulary {config.vocab_size}")
-    print(f"  data       " + ", ".join(f"{name} {len(split)} rows" for name, split in inputs.splits.items()))
+    print("  data       " + ", ".join(f"{name} {len(split)} rows" for name, split in inputs.splits.items()))
     for key, value in inputs.task.state().items():
         shown = ", ".join(map(str, value)) if isinstance(value, list) else value
         print(f"  {key:<10} {shown}")
@@ -74,14 +75,12 @@ def _read_jsonl(path: str) -> list[Any]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Answer texts (arguments) or JSON lines (``--input``) with a trained run; JSON lines out."""
-    from nlpkit.inference import load
-
     inputs: list[Any] = list(args.texts)
     if args.input:
         inputs.extend(_read_jsonl(args.input))
     if not inputs:
         raise NlpkitError("predict: give texts as arguments or --input FILE.jsonl")
-    model = load(args.run_dir, plugin_set=_plugins(args))
+    model = _load_run(args)
     for answer in model.predict(inputs, batch_size=args.batch_size):
         print(json.dumps(answer, ensure_ascii=False))
     return 0
@@ -89,18 +88,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a trained run on a labelled file; prints the metrics as JSON."""
-    from nlpkit.inference import load
-
-    model = load(args.run_dir, plugin_set=_plugins(args))
+    model = _load_run(args)
     print(json.dumps(model.evaluate(args.data, format=args.format, batch_size=args.batch_size), indent=2))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a trained run as a Hugging Face-format folder that transformers loads."""
-    from nlpkit.inference import load
-
-    model = load(args.run_dir, plugin_set=_plugins(args))
+    model = _load_run(args)
     print(f"exported to {model.export(args.out, format=args.format)}")
     return 0
 
@@ -114,6 +109,17 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for table, names in info.registered.items():
             print(f"  {table.replace('_', ' ')}: {', '.join(names)}")
     return 0
+
+
+def _load_run(args: argparse.Namespace) -> Any:
+    from nlpkit.inference import load
+    from nlpkit.runs import RUN_FILE
+
+    folder = Path(args.run_dir)
+    if not (folder / RUN_FILE).is_file() and (folder / "config.json").is_file():
+        raise NlpkitError(f"{args.run_dir} is a pretrained folder, not a run folder: {args.verb} needs a trained run "
+                          f"(train one with a recipe whose backbone.pretrained names this folder)")
+    return load(folder, plugin_set=_plugins(args))
 
 
 def _plugins(args: argparse.Namespace) -> Any:

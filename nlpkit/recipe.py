@@ -630,7 +630,7 @@ def _check_trainer(recipe: Recipe, ctx: _Context) -> None:
         if key not in names:
             raise ctx.error(("trainer", key), f"unknown Trainer argument{suggest(key, names)}")
         if isinstance(value, dict):
-            raise ctx.error(("trainer", key), f"expected a plain value, got a mapping")
+            raise ctx.error(("trainer", key), "expected a plain value, got a mapping")
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

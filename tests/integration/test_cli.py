@@ -116,3 +116,10 @@ def test_evaluate_prints_metrics(trained_run, tmp_path, capsys):
     unseen = write_csv(tmp_path / "unseen.csv", [{"text": "the film", "label": "meh"}])
     assert main(["evaluate", str(trained_run), "--data", str(unseen)]) == 2
     assert "label 'meh' never seen in training" in capsys.readouterr().err
+
+
+def test_run_verbs_on_a_pretrained_folder_say_what_is_needed(tmp_path, capsys):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    assert main(["predict", str(tmp_path), "text"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a pretrained folder, not a run folder: predict needs a trained run" in err
