@@ -79,6 +79,7 @@ class BackboneSection:
     freeze: bool = False
     freeze_embeddings: bool = False
     freeze_layers: int = 0
+    gradient_checkpointing: bool = False
 
 
 @dataclass

@@ -1,19 +1,22 @@
-"""Fine-tuning controls: frozen parts of the backbone and layer-wise learning-rate decay.
+"""Fine-tuning controls: frozen parts, layer-wise learning-rate decay, gradient checkpointing.
 
-Both work from parameter names alone (``embeddings.*``, ``layers.N.*``), the
-names the three backbones share, so they apply to every kind and family.
+They work from the structure the three backbones share (parameter names
+``embeddings.*``, ``layers.N.*``; ``layers`` module lists), so they apply to
+every kind and family without a flag inside the backbone modules.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from nlpkit.errors import NlpkitError
 
-__all__ = ["freeze", "layer_depths", "parameter_groups"]
+__all__ = ["freeze", "layer_depths", "parameter_groups", "checkpoint_layers"]
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 _EMBEDDING = re.compile(r"(?:^|\.)embeddings\.|^token_embedding\.")
@@ -84,3 +87,24 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, layer_lr_
         decay = weight_decay if parameter.ndim >= 2 else 0.0
         groups.setdefault((lr * scale, decay), []).append(parameter)
     return [{"params": params, "lr": group_lr, "weight_decay": decay} for (group_lr, decay), params in groups.items()]
+
+
+def checkpoint_layers(backbone: nn.Module) -> int:
+    """Recompute each Transformer layer's activations in backward instead of keeping them.
+
+    Memory for activations drops from one set per layer to one layer's worth,
+    for about one more forward pass of compute. Each layer's ``forward`` goes
+    through ``torch.utils.checkpoint`` (non-reentrant; the random-number state
+    is replayed, so dropout masks match); parameter names do not change, so
+    checkpoints and exports are unaffected.
+
+    Returns:
+        The number of layers wrapped.
+    """
+    wrapped = 0
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.ModuleList) and name.split(".")[-1] == "layers":
+            for layer in module:
+                layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
+                wrapped += 1
+    return wrapped

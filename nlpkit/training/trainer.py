@@ -96,7 +96,7 @@ def build_model(recipe: Recipe, registries: Registries, task: Task, config: Any)
         The model, and for a pretrained backbone what the run folder records of
         its source (folder, family, config.json), for export; else None.
     """
-    from nlpkit.training.finetuning import freeze
+    from nlpkit.training.finetuning import checkpoint_layers, freeze
 
     section = recipe.backbone
     source = None
@@ -110,6 +110,8 @@ def build_model(recipe: Recipe, registries: Registries, task: Task, config: Any)
         source = {"folder": section.pretrained, "family": loaded.family, "config": loaded.hf_config}
     else:
         model = TaskModel(registries.backbone_kinds.get(config.kind)(config), task.build_head(config))
+    if section.gradient_checkpointing:
+        checkpoint_layers(model.backbone)
     frozen = freeze(model.backbone, section.freeze_embeddings, section.freeze_layers, section.freeze)
     if frozen:
         log.info("frozen: %d of %d backbone parameters", frozen, sum(p.numel() for p in model.backbone.parameters()))
