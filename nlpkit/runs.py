@@ -20,6 +20,7 @@ leaves a half-written file where a good one was.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import importlib.metadata
 import json
@@ -27,13 +28,13 @@ import os
 import platform
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
 from nlpkit.errors import NlpkitError
 
-__all__ = ["RunFolder", "FORMAT_VERSION", "atomic_write"]
+__all__ = ["RunFolder", "FORMAT_VERSION", "atomic_file", "atomic_write"]
 
 FORMAT_VERSION = 1
 RUN_FILE = "run.json"
@@ -50,19 +51,30 @@ LAST_CHECKPOINT = "last.ckpt"
 _PACKAGES = ("nlpkit", "torch", "pytorch-lightning", "torchmetrics", "datasets", "tokenizers", "pluggy", "safetensors")
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write; renamed onto ``path`` only when the block succeeds.
+
+    The rename is atomic on one filesystem, so readers (and a process killed
+    mid-write) see either the old file or the new one, never half of one.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
-            handle.flush()
+        yield Path(tmp)
+        with open(tmp, "rb") as handle:  # flush the data to disk before the rename makes it visible
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -159,14 +171,8 @@ class RunFolder:
         """Save a module's weights as safetensors (tied weights stored once)."""
         from safetensors.torch import save_model
 
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{WEIGHTS_FILE}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_model(model, tmp, metadata={"format": "pt", "nlpkit_format_version": str(FORMAT_VERSION)})
-            os.replace(tmp, self.path / WEIGHTS_FILE)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(self.path / WEIGHTS_FILE) as tmp:
+            save_model(model, str(tmp), metadata={"format": "pt", "nlpkit_format_version": str(FORMAT_VERSION)})
 
     # -- reading --------------------------------------------------------------
 
