@@ -16,12 +16,19 @@ needs it, so that a weight mapping gives identical outputs:
 - Relative position buckets: Raffel et al. 2020 (T5), copied from
   `T5Attention._relative_position_bucket`.
 - Attention goes through `torch.nn.functional.scaled_dot_product_attention`
-  so each device picks its fastest kernel.
+  so each device picks its fastest kernel, except in CPU training with
+  attention dropout, where SDPA has no fused kernel and falls back to its
+  `math` path; `_attention_with_dropout` computes the same thing in fewer
+  passes (see there).
+- Dropout keeps a boolean mask for backward and, on CPUs where
+  `bernoulli_` runs serially, draws it with `torch.rand` (see `Dropout`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import platform
 from collections.abc import Callable
 
 import torch
@@ -33,6 +40,7 @@ from nlpkit.backbones.config import BackboneConfig
 
 __all__ = [
     "Attention",
+    "Dropout",
     "Embeddings",
     "MLP",
     "RMSNorm",
@@ -89,6 +97,56 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
     "silu": F.silu,  # Llama's SwiGLU gate, Marian's "swish"
 }
+
+
+# ---------------------------------------------------------------------------
+# Dropout
+# ---------------------------------------------------------------------------
+
+
+@functools.cache
+def _bernoulli_is_serial() -> bool:
+    """Whether `Tensor.bernoulli_(p)` runs on one thread on this CPU.
+
+    torch samples `bernoulli_` with MKL (in parallel) only on Intel CPUs;
+    elsewhere it draws a double per element on one thread
+    (`bernoulli_scalar_kernel` in `ATen/native/cpu/DistributionKernels.cpp`),
+    about twice the cost of `torch.rand`. Dropout draws one number per
+    activation, so on such CPUs (AMD, ARM) the draw alone is ~10% of a BERT
+    training step on two cores.
+    """
+    if not torch.backends.mkl.is_available():
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "GenuineIntel" not in f.read(4096)
+    except OSError:
+        return "intel" not in platform.processor().lower()
+
+
+def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
+    """Boolean mask, True with probability `1 - p`, from the default generator."""
+    if device.type == "cpu" and _bernoulli_is_serial():
+        # float32 uniforms have 24 random bits, the resolution of CUDA's own dropout.
+        return torch.rand(shape, device=device) >= p
+    return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1.0 - p)
+
+
+class Dropout(nn.Dropout):
+    """`nn.Dropout` that keeps a boolean mask on CPU.
+
+    Same distribution and scaling as `F.dropout` (zero with probability `p`,
+    the rest multiplied by `1 / (1 - p)`), but backward keeps a 1-byte mask
+    per element instead of torch's 4-byte float noise, and the mask comes from
+    `_keep_mask` (faster where `bernoulli_` is serial). Other devices use
+    torch's fused kernels.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p in (0.0, 1.0) or self.inplace or x.device.type != "cpu":
+            return super().forward(x)
+        keep = _keep_mask(x.shape, self.p, x.device)
+        return torch.where(keep, x, 0.0).mul_(1.0 / (1.0 - self.p))  # where's backward needs only `keep`
 
 
 # ---------------------------------------------------------------------------
@@ -223,7 +281,7 @@ class Embeddings(nn.Module):
             self.position = None  # rotary and relative act inside attention
         self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size else None
         self.norm = make_norm(config) if config.embedding_norm else None
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.scale = math.sqrt(config.hidden_size) if config.scale_embedding else 1.0
 
     def forward(
@@ -304,6 +362,15 @@ def make_attention_mask(
     """
     past_length = key_length - query_length
     needs_causal = causal and query_length > 1
+    if attention_mask is not None:
+        if attention_mask.shape[-1] != key_length:
+            raise ValueError(
+                f"attention_mask must cover past and current positions ({key_length}), got {attention_mask.shape[-1]}"
+            )
+        if _no_padding(attention_mask):
+            # A mask of ones changes nothing; without it attention skips the mask add (and
+            # SDPA may take its fused or causal kernels), as `transformers` does for sdpa.
+            attention_mask = None
     if attention_mask is None and not explicit:
         if not needs_causal:
             return None, False
@@ -311,10 +378,6 @@ def make_attention_mask(
             return None, True  # SDPA's fused causal path
     allowed = torch.ones(1, 1, query_length, key_length, dtype=torch.bool, device=device)
     if attention_mask is not None:
-        if attention_mask.shape[-1] != key_length:
-            raise ValueError(
-                f"attention_mask must cover past and current positions ({key_length}), got {attention_mask.shape[-1]}"
-            )
         allowed = allowed & attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
     if needs_causal:
         query_position = torch.arange(past_length, key_length, device=device)[:, None]
@@ -323,9 +386,81 @@ def make_attention_mask(
     return mask.masked_fill(~allowed, torch.finfo(dtype).min), False
 
 
+def _no_padding(attention_mask: Tensor) -> bool:
+    """Whether a `(batch, keys)` padding mask is all ones (one host sync, as in `transformers`).
+
+    Not while tracing or compiling, where a data-dependent branch would be
+    baked in or break the graph: the mask is then kept.
+    """
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return bool(attention_mask.all())
+
+
 # ---------------------------------------------------------------------------
 # Attention, feed-forward, layer
 # ---------------------------------------------------------------------------
+
+
+def _attention_with_dropout(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, scale: float | None, dropout_p: float
+) -> Tensor:
+    """SDPA's CPU `math` path with dropout, in fewer passes over the scores.
+
+    torch's CPU flash kernel has no dropout, so in training SDPA runs
+    `_scaled_dot_product_attention_math`: it scales q and k, adds the mask,
+    takes a "safe" softmax (three extra passes that turn fully `-inf` rows
+    into zeros; nlpkit masks with `finfo.min`, so it has none), draws float
+    dropout noise with `bernoulli_` and multiplies by it. Here both scales go
+    into the matmuls' `alpha`, the softmax is plain, and the dropout keeps a
+    boolean mask. Like the math path, half-precision inputs are computed in
+    float32 and the result is cast back.
+
+    Args:
+        q: `(batch, heads, queries, head_dim)`.
+        k: `(batch, kv_heads, keys, head_dim)`; `heads` must be a multiple of `kv_heads`.
+        v: Same shape as `k`.
+        mask: Additive mask broadcastable to `(batch, heads, queries, keys)`, or None.
+        is_causal: Mask keys after each query (top-left aligned, as SDPA).
+        scale: Multiplier of the dot products; None means `head_dim ** -0.5`.
+        dropout_p: Probability of dropping an attention weight.
+
+    Returns:
+        `(batch, heads, queries, head_dim)` in the dtype of `q`.
+    """
+    dtype = q.dtype
+    batch, heads, queries, head_dim = q.shape
+    keys = k.shape[2]
+    if k.shape[1] != heads:  # grouped-query attention: query head h reads kv head h // group
+        k = k.repeat_interleave(heads // k.shape[1], dim=1)
+        v = v.repeat_interleave(heads // v.shape[1], dim=1)
+    # Like the math path, half precision is computed in float32.
+    compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    with torch.autocast(q.device.type, enabled=False):
+        # One pass each into contiguous (batch * heads, seq, head_dim) rows: the cast writes them
+        # contiguous, and without a cast `to` returns its input and `reshape` copies.
+        q3, k3, v3 = (
+            t.to(compute, memory_format=torch.contiguous_format).reshape(batch * heads, t.shape[2], head_dim)
+            for t in (q, k, v)
+        )
+        scale = head_dim**-0.5 if scale is None else scale
+        # beta=0: the (empty) input is ignored; the scale is applied inside the GEMM.
+        scores = torch.baddbmm(q3.new_empty(()), q3, k3.transpose(1, 2), beta=0.0, alpha=scale)
+        scores = scores.view(batch, heads, queries, keys)  # (batch, heads, queries, keys)
+        # In place: baddbmm's backward needs its inputs, not its output.
+        if mask is not None:
+            scores.add_(mask.to(compute))
+        if is_causal:
+            scores.masked_fill_(torch.ones(queries, keys, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        weights = torch.where(_keep_mask(weights.shape, dropout_p, weights.device), weights, 0.0)
+        y = torch.baddbmm(
+            v3.new_empty(()), weights.view(batch * heads, queries, keys), v3, beta=0.0, alpha=1.0 / (1.0 - dropout_p)
+        )  # (batch * heads, queries, head_dim); alpha is the dropout's 1 / (1 - p)
+    # A cast back to half precision writes (batch, queries, heads, head_dim) rows, so that the
+    # caller's `transpose(1, 2).reshape(...)` is a view rather than a second copy.
+    y = y.view(batch, heads, queries, head_dim).transpose(1, 2)
+    return y.to(dtype, memory_format=torch.contiguous_format).transpose(1, 2)
 
 
 class Attention(nn.Module):
@@ -400,14 +535,17 @@ class Attention(nn.Module):
                 q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
             if cache is not None:
                 k, v = cache.update(self.layer_index, k, v)  # (batch, kv_heads, past + seq, head_dim)
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=mask,
-            dropout_p=self.dropout_p if self.training else 0.0,
-            is_causal=is_causal,
-            scale=self.scale,
-            enable_gqa=self.num_kv_heads != self.num_heads,
-        )  # (batch, heads, seq, head_dim)
+        if self.training and self.dropout_p > 0.0 and q.device.type == "cpu":
+            y = _attention_with_dropout(q, k, v, mask, is_causal, self.scale, self.dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v,
+                attn_mask=mask,
+                dropout_p=self.dropout_p if self.training else 0.0,
+                is_causal=is_causal,
+                scale=self.scale,
+                enable_gqa=self.num_kv_heads != self.num_heads,
+            )  # (batch, heads, seq, head_dim)
         y = y.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
         return self.output(y)
 
@@ -453,7 +591,7 @@ class TransformerLayer(nn.Module):
             self.cross_attention = self.cross_attention_norm = None
         self.mlp = MLP(config)
         self.mlp_norm = make_norm(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def _residual(self, x: Tensor, norm: nn.Module, branch: Callable[[Tensor], Tensor]) -> Tensor:
         if self.pre_norm:

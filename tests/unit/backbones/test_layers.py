@@ -1,0 +1,116 @@
+"""The CPU training path of the shared layers: dropout, attention with dropout, dropped all-ones masks.
+
+These replace torch's own implementations for speed only, so each test pins
+them to the formula they stand in for: `F.dropout`'s distribution and
+scaling, SDPA's math path given the same dropout mask, and "no mask" for a
+mask of ones.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nlpkit.backbones import BackboneConfig, Encoder, layers
+
+
+@pytest.mark.parametrize("serial", [True, False])
+def test_dropout_matches_torch_distribution_and_scaling(serial: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(layers, "_bernoulli_is_serial", lambda: serial)
+    torch.manual_seed(0)
+    dropout = layers.Dropout(0.1).train()
+    x = torch.randn(1000, 1000, requires_grad=True)
+    y = dropout(x)
+    kept = y != 0
+    # 1e6 draws: the kept share is within 5 standard deviations (5 * 3e-4) of 0.9.
+    assert abs(kept.float().mean().item() - 0.9) < 1.5e-3
+    assert torch.equal(y[kept], (x * (1 / 0.9))[kept])
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.float() * (1 / 0.9))
+    assert dropout.eval()(x) is x
+
+
+def test_dropout_follows_the_torch_seed() -> None:
+    dropout = layers.Dropout(0.5).train()
+    x = torch.ones(64, 64)
+    torch.manual_seed(3)
+    first = dropout(x)
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x), first)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_with_dropout_is_sdpa_math_given_the_mask(
+    kv_heads: int, causal: bool, masked: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    batch, heads, length, head_dim, p = 2, 4, 7, 8, 0.3
+    q = torch.randn(batch, heads, length, head_dim, requires_grad=True)
+    k = torch.randn(batch, kv_heads, length, head_dim, requires_grad=True)
+    v = torch.randn(batch, kv_heads, length, head_dim, requires_grad=True)
+    mask = torch.zeros(batch, 1, length, length)
+    mask[1, ..., 5:] = torch.finfo(mask.dtype).min
+    mask = mask if masked else None
+    keep = torch.rand(batch, heads, length, length) >= p
+    monkeypatch.setattr(layers, "_keep_mask", lambda shape, p, device: keep)
+
+    y = layers._attention_with_dropout(q, k, v, mask, causal, 0.5, p)
+
+    # Reference: SDPA's math path written out in float64, dropping the same weights.
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    group = heads // kv_heads
+    scores = q64 @ k64.repeat_interleave(group, 1).transpose(-1, -2) * 0.5
+    if mask is not None:
+        scores = scores + mask.double()
+    if causal:
+        scores = scores.masked_fill(torch.ones(length, length, dtype=torch.bool).triu(1), float("-inf"))
+    reference = (torch.softmax(scores, -1) * keep / (1 - p)) @ v64.repeat_interleave(group, 1)
+    assert (y.double() - reference).abs().max().item() < 1e-5
+
+    grad = torch.randn_like(reference)
+    (y.double() * grad).sum().backward()
+    (reference * grad).sum().backward()
+    for ours, theirs in ((q, q64), (k, k64), (v, v64)):
+        assert (ours.grad.double() - theirs.grad).abs().max().item() < 1e-5
+
+
+def test_attention_with_dropout_computes_half_precision_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 7, 8) for _ in range(3))
+    monkeypatch.setattr(layers, "_keep_mask", lambda shape, p, device: torch.ones(shape, dtype=torch.bool))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layers._attention_with_dropout(q.bfloat16(), k.bfloat16(), v.bfloat16(), None, False, None, 0.5)
+    assert y.dtype == torch.bfloat16
+    # Keeping everything, dropout only scales by 1 / (1 - p).
+    expected = F.scaled_dot_product_attention(q.bfloat16().float(), k.bfloat16().float(), v.bfloat16().float()) * 2
+    assert (y.float() - expected).abs().max().item() < 3e-2
+
+
+def test_mask_of_ones_is_no_mask() -> None:
+    ones = torch.ones(2, 5, dtype=torch.long)
+    assert layers.make_attention_mask(ones, 5, 5, causal=False, dtype=torch.float32, device=ones.device) == (None, False)
+    assert layers.make_attention_mask(ones, 5, 5, causal=True, dtype=torch.float32, device=ones.device) == (None, True)
+    # Two new queries over three past positions: only the causal part remains, shared by the batch.
+    mask, is_causal = layers.make_attention_mask(ones, 2, 5, causal=True, dtype=torch.float32, device=ones.device)
+    assert not is_causal and mask.shape == (1, 1, 2, 5)
+    assert torch.equal(mask == 0, torch.tensor([[True] * 4 + [False], [True] * 5])[None, None])
+    mask, _ = layers.make_attention_mask(ones, 5, 5, causal=False, dtype=torch.float32, device=ones.device,
+                                         explicit=True)
+    assert mask is not None and torch.all(mask == 0)
+    with pytest.raises(ValueError, match="attention_mask must cover"):
+        layers.make_attention_mask(ones, 4, 4, causal=False, dtype=torch.float32, device=ones.device)
+
+
+def test_encoder_trains_the_same_with_a_mask_of_ones() -> None:
+    config = BackboneConfig(kind="encoder", vocab_size=50, hidden_size=32, num_layers=2, num_heads=4,
+                            intermediate_size=64, max_positions=16, type_vocab_size=2)
+    encoder = Encoder(config).train()
+    ids = torch.randint(1, 50, (3, 9))
+    torch.manual_seed(5)
+    with_mask = encoder(ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    torch.manual_seed(5)
+    without = encoder(ids).last_hidden_state
+    assert torch.equal(with_mask, without)
