@@ -75,3 +75,16 @@ def test_trainer_section_passes_through_to_lightning(sentiment_recipe):
 def test_length_grouped_batches_train(sentiment_recipe):
     result = nlpkit.run(sentiment_recipe, ["data.group_by_length=true", "training.epochs=2"])
     assert result.metrics["val_accuracy"] >= 0.8
+
+
+def test_gradients_are_clipped_under_bf16_mixed_precision(sentiment_recipe, monkeypatch):
+    calls = []
+    original = torch.nn.utils.clip_grad_norm_
+
+    def spy(parameters, max_norm, *args, **kwargs):
+        calls.append(max_norm)
+        return original(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    nlpkit.run(sentiment_recipe, ["training.precision=bf16-mixed", "training.epochs=1", "optimization.grad_clip=0.5"])
+    assert calls and all(value == 0.5 for value in calls)
