@@ -72,7 +72,7 @@ def run_transformers(args: argparse.Namespace, out: Path) -> dict:
     model = transformers.AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
     training_args = transformers.TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=32, per_device_eval_batch_size=64, learning_rate=5e-5,
-        num_train_epochs=1, warmup_ratio=0.06, weight_decay=0.01, bf16=args.precision == "bf16",
+        num_train_epochs=1, warmup_steps=int(0.06 * -(-len(data["train"]) // 32)), weight_decay=0.01, bf16=args.precision == "bf16",
         use_cpu=True, report_to=[], save_strategy="no", logging_steps=100, seed=42,
     )
     trainer = transformers.Trainer(
