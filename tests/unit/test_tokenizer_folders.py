@@ -423,8 +423,10 @@ def test_folder_without_tokenizer_files_names_what_was_looked_for(tmp_path: Path
 
 
 def test_missing_folder_says_local_folders_only(tmp_path: Path) -> None:
+    # A hub id is refused without touching the network: nlpkit reads local folders only.
+    hub_id = "sentence-transformers/all-MiniLM-L6-v2"
     with pytest.raises(NlpkitError, match="no such folder.*local folders only"):
-        from_pretrained("sentence-transformers/all-MiniLM-L6-v2")
+        from_pretrained(hub_id)
     with pytest.raises(NlpkitError, match="no such folder"):
         from_pretrained(tmp_path / "absent")
 
