@@ -73,7 +73,7 @@ def test_trainer_section_passes_through_to_lightning(sentiment_recipe):
 
 
 def test_length_grouped_batches_train(sentiment_recipe):
-    result = nlpkit.run(sentiment_recipe, ["data.group_by_length=true", "training.epochs=2"])
+    result = nlpkit.run(sentiment_recipe, ["data.group_by_length=true", "training.epochs=5"])
     assert result.metrics["val_accuracy"] >= 0.8
 
 
