@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = verb("evaluate", cmd_evaluate)
     sub.add_argument("run_dir", help="a run folder")
     sub.add_argument("--data", required=True, metavar="FILE", help="a labelled file with the training data's columns")
-    sub.add_argument("--format", default=None, help="data format (default: from the file extension)")
+    sub.add_argument("--format", default=None, help="data format (default: the file extension, else the run's training format)")
     sub.add_argument("--batch-size", type=int, default=32)
     sub = verb("export", cmd_export)
     sub.add_argument("run_dir", help="a run folder")

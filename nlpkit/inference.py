@@ -112,7 +112,8 @@ class LoadedModel:
 
         Args:
             data: a file with the columns of the run's training data.
-            format: a data format name; by default the file's extension.
+            format: a data format name; by default the file's extension when it
+                names one, else the format of the run's training data.
             batch_size: examples per forward pass.
 
         Returns:
@@ -130,9 +131,12 @@ class LoadedModel:
         path = Path(data)
         if not path.is_file():
             raise NlpkitError(f"--data: file '{data}' does not exist")
-        fmt = format or path.suffix.lstrip(".").lower()
-        section = dataclasses.replace(self.recipe.data, train=None, validation=None, test=str(path), hub=None, format=fmt)
         formats = self.plugin_set.registries.data_formats
+        # The file's extension when it names a format, else the format the run trained on
+        # (CoNLL files end in .txt).
+        suffix = path.suffix.lstrip(".").lower()
+        fmt = format or (suffix if suffix in formats else self.recipe.data.format or suffix)
+        section = dataclasses.replace(self.recipe.data, train=None, validation=None, test=str(path), hub=None, format=fmt)
         splits = select_columns(
             load_splits(section, formats), section,
             [*self.task.input_columns, *self.task.target_columns], self.task.optional_columns,
