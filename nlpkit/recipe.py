@@ -44,8 +44,10 @@ __all__ = [
 
 RECIPE_DIR_VARIABLE = "${recipe_dir}"
 
-# Lightning precision names; ints from YAML (32, 16, 64) are accepted as strings.
-PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "64")
+# Lightning precision names; ints from YAML (32, 16, 64) are accepted as strings. "auto" is
+# nlpkit's: bf16-mixed where the hardware multiplies bf16 natively, else 32-true
+# (nlpkit.training.trainer.resolve_precision).
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "64")
 
 # Trainer arguments that a recipe section already controls: one place for each setting.
 _TRAINER_KEYS_OWNED = {
@@ -146,7 +148,7 @@ class TrainingSection:
     eval_batch_size: int | None = None
     epochs: int = 3
     max_steps: int = -1
-    precision: str = "32-true"
+    precision: str = "auto"
     seed: int = 42
     monitor: str = "val_loss"
     monitor_mode: Literal["min", "max"] | None = None

@@ -316,7 +316,8 @@ def tiny_recipe(
         "data": dict(data),
         "optimization": {"lr": 1e-3},
         # Two epochs make two steps even when the training rows fit in one batch.
-        "training": {"batch_size": 4, "epochs": 2, "max_steps": 2, "seed": 0, "log_every_n_steps": 1},
+        # fp32 whatever the CPU: a conformance result should not depend on the machine.
+        "training": {"batch_size": 4, "epochs": 2, "max_steps": 2, "seed": 0, "log_every_n_steps": 1, "precision": "32-true"},
         # devices=1 on the CPU: the check must not depend on (or take over) the machine's accelerators.
         # Validating after every step makes the best-checkpoint path run too, even within one epoch.
         "trainer": {"accelerator": "cpu", "devices": 1, "val_check_interval": 1, "enable_progress_bar": False,

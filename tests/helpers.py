@@ -80,7 +80,7 @@ def tiny_recipe(tmp_path: Path, **sections: Any) -> dict[str, Any]:
         "backbone": {"preset": "encoder-tiny", "config": {"num_layers": 1, "hidden_size": 64, "intermediate_size": 128}},
         "tokenizer": {"train": "wordpiece", "vocab_size": 200, "max_length": 32, "min_frequency": 1},
         "optimization": {"lr": 3e-3},
-        "training": {"batch_size": 16, "epochs": 3, "seed": 0},
+        "training": {"batch_size": 16, "epochs": 3, "seed": 0, "precision": "32-true"},  # the same figures on any CPU
         "trainer": {"enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0},
         "output_dir": str(tmp_path / "runs"),
     }

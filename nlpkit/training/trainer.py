@@ -27,7 +27,16 @@ from nlpkit.tasks import Task, TaskModel
 from nlpkit import tokenization
 from nlpkit.tokenization import Tokenizer
 
-__all__ = ["RunResult", "run", "train", "prepare_inputs", "build_backbone_config", "check_resumable", "quiet_lightning"]
+__all__ = [
+    "RunResult",
+    "run",
+    "train",
+    "prepare_inputs",
+    "build_backbone_config",
+    "check_resumable",
+    "quiet_lightning",
+    "resolve_precision",
+]
 
 log = logging.getLogger("nlpkit")
 
@@ -187,6 +196,44 @@ def prepare_inputs(recipe: Recipe, registries: Registries, run: RunFolder | None
     return PreparedInputs(task, splits, tokenizer, config)
 
 
+def resolve_precision(precision: str, accelerator: str = "auto") -> str:
+    """The Lightning precision that ``training.precision: auto`` means on this machine.
+
+    ``bf16-mixed`` where the hardware multiplies bf16 natively: a CUDA GPU
+    that supports it, or a CPU with AVX512-BF16 or AMX; ``32-true`` elsewhere
+    (on a CPU without them bf16 is emulated and slower than fp32).
+
+    Why bf16-mixed: on this project's reference CPU (AMD EPYC, AVX512-BF16)
+    a BERT-base training step takes 4.0 s in bf16 autocast against 6.6 s in
+    fp32 (benchmarks/encoder_train_step.py), and fine-tuning all-MiniLM-L6-v2
+    on SST-2 reaches the same dev accuracy in both (0.891 with nlpkit in bf16;
+    0.890 bf16 / 0.891 fp32 with the transformers Trainer). Weights, optimizer
+    state and the loss stay fp32; only matrix products run in bf16.
+
+    Args:
+        precision: the recipe's value; anything but ``auto`` is returned as is.
+        accelerator: the recipe's ``trainer.accelerator`` (``auto``, ``cpu``, ``gpu`` ...).
+    """
+    if precision != "auto":
+        return precision
+    import torch
+
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    if accelerator in ("auto", "cpu") and _cpu_multiplies_bf16():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def _cpu_multiplies_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these probes (they are x86-only): assume no
+        return False
+
+
 def _trainer(recipe: Recipe, run: RunFolder) -> tuple[Any, Any]:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
@@ -310,8 +357,13 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
     quiet_lightning()
     registries = plugin_set.registries
     pl.seed_everything(recipe.training.seed, verbose=False)
-    resolved = recipe_to_dict(recipe)
     run = RunFolder.open_unfinished(resume) if resume else _shared_run_folder()
+    if recipe.training.precision == "auto":
+        # A resumed or joined run keeps the precision it started with, whatever this machine has.
+        started = run.read_recipe()["training"]["precision"] if run is not None else None
+        recipe.training.precision = started or resolve_precision("auto", recipe.trainer.get("accelerator", "auto"))
+        log.info("training.precision: %s (auto)", recipe.training.precision)
+    resolved = recipe_to_dict(recipe)
     checkpoint_path = None
     if resume is not None:
         check_resumable(run, resolved)

@@ -88,3 +88,32 @@ def test_gradients_are_clipped_under_bf16_mixed_precision(sentiment_recipe, monk
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
     nlpkit.run(sentiment_recipe, ["training.precision=bf16-mixed", "training.epochs=1", "optimization.grad_clip=0.5"])
     assert calls and all(value == 0.5 for value in calls)
+
+
+@pytest.mark.parametrize(
+    "cpu_bf16, accelerator, expected",
+    [(True, "auto", "bf16-mixed"), (False, "auto", "32-true"), (True, "cpu", "bf16-mixed"), (True, "mps", "32-true")],
+)
+def test_auto_precision_is_bf16_mixed_only_where_the_cpu_multiplies_bf16(monkeypatch, cpu_bf16, accelerator, expected):
+    from nlpkit.training import trainer
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(trainer, "_cpu_multiplies_bf16", lambda: cpu_bf16)
+    assert trainer.resolve_precision("auto", accelerator) == expected
+    assert trainer.resolve_precision("16-mixed", accelerator) == "16-mixed"  # an explicit choice stays
+
+
+def test_auto_precision_is_recorded_and_kept_on_resume(sentiment_recipe, monkeypatch):
+    import yaml
+
+    from nlpkit.training import trainer
+
+    del sentiment_recipe["training"]["precision"]  # the default, auto
+    monkeypatch.setattr(trainer, "_cpu_multiplies_bf16", lambda: True)
+    result = nlpkit.run(sentiment_recipe, ["training.epochs=1", "training.checkpoint_every_n_steps=5"])
+    recorded = yaml.safe_load((result.run_dir / "recipe.yaml").read_text())["training"]["precision"]
+    assert recorded == "bf16-mixed"
+    # Resumed on a machine without bf16, the run keeps training as it started.
+    monkeypatch.setattr(trainer, "_cpu_multiplies_bf16", lambda: False)
+    nlpkit.run(sentiment_recipe, ["training.epochs=2", "training.checkpoint_every_n_steps=5"], resume=result.run_dir)
+    assert yaml.safe_load((result.run_dir / "recipe.yaml").read_text())["training"]["precision"] == "bf16-mixed"
