@@ -12,9 +12,10 @@ import math
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 from nlpkit.errors import NlpkitError
+from nlpkit.registry import suggest
 
 if TYPE_CHECKING:
     import datasets
@@ -22,7 +23,16 @@ if TYPE_CHECKING:
     from nlpkit.recipe import DataSection
     from nlpkit.registry import Registry
 
-__all__ = ["FORMATS", "load_splits", "select_columns", "EpochSampler", "LengthGroupedSampler", "quiet_datasets"]
+__all__ = [
+    "FORMATS",
+    "load_splits",
+    "select_columns",
+    "EpochSampler",
+    "LengthGroupedSampler",
+    "token_budget_batches",
+    "BatchedFeatures",
+    "quiet_datasets",
+]
 
 SPLITS = ("train", "validation", "test")
 
@@ -70,7 +80,27 @@ def load_parquet(files: dict[str, str], **options: Any) -> datasets.DatasetDict:
     return _load_builder("parquet", files, options)
 
 
-FORMATS = {"csv": load_csv, "tsv": load_tsv, "json": load_json, "jsonl": load_json, "parquet": load_parquet}
+_DOCUMENTS = {"paragraph": "paragraph", "line": "line", "file": "document"}
+
+
+def load_text(files: dict[str, str], documents: str = "paragraph", **options: Any) -> datasets.DatasetDict:
+    """Plain text files: one example per document, in a column ``text``.
+
+    A document is, with ``documents: paragraph`` (the default), a run of lines
+    that a blank line ends; with ``line``, one line; with ``file``, the whole
+    file. Empty documents are dropped. Language modelling joins documents with
+    an end-of-text token, so a document boundary is where the model learns
+    that one text ends and an unrelated one begins.
+    """
+    if documents not in _DOCUMENTS:
+        raise NlpkitError(f"data.options.documents: expected one of {', '.join(_DOCUMENTS)}, got {documents!r}"
+                          f"{suggest(str(documents), list(_DOCUMENTS))}")
+    loaded = _load_builder("text", files, {"sample_by": _DOCUMENTS[documents], **options})
+    return loaded.filter(lambda row: bool(row["text"].strip()), desc="dropping empty documents")
+
+
+FORMATS = {"csv": load_csv, "tsv": load_tsv, "json": load_json, "jsonl": load_json, "parquet": load_parquet,
+           "text": load_text}
 
 
 def load_splits(data: DataSection, formats: Registry[Any]) -> datasets.DatasetDict:
@@ -103,7 +133,27 @@ def load_splits(data: DataSection, formats: Registry[Any]) -> datasets.DatasetDi
         path = getattr(data, split)
         if path is not None:
             splits[split] = loader({split: path}, **dict(data.options))[split]
+    if data.validation_split is not None:
+        splits["train"], splits["validation"] = carve_validation(splits["train"], data.validation_split, data.train)
     return datasets.DatasetDict(splits)
+
+
+def carve_validation(train: datasets.Dataset, fraction: float, where: str | None = None) -> tuple[Any, Any]:
+    """Split the last ``fraction`` of the training rows off as validation, in file order.
+
+    The end of the file rather than a random sample, as nanoGPT splits its
+    text: for running text (documents of one book) a random split would put
+    neighbouring passages on both sides.
+
+    Returns:
+        The remaining training rows and the validation rows (at least one each).
+    """
+    size = round(len(train) * fraction)
+    if size < 1 or size >= len(train):
+        raise NlpkitError(f"data.validation_split: {fraction} of the {len(train)} rows of {where or 'data.train'} "
+                          f"leaves no {'validation' if size < 1 else 'training'} rows")
+    cut = len(train) - size
+    return train.select(range(cut)), train.select(range(cut, len(train)))
 
 
 def select_columns(
@@ -128,7 +178,7 @@ def select_columns(
 
     out = {}
     for split, dataset in splits.items():
-        where = getattr(data, split) or f"{data.hub}[{split}]"
+        where = describe_split(data, split)
         fields = list(required) + [f for f in optional if f in data.columns or f in dataset.column_names]
         mapping = {}
         for name in fields:
@@ -148,6 +198,13 @@ def select_columns(
                     raise NlpkitError(f"{where}: row {row + 1}: empty '{data.columns.get(name, name)}'")
         out[split] = dataset
     return datasets.DatasetDict(out)
+
+
+def describe_split(data: DataSection, split: str) -> str:
+    """Where a split's rows come from, for messages: its file, the carved end of the training file, a hub split."""
+    if split == "validation" and data.validation_split is not None:
+        return f"{data.train} (its last {data.validation_split:g})"
+    return getattr(data, split) or f"{data.hub}[{split}]"
 
 
 class EpochSampler(Sampler[int]):
@@ -213,3 +270,59 @@ class LengthGroupedSampler(EpochSampler):
         short = batches.pop() if batches and len(batches[-1]) < self.batch_size else None
         out = [i for b in torch.randperm(len(batches), generator=generator).tolist() for i in batches[b]]
         return out + (short or [])
+
+
+def token_budget_batches(lengths: Sequence[int], max_tokens: int, seed: int = 0) -> list[list[int]]:
+    """Group examples into batches of at most ``max_tokens`` padded tokens (fairseq's ``max_tokens``).
+
+    Examples are sorted by length (equal lengths in a seeded random order), then
+    cut greedily so that ``len(batch) * longest_in_batch <= max_tokens``: short
+    sentences come many to a batch, long ones few, and padding is minimal. An
+    example longer than the budget on its own gets a batch to itself rather
+    than being dropped.
+
+    The batches are formed once; :class:`EpochSampler` over them then gives
+    each epoch its own batch order (the scheme of fairseq's ``batch_by_size``).
+
+    Args:
+        lengths: tokens per example (``Task.feature_length``).
+        max_tokens: the budget of padded tokens per batch.
+        seed: orders examples of equal length.
+
+    Returns:
+        Lists of example indices, shortest examples first.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+    shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
+    order = sorted(shuffled, key=lambda i: lengths[i])  # stable: ties keep their random order
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        # Sorted ascending, so this example is the longest of the batch it joins.
+        if current and (len(current) + 1) * max(lengths[index], 1) > max_tokens:
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class BatchedFeatures(Dataset):
+    """Features served a whole batch per item: ``dataset[i]`` is the list of batch ``i``'s features.
+
+    A DataLoader over it (``batch_size=None``) collates each item on its own,
+    and Lightning's distributed sampler then splits whole batches between
+    processes, each process getting the same number.
+    """
+
+    def __init__(self, features: Any, batches: list[list[int]]) -> None:
+        self.features = features
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> list[Any]:
+        return [self.features[i] for i in self.batches[index]]

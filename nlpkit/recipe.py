@@ -89,7 +89,7 @@ class TokenizerSection:
     """Load a ``tokenizer.json`` (``file``) or train one on the training split (``train``)."""
 
     file: str | None = None
-    train: Literal["wordpiece", "bpe"] | None = None
+    train: Literal["wordpiece", "bpe", "char"] | None = None
     vocab_size: int = 8000
     min_frequency: int = 2
     lowercase: bool = True
@@ -104,6 +104,8 @@ class DataSection:
     (``{text: sentence}``); fields not listed keep their own name.
     ``hub`` names a dataset on the Hugging Face hub (online only); then
     ``train`` / ``validation`` / ``test`` name its splits.
+    ``validation_split`` (a fraction) takes the last rows of the training file
+    as validation, instead of a ``validation`` file.
     """
 
     format: str | None = None
@@ -114,6 +116,7 @@ class DataSection:
     columns: dict[str, str] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     group_by_length: bool = False
+    validation_split: float | None = None
 
 
 @dataclass
@@ -145,6 +148,8 @@ class TrainingSection:
     """Batch sizes, length of training, precision, seed and model selection."""
 
     batch_size: int = 32
+    # Training batches by a budget of padded tokens instead of a count of examples.
+    max_tokens: int | None = None
     eval_batch_size: int | None = None
     epochs: int = 3
     max_steps: int = -1
@@ -547,10 +552,18 @@ def _check_data(recipe: Recipe, task_cls: type, registries: Registries, recipe_d
     for key in data.columns:
         if key not in fields:
             raise ctx.error(("data", "columns", key), f"unknown field of task '{task_cls.name}'{suggest(key, fields)} (known: {', '.join(fields)})")
+    if data.validation_split is not None:
+        if not 0.0 < data.validation_split < 1.0:
+            raise ctx.error(("data", "validation_split"), f"expected a fraction in (0, 1), got {data.validation_split}")
+        if data.validation is not None or data.hub is not None:
+            other = "validation" if data.validation is not None else "hub"
+            raise ctx.error(("data", "validation_split"), f"carves validation rows off data.train; it cannot be "
+                                                          f"combined with data.{other}")
     if data.hub is None:
         for split in ("train", "validation"):
-            if getattr(data, split) is None:
-                raise ctx.error(("data", split), "missing required key (expected a file path)")
+            if getattr(data, split) is None and not (split == "validation" and data.validation_split is not None):
+                hint = " or data.validation_split (a fraction of the training file)" if split == "validation" else ""
+                raise ctx.error(("data", split), f"missing required key (expected a file path{hint})")
         for split in ("train", "validation", "test"):
             value = getattr(data, split)
             if value is None:
@@ -574,7 +587,7 @@ def _check_data(recipe: Recipe, task_cls: type, registries: Registries, recipe_d
 def _check_tokenizer(recipe: Recipe, recipe_dir: Path, ctx: _Context, check_files: bool) -> None:
     tok = recipe.tokenizer
     if tok.file is not None and tok.train is not None:
-        raise ctx.error(("tokenizer",), "set either 'file' (load a tokenizer.json) or 'train' (wordpiece or bpe), not both")
+        raise ctx.error(("tokenizer",), "set either 'file' (load a tokenizer.json) or 'train' (wordpiece, bpe or char), not both")
     if tok.file is None and tok.train is None and recipe.backbone.pretrained is None:
         tok.train = "wordpiece"
     if tok.train is not None and recipe.backbone.pretrained is not None:
@@ -596,6 +609,11 @@ def _check_training(recipe: Recipe, task_cls: type, ctx: _Context) -> None:
     for key in ("batch_size", "epochs", "checkpoint_every_n_steps"):
         if getattr(training, key) < 1:
             raise ctx.error(("training", key), f"expected an integer >= 1, got {getattr(training, key)}")
+    if training.max_tokens is not None:
+        if training.max_tokens < 1:
+            raise ctx.error(("training", "max_tokens"), f"expected an integer >= 1, got {training.max_tokens}")
+        if recipe.data.group_by_length:
+            raise ctx.error(("training", "max_tokens"), "already groups examples by length; drop data.group_by_length")
     monitors = ["val_loss"] + [f"val_{name}" for name in task_cls.metric_names]
     if training.monitor not in monitors:
         raise ctx.error(("training", "monitor"), f"unknown metric '{training.monitor}'; known: {', '.join(monitors)}{suggest(training.monitor, monitors)}")

@@ -10,7 +10,7 @@ from typing_extensions import override
 
 import torch
 
-from nlpkit.data import EpochSampler, LengthGroupedSampler
+from nlpkit.data import BatchedFeatures, EpochSampler, LengthGroupedSampler, token_budget_batches
 from nlpkit.recipe import TrainingSection
 from nlpkit.tasks import Task
 
@@ -49,9 +49,16 @@ class TaskDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         features = self.features[split]
-        batch_size = self.training.batch_size if train else (self.training.eval_batch_size or self.training.batch_size)
+        batch_size: int | None = self.training.batch_size if train else (self.training.eval_batch_size or self.training.batch_size)
         sampler = None
-        if train:
+        if train and self.training.max_tokens is not None:
+            lengths = [self.task.feature_length(f) for f in features]
+            features = BatchedFeatures(features, token_budget_batches(lengths, self.training.max_tokens, self.training.seed))
+            sampler = EpochSampler(len(features), batch_size=1, seed=self.training.seed)
+            batch_size = None  # each item is a batch already
+            if self._resume is not None:
+                sampler.resume(self._resume["epoch"], self._resume["batches"])
+        elif train:
             if self.group_by_length:
                 lengths = [self.task.feature_length(f) for f in features]
                 sampler = LengthGroupedSampler(lengths, batch_size, seed=self.training.seed)

@@ -21,7 +21,7 @@ NLPKIT = str(Path(sys.executable).parent / "nlpkit")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def write_recipe(tmp_path: Path, **sections) -> Path:
+def write_recipe(tmp_path: Path, training: dict | None = None, **sections) -> Path:
     data = {
         "train": str(write_csv(tmp_path / "train.csv", sentiment_rows(2000, 1))),
         "validation": str(write_csv(tmp_path / "dev.csv", sentiment_rows(100, 2))),
@@ -29,7 +29,7 @@ def write_recipe(tmp_path: Path, **sections) -> Path:
     # Byte-level BPE trains deterministically, so both runs get the same tokenizer;
     # dropout stays on, so the random-number streams must be resumed too.
     recipe = tiny_recipe(tmp_path, data=data, tokenizer={"train": "bpe"},
-                         training={"epochs": 2, "checkpoint_every_n_steps": 7}, **sections)
+                         training={"epochs": 2, "checkpoint_every_n_steps": 7, **(training or {})}, **sections)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -40,8 +40,10 @@ def only_run(runs: Path, name: str) -> Path:
     return folder
 
 
-def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
-    recipe = write_recipe(tmp_path)
+@pytest.mark.parametrize("batching", ["examples", "tokens"])
+def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, batching):
+    # Batches of 16 examples, or of at most 160 padded tokens (about as many, of varied size).
+    recipe = write_recipe(tmp_path, training={"max_tokens": 160} if batching == "tokens" else {})
     runs = tmp_path / "runs"
     full = subprocess.run([NLPKIT, "run", str(recipe), "name=full"], capture_output=True, text=True, timeout=600)
     assert full.returncode == 0, full.stderr
@@ -56,8 +58,8 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
     victim.wait()
     cut = only_run(runs, "cut")
     checkpoint = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=False)
-    batches_per_epoch = 2000 // 16 + 1
-    assert checkpoint["global_step"] < 2 * batches_per_epoch  # killed before the end
+    full_steps = torch.load(only_run(runs, "full") / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert checkpoint["global_step"] < full_steps // 2  # killed mid-way through the first epoch
     assert not (cut / "model.safetensors").exists()
     # Nothing half-written is left where a checkpoint belongs.
     assert sorted(p.name for p in (cut / "checkpoints").iterdir() if not p.name.startswith(".")) in (["last.ckpt"], ["best.ckpt", "last.ckpt"])

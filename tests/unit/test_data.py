@@ -15,7 +15,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 from nlpkit import NlpkitError
-from nlpkit.data import FORMATS, LengthGroupedSampler, load_splits, select_columns
+from nlpkit.data import FORMATS, BatchedFeatures, LengthGroupedSampler, load_splits, select_columns, token_budget_batches
 from nlpkit.recipe import DataSection
 from nlpkit.registry import Registry
 from tests.helpers import pair_rows, sentiment_rows, write_csv, write_jsonl
@@ -388,3 +388,40 @@ def test_sampler_epochs_and_seeds() -> None:
     other_seed = LengthGroupedSampler(lengths, 16, seed=8)
     other_seed.set_epoch(1)
     assert list(other_seed) != second
+
+
+# -- token-budget batches ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_tokens", [64, 500, 4096])
+def test_token_budget_batches_cover_every_example_once_within_the_budget(max_tokens: int) -> None:
+    lengths = random_lengths(1000)
+    batches = token_budget_batches(lengths, max_tokens, seed=0)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    for batch in batches:
+        padded = len(batch) * max(lengths[i] for i in batch)
+        assert padded <= max_tokens or len(batch) == 1  # an example over budget goes alone
+    # Greedy: a batch could not have taken the next example without going over.
+    for batch, following in zip(batches, batches[1:]):
+        assert (len(batch) + 1) * max(lengths[i] for i in [*batch, following[0]]) > max_tokens
+
+
+def test_token_budget_batches_pack_short_examples_many_to_a_batch() -> None:
+    lengths = [5] * 100 + [100] * 10
+    batches = token_budget_batches(lengths, 400, seed=0)
+    # 400 tokens: 80 sentences of 5 a batch, 4 of 100; the 20 short ones left over share no batch with long ones.
+    assert [(len(b), max(lengths[i] for i in b)) for b in batches] == [(80, 5), (20, 5), (4, 100), (4, 100), (2, 100)]
+
+
+def test_token_budget_batches_depend_on_the_seed_only_among_equal_lengths() -> None:
+    lengths = [3, 1, 2, 3, 1, 2] * 50
+    first, again, other = (token_budget_batches(lengths, 30, seed=s) for s in (0, 0, 1))
+    assert first == again and first != other
+    assert [sorted(lengths[i] for i in b) for b in first] == [sorted(lengths[i] for i in b) for b in other]
+
+
+def test_batched_features_serve_a_batch_per_item_through_a_dataloader() -> None:
+    features = [{"x": i} for i in range(10)]
+    batches = [[0, 1, 2], [3], [4, 5, 6, 7, 8, 9]]
+    loader = DataLoader(BatchedFeatures(features, batches), batch_size=None, collate_fn=lambda fs: [f["x"] for f in fs])
+    assert list(loader) == [[0, 1, 2], [3], [4, 5, 6, 7, 8, 9]]

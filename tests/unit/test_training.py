@@ -117,3 +117,22 @@ def test_auto_precision_is_recorded_and_kept_on_resume(sentiment_recipe, monkeyp
     monkeypatch.setattr(trainer, "_cpu_multiplies_bf16", lambda: False)
     nlpkit.run(sentiment_recipe, ["training.epochs=2", "training.checkpoint_every_n_steps=5"], resume=result.run_dir)
     assert yaml.safe_load((result.run_dir / "recipe.yaml").read_text())["training"]["precision"] == "bf16-mixed"
+
+
+def test_token_budget_batches_train_within_their_budget(sentiment_recipe, monkeypatch):
+    from nlpkit_classification import Classification
+
+    shapes = []
+    collate = Classification.collate
+
+    def spy(self, features):
+        batch = collate(self, features)
+        shapes.append(tuple(batch["input_ids"].shape))
+        return batch
+
+    monkeypatch.setattr(Classification, "collate", spy)
+    # eval_batch_size 2 keeps validation batches (2 x at most 32 tokens) within the same budget.
+    result = nlpkit.run(sentiment_recipe, ["training.max_tokens=96", "training.eval_batch_size=2", "training.epochs=5"])
+    assert all(rows * length <= 96 for rows, length in shapes)
+    assert len({rows for rows, _ in shapes}) > 2  # sizes vary with the lengths of the sentences
+    assert result.metrics["val_accuracy"] >= 0.8
