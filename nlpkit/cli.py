@@ -93,6 +93,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# `nlpkit generate` flags -> decoding options (None: not given, the model's default holds).
+_GENERATE_FLAGS = (
+    ("max_new_tokens", int, "tokens to generate at most"),
+    ("do_sample", None, "sample instead of taking the most likely token"),
+    ("temperature", float, "sampling temperature"),
+    ("top_k", int, "sample among the k most likely tokens (0: all)"),
+    ("top_p", float, "sample among the most likely tokens holding this probability mass"),
+    ("min_p", float, "drop tokens less likely than this times the most likely one"),
+    ("num_beams", int, "beam search with this many beams"),
+    ("num_return_sequences", int, "continuations per prompt"),
+    ("repetition_penalty", float, "penalise tokens already present (1.0: off)"),
+    ("no_repeat_ngram_size", int, "never repeat an n-gram of this size"),
+    ("seed", int, "seed of the sampling, for a reproducible output"),
+)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Continue prompts with a trained run or a pretrained decoder folder; one prompt streams as it is generated."""
+    from nlpkit.inference import load
+
+    options = {name: getattr(args, name) for name, _, _ in _GENERATE_FLAGS if getattr(args, name) is not None}
+    if args.stop:
+        options["stop"] = args.stop
+    model = load(args.path, plugin_set=_plugins(args), dtype=args.dtype)
+    if not hasattr(model, "generate"):
+        raise NlpkitError(f"{args.path}: this model cannot generate text")
+    prompts = list(args.prompts)
+    if len(prompts) == 1 and options.get("num_beams", 1) == 1 and options.get("num_return_sequences", 1) == 1:
+        model.generate(prompts[0], stream=lambda piece: print(piece, end="", flush=True), **options)
+        print()
+        return 0
+    for prompt, answer in zip(prompts, model.generate(prompts, **options)):
+        for text in answer if isinstance(answer, list) else [answer]:
+            print(json.dumps({"prompt": prompt, "text": text}, ensure_ascii=False))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a trained run as a Hugging Face-format folder that transformers loads."""
     model = _load_run(args)
@@ -156,6 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--data", required=True, metavar="FILE", help="a labelled file with the training data's columns")
     sub.add_argument("--format", default=None, help="data format (default: the file extension, else the run's training format)")
     sub.add_argument("--batch-size", type=int, default=32)
+    sub = verb("generate", cmd_generate)
+    sub.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", help="a run folder, or a pretrained Hugging Face-format folder")
+    sub.add_argument("prompts", nargs="+", metavar="PROMPT", help="texts to continue")
+    for name, kind, text in _GENERATE_FLAGS:
+        flag = "--" + name.replace("_", "-")
+        if kind is None:
+            sub.add_argument(flag, action="store_true", default=None, help=text)
+        else:
+            sub.add_argument(flag, type=kind, default=None, help=text)
+    sub.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end a continuation at this text")
+    sub.add_argument("--dtype", default=None, help="weights' dtype for inference (float32, bfloat16)")
     sub = verb("export", cmd_export)
     sub.add_argument("run_dir", help="a run folder")
     sub.add_argument("out", help="the folder to write")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -73,6 +73,34 @@ class LoadedModel:
             answers.extend(self.task.decode(self.task.forward(self.model, batch), batch))
         return answers[0] if single else answers
 
+    def generate(self, prompts: str | Sequence[str], *, stream: Callable[[str], None] | None = None,
+                 **options: Any) -> str | list[str] | list[list[str]]:
+        """Continue prompts with the model (a run of a task that generates: ``generation``, ``translation``).
+
+        Args:
+            prompts: a text or a list of texts (one batch, left-padded).
+            stream: called with each new piece of the first prompt's text as it is produced.
+            **options: decoding options named as in ``transformers``' ``generate``
+                (``max_new_tokens``, ``do_sample``, ``num_beams``, ``temperature``,
+                ``top_k``, ``top_p`` ...), plus ``stop`` and ``seed``; see
+                :class:`nlpkit.generation.GenerationOptions`.
+
+        Returns:
+            The continuation only, special tokens skipped: a string for one
+            prompt, a list for a list, a list of lists when ``num_return_sequences > 1``.
+
+        Raises:
+            NlpkitError: the run's task does not generate, an unknown option, a
+                prompt longer than the model's context window.
+        """
+        from nlpkit.generation import generate
+
+        if not self.task.generates:
+            raise NlpkitError(f"{self.path} is a '{self.task.name}' run, which cannot generate text; generate needs a "
+                              f"run of a task that generates (generation, translation) or a pretrained decoder folder")
+        return generate(self.model.backbone, self.task.tokenizer, prompts, encode=self.task.encode_prompts,
+                        defaults=self.task.generation_defaults(), stream=stream, **options)
+
     def export(self, folder: str | Path, format: str = "hf") -> Path:
         """Write the model as a Hugging Face-format folder that ``transformers`` loads.
 
@@ -136,7 +164,8 @@ class LoadedModel:
         # (CoNLL files end in .txt).
         suffix = path.suffix.lstrip(".").lower()
         fmt = format or (suffix if suffix in formats else self.recipe.data.format or suffix)
-        section = dataclasses.replace(self.recipe.data, train=None, validation=None, test=str(path), hub=None, format=fmt)
+        section = dataclasses.replace(self.recipe.data, train=None, validation=None, test=str(path), hub=None, format=fmt,
+                                      validation_split=None)
         splits = select_columns(
             load_splits(section, formats), section,
             [*self.task.input_columns, *self.task.target_columns], self.task.optional_columns,
@@ -158,15 +187,41 @@ class PretrainedModel:
         path: the folder.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, dtype: torch.dtype | str | None = None) -> None:
         from nlpkit import tokenization
-        from nlpkit.backbones.checkpoints import from_pretrained
+        from nlpkit.backbones.checkpoints import build_from_checkpoint, load_checkpoint
         from nlpkit.backbones.checkpoints.sentence_transformers import read_sentence_pooling
 
         self.path = path
-        self.backbone = from_pretrained(path)
+        loaded = load_checkpoint(path)
+        self.backbone = build_from_checkpoint(loaded, dtype)
+        self.has_lm_head = self.backbone.config.kind != "encoder" and "lm_head.weight" not in loaded.fresh
         self.pooling = read_sentence_pooling(path)
         self.tokenizer = tokenization.from_pretrained(path, max_length=self.pooling.max_length)
+
+    def generate(self, prompts: str | Sequence[str], *, stream: Callable[[str], None] | None = None,
+                 **options: Any) -> str | list[str] | list[list[str]]:
+        """Continue prompts with a pretrained decoder (or translate with an encoder-decoder).
+
+        Prompts are encoded as ``transformers`` would (a Llama tokenizer adds
+        BOS); defaults come from the folder's ``generation_config.json``, else
+        its ``config.json``. Arguments and result as :meth:`LoadedModel.generate`.
+
+        Raises:
+            NlpkitError: the folder holds an encoder or no LM head weights, an
+                unknown option, a prompt longer than the context window.
+        """
+        from nlpkit.backbones.checkpoints import generation_defaults
+        from nlpkit.generation import generate
+
+        if not self.has_lm_head:
+            what = "an encoder" if self.backbone.config.kind == "encoder" else "no LM head weights (saved from a base class)"
+            raise NlpkitError(f"generate needs a decoder or encoder-decoder with an LM head; {self.path} holds {what}")
+        defaults = generation_defaults(self.path)
+        for key, role in (("eos_token_id", "eos"), ("pad_token_id", "pad"), ("bos_token_id", "bos")):
+            if defaults.get(key) is None and self.tokenizer.token_id(role) is not None:
+                defaults[key] = self.tokenizer.token_id(role)
+        return generate(self.backbone, self.tokenizer, prompts, defaults=defaults, stream=stream, **options)
 
     @torch.inference_mode()
     def embed(self, texts: str | Sequence[str], batch_size: int = 32) -> torch.Tensor:
@@ -213,7 +268,7 @@ class PretrainedModel:
 
 
 def load(path: str | Path, plugins: Iterable[str] = (), blocked: Iterable[str] = (),
-         plugin_set: PluginSet | None = None) -> LoadedModel | PretrainedModel:
+         plugin_set: PluginSet | None = None, dtype: torch.dtype | str | None = None) -> LoadedModel | PretrainedModel:
     """Load a trained run folder, or a pretrained Hugging Face-format folder.
 
     Args:
@@ -222,11 +277,14 @@ def load(path: str | Path, plugins: Iterable[str] = (), blocked: Iterable[str] =
         plugins: extra plugin modules (a run of a task from such a plugin needs it).
         blocked: plugin names not to load.
         plugin_set: an already loaded plugin set (the CLI passes its own).
+        dtype: the weights' dtype for inference (``"bfloat16"``, ``torch.bfloat16``);
+            None keeps float32.
 
     Returns:
         For a run folder, a :class:`LoadedModel` with the verbs of its task
-        (``predict``, ``evaluate``, ``export``); for a pretrained folder, a
-        :class:`PretrainedModel` (an encoder's ``embed``).
+        (``predict``, ``evaluate``, ``export``, and ``generate`` for a task
+        that generates); for a pretrained folder, a :class:`PretrainedModel`
+        (an encoder's ``embed``, a decoder's or encoder-decoder's ``generate``).
 
     Raises:
         NlpkitError: not a run folder, an unknown format version, a task whose plugin is missing.
@@ -234,7 +292,7 @@ def load(path: str | Path, plugins: Iterable[str] = (), blocked: Iterable[str] =
     from nlpkit.backbones.config import BackboneConfig
 
     if not (Path(path) / RUN_FILE).is_file() and (Path(path) / "config.json").is_file():
-        return PretrainedModel(Path(path))
+        return PretrainedModel(Path(path), dtype)
     run = RunFolder.open(path)
     plugin_set = plugin_set or load_plugins(plugins, blocked)
     recipe = load_recipe(run.read_recipe(), registries=plugin_set.registries, check_files=False)
@@ -246,4 +304,15 @@ def load(path: str | Path, plugins: Iterable[str] = (), blocked: Iterable[str] =
     backbone = plugin_set.registries.backbone_kinds.get(config.kind)(config)
     model = TaskModel(backbone, task.build_head(config))
     run.load_weights(model)
+    if dtype is not None:
+        model.to(_dtype(dtype))
     return LoadedModel(task, model, recipe, run.path, plugin_set)
+
+
+def _dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    found = getattr(torch, str(dtype), None)
+    if not isinstance(found, torch.dtype) or not found.is_floating_point:
+        raise NlpkitError(f"dtype: expected a floating-point type such as float32 or bfloat16, got {dtype!r}")
+    return found

@@ -183,10 +183,12 @@ class RunFolder:
         return yaml.safe_load((self.path / RECIPE_FILE).read_text(encoding="utf-8"))
 
     def load_weights(self, model: Any) -> None:
-        from safetensors.torch import load_model
+        from safetensors.torch import load_file
 
         try:
-            load_model(model, str(self.path / WEIGHTS_FILE))
+            # Not safetensors' load_model: it reports the name of a tied weight stored once (a decoder's
+            # LM head) as unexpected once the backbone's tie hook has filled it in; a strict load is right.
+            model.load_state_dict(load_file(str(self.path / WEIGHTS_FILE)))
         except Exception as error:  # safetensors raises its own error types for bad files
             raise NlpkitError(f"{self.path / WEIGHTS_FILE}: cannot load weights: {str(error).splitlines()[0]}") from None
 

@@ -103,9 +103,16 @@ class Task:
         optional_columns: fields that may be present, e.g. ``("text_pair",)``.
         target_columns: fields that hold the answer in training data.
         metric_names: names of the metrics ``metrics()`` returns; recipes may
-            monitor ``val_<name>``.
+            monitor ``val_<name>``. A task may extend them on the instance
+            once ``setup`` or ``load_state`` knows its labels (a score per
+            label); those extra ones are logged but cannot be monitored.
         lower_is_better: the metric names that improve downwards (errors,
             perplexity); a recipe monitoring one keeps its lowest value.
+        regroups_examples: ``prepare`` joins or cuts examples into feature
+            rows (language-model blocks), so features do not correspond one
+            to one with examples.
+        generates: the backbone's LM head writes the task's answers, so a run
+            folder offers ``generate`` (see ``encode_prompts``).
     """
 
     name: ClassVar[str]
@@ -114,8 +121,10 @@ class Task:
     input_columns: ClassVar[tuple[str, ...]] = ("text",)
     optional_columns: ClassVar[tuple[str, ...]] = ()
     target_columns: ClassVar[tuple[str, ...]] = ("label",)
-    metric_names: ClassVar[tuple[str, ...]] = ()
+    metric_names: tuple[str, ...] = ()  # not a ClassVar: an instance may extend it (see above)
     lower_is_better: ClassVar[tuple[str, ...]] = ()
+    regroups_examples: ClassVar[bool] = False
+    generates: ClassVar[bool] = False
 
     def __init__(self, config: Any, tokenizer: Tokenizer) -> None:
         self.config = config
@@ -204,6 +213,31 @@ class Task:
     def decode(self, outputs: Any, batch: dict[str, Any]) -> list[dict[str, Any]]:
         """Turn a batch of outputs into human answers, one per example."""
         raise NotImplementedError
+
+    def validation_samples(self, model: TaskModel) -> list[str]:
+        """Lines to show after a validation pass (sample generations, a few translations).
+
+        nlpkit logs them and appends them to the run folder's ``samples.txt``;
+        called in the first process only, with the model in evaluation mode.
+        The default shows nothing.
+        """
+        return []
+
+    # -- generation (tasks with ``generates = True``) ---------------------------
+
+    def encode_prompts(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of prompts as the model saw text in training (a decoder's
+        prompt, an encoder-decoder's source), for ``generate``; never truncated."""
+        raise NotImplementedError
+
+    def generation_defaults(self) -> dict[str, Any]:
+        """Decoding defaults of a trained model (``nlpkit.generation`` option names).
+
+        By default the tokenizer's end-of-sequence, padding and start tokens.
+        """
+        roles = {"eos_token_id": "eos", "pad_token_id": "pad", "bos_token_id": "bos"}
+        return {key: self.tokenizer.token_id(role) for key, role in roles.items()
+                if self.tokenizer.token_id(role) is not None}
 
     # -- checkpoints ----------------------------------------------------------
 

@@ -693,8 +693,12 @@ class _Checker:
                 again = task.prepare(dataset)
             if not isinstance(features, datasets.Dataset):
                 raise self.fail("prepare", f"expected a datasets.Dataset, got {type(features).__name__}")
-            if len(features) != len(dataset):
-                raise self.fail("prepare", f"expected one feature row per example ({len(dataset)}), got {len(features)}")
+            if self.cls.regroups_examples:  # language-model blocks: any number of rows, but some
+                if len(features) == 0:
+                    raise self.fail("prepare", f"expected feature rows from {len(dataset)} examples, got none")
+            elif len(features) != len(dataset):
+                raise self.fail("prepare", f"expected one feature row per example ({len(dataset)}), got {len(features)} "
+                                           "(set regroups_examples = True if prepare joins or cuts examples)")
             if not features.cache_files or features._fingerprint != again._fingerprint:
                 raise self.fail("prepare", "expected a cached datasets.map: two calls on the same data gave the "
                                            f"fingerprints {features._fingerprint} and {again._fingerprint} (datasets "
@@ -771,7 +775,14 @@ class _Checker:
             metrics = task.metrics()
         if not isinstance(metrics, Mapping):
             raise self.fail("metrics", f"expected a dict of torchmetrics metrics keyed by metric_names, got {type(metrics).__name__}")
-        expected = list(self.cls.metric_names)
+        # A set-up task may add names that depend on its data (a score per label) to its own metric_names;
+        # the class's names, the ones recipes may monitor, must stay among them.
+        expected = list(task.metric_names)
+        dropped = [n for n in self.cls.metric_names if n not in expected]
+        if dropped or "loss" in expected:
+            name = dropped[0] if dropped else "loss"
+            raise self.fail("metric_names", f"the set-up task's metric_names {tuple(expected)} "
+                                            + (f"lack the class's '{name}'" if dropped else "include 'loss', which nlpkit logs itself"))
         missing = [n for n in expected if n not in metrics]
         if missing:
             raise self.fail("metrics", f"missing '{missing[0]}' (metric_names: {', '.join(expected)}); "

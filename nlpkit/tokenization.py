@@ -39,6 +39,8 @@ SPECIAL_TOKEN_ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
 _TRAINED_SPECIALS = {
     "wordpiece": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
     "bpe": {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>", "mask": "<mask>", "cls": "<s>", "sep": "</s>"},
+    # Character-level language models (nanoGPT's shakespeare-char): GPT-2's end-of-text token.
+    "char": {"pad": "<pad>", "unk": "<unk>", "eos": "<|endoftext|>"},
 }
 # Names looked for when a tokenizer.json comes without a tokenizer_config.json.
 _WELL_KNOWN = {
@@ -88,14 +90,18 @@ class Tokenizer:
     def train(
         cls,
         texts: Iterable[str],
-        kind: Literal["wordpiece", "bpe"] = "wordpiece",
+        kind: Literal["wordpiece", "bpe", "char"] = "wordpiece",
         vocab_size: int = 8000,
         min_frequency: int = 2,
         lowercase: bool = True,
         max_length: int = 128,
         length: int | None = None,
     ) -> Tokenizer:
-        """Train a WordPiece (BERT-style) or byte-level BPE (RoBERTa/GPT-2-style) tokenizer.
+        """Train a WordPiece (BERT-style), byte-level BPE (RoBERTa/GPT-2-style) or character tokenizer.
+
+        A character tokenizer has one token per character seen at least
+        ``min_frequency`` times (``vocab_size`` does not apply), decodes by
+        joining them, and adds no special tokens to an encoding.
 
         Byte-level BPE training is deterministic. WordPiece training in
         ``tokenizers`` is not (huggingface/tokenizers#1794: hash-map order
@@ -105,7 +111,7 @@ class Tokenizer:
 
         Args:
             texts: the training text.
-            kind: ``wordpiece`` or ``bpe``.
+            kind: ``wordpiece``, ``bpe`` or ``char``.
             vocab_size: the largest vocabulary to learn (special tokens included).
             min_frequency: merges/pieces seen fewer times are dropped.
             lowercase: lower-case (and, for WordPiece, strip accents) first.
@@ -114,6 +120,8 @@ class Tokenizer:
         """
         specials = _TRAINED_SPECIALS[kind]
         ordered = list(dict.fromkeys(specials.values()))
+        if kind == "char":
+            return cls._train_characters(texts, specials, min_frequency, lowercase, max_length)
         if kind == "wordpiece":
             backend = tokenizers.Tokenizer(models.WordPiece(unk_token=specials["unk"]))
             backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase or None)
@@ -145,6 +153,26 @@ class Tokenizer:
             pair=pair,
             special_tokens=[(cls_token, cls_id), (sep_token, sep_id)],
         )
+        return cls(backend, specials, max_length)
+
+    @classmethod
+    def _train_characters(cls, texts: Iterable[str], specials: dict[str, str], min_frequency: int, lowercase: bool,
+                          max_length: int) -> Tokenizer:
+        from collections import Counter
+
+        counts: Counter[str] = Counter()
+        for text in texts:
+            counts.update(text.lower() if lowercase else text)
+        ordered = list(dict.fromkeys(specials.values()))
+        characters = sorted(c for c, n in counts.items() if n >= min_frequency)
+        vocab = {token: i for i, token in enumerate(ordered + characters)}
+        backend = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token=specials["unk"]))
+        if lowercase:
+            backend.normalizer = normalizers.Lowercase()
+        # Every character (newlines included) is a piece of its own; the decoder joins them without spaces.
+        backend.pre_tokenizer = pre_tokenizers.Split(tokenizers.Regex(r"[\s\S]"), behavior="isolated")
+        backend.decoder = decoders.Fuse()
+        backend.add_special_tokens(ordered)
         return cls(backend, specials, max_length)
 
     @classmethod
@@ -222,10 +250,22 @@ class Tokenizer:
         texts: Sequence[str],
         pairs: Sequence[str] | None = None,
         add_special_tokens: bool = True,
+        truncation: bool = True,
     ) -> list[tokenizers.Encoding]:
-        """Encode texts (or text pairs), truncated to ``max_length``; no padding."""
+        """Encode texts (or text pairs), truncated to ``max_length``; no padding.
+
+        ``truncation=False`` keeps every token: language-model documents are
+        cut into blocks later, and a prompt too long for the model must be
+        reported rather than silently shortened.
+        """
         inputs: list[Any] = list(texts) if pairs is None else list(zip(texts, pairs))
-        return self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
+        if truncation:
+            return self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
+        self.backend.no_truncation()
+        try:
+            return self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
+        finally:
+            self.backend.enable_truncation(self.max_length)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)

@@ -148,12 +148,15 @@ class KVCache:
         """Marks `num_positions` more positions as filled (after all layers wrote them)."""
         self.length += num_positions
 
-    def reorder(self, index: Tensor) -> None:
+    def reorder(self, index: Tensor, cross: bool = True) -> None:
         """Selects sequences along the batch dimension, for beam search.
 
         Args:
             index: `(new_batch,)` long tensor of source rows; `new_batch` may
                 differ from the current batch size (e.g. expanding to beams).
+            cross: Reorder the cross-attention keys and values too. Beam search
+                passes False once the beams exist: it only permutes the beams
+                of one source, whose cross-attention rows are all the same.
         """
         index = index.to(self.keys[0].device)
         for store in (self.keys, self.values):
@@ -163,6 +166,8 @@ class KVCache:
                     old[:, :, : self.length] = old[:, :, : self.length].index_select(0, index)
                 else:
                     store[i] = old.index_select(0, index)
+        if not cross:
+            return
         for store in (self.cross_keys, self.cross_values):
             for i, old in enumerate(store):
                 if old is not None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -15,7 +17,12 @@ from nlpkit.recipe import OptimizationSection
 from nlpkit.tasks import Task, TaskModel
 from nlpkit.training.finetuning import parameter_groups
 
-__all__ = ["TaskModule", "schedule_factor"]
+__all__ = ["TaskModule", "schedule_factor", "SAMPLES_FILE"]
+
+log = logging.getLogger("nlpkit")
+
+# In the run folder: what `Task.validation_samples` showed after each validation pass.
+SAMPLES_FILE = "samples.txt"
 
 
 def schedule_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -84,6 +91,21 @@ class TaskModule(pl.LightningModule):
     @override
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "test")
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        # Samples cost generation time: not during Lightning's sanity check, and in one process only.
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        lines = self.task.validation_samples(self.model)
+        if not lines:
+            return
+        for line in lines:
+            log.info("sample (step %d): %s", self.global_step, line)
+        folder = Path(self.trainer.default_root_dir)
+        if folder.is_dir():
+            with (folder / SAMPLES_FILE).open("a", encoding="utf-8") as handle:
+                handle.write(f"step {self.global_step}\n" + "".join(f"  {line}\n" for line in lines))
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -70,10 +70,11 @@ def section(**fields: Any) -> DataSection:
 
 
 def test_every_registered_format_is_tested() -> None:
-    assert set(FORMATS) == {"csv", "tsv", "json", "jsonl", "parquet"}
+    assert set(FORMATS) == {"csv", "tsv", "json", "jsonl", "parquet", "text"}
 
 
-@pytest.mark.parametrize("fmt", sorted(FORMATS))
+# Formats of labelled rows; `text` holds one column of documents (tested on its own below).
+@pytest.mark.parametrize("fmt", sorted(set(FORMATS) - {"text"}))
 def test_load_splits_reads_each_format(fmt: str, formats: Registry[Any], tmp_path: Path) -> None:
     data = section(
         format=fmt,
@@ -84,6 +85,21 @@ def test_load_splits_reads_each_format(fmt: str, formats: Registry[Any], tmp_pat
     assert set(splits) == {"train", "validation"}
     assert splits["train"].to_list() == TRAIN
     assert splits["validation"].to_list() == VALIDATION
+
+
+def test_text_format_reads_documents_and_validation_split_carves_the_end(formats: Registry[Any], tmp_path: Path) -> None:
+    path = tmp_path / "book.txt"
+    path.write_text("First:\nOne line.\n\nSecond:\nTwo.\n\n\n\nThird:\nthree\nfour\n", encoding="utf-8")
+    paragraphs = FORMATS["text"]({"train": str(path)})["train"]["text"]
+    assert [t.strip() for t in paragraphs] == ["First:\nOne line.", "Second:\nTwo.", "Third:\nthree\nfour"]
+    assert len(FORMATS["text"]({"train": str(path)}, documents="line")["train"]) == 7  # blank lines dropped
+    assert len(FORMATS["text"]({"train": str(path)}, documents="file")["train"]) == 1
+    splits = load_splits(section(format="text", train=str(path), validation_split=0.34), formats)
+    assert splits["validation"]["text"] == paragraphs[-1:] and splits["train"]["text"] == paragraphs[:2]
+    with pytest.raises(NlpkitError, match="documents: expected one of paragraph, line, file"):
+        FORMATS["text"]({"train": str(path)}, documents="paragraphs")
+    with pytest.raises(NlpkitError, match="leaves no validation rows"):
+        load_splits(section(format="text", train=str(path), validation_split=0.01), formats)
 
 
 def test_load_splits_reads_a_test_split(formats: Registry[Any], tmp_path: Path) -> None:

@@ -61,11 +61,14 @@ __all__ = [
     "checkpoint_config",
     "detect_family",
     "from_pretrained",
+    "generation_defaults",
     "load_checkpoint",
     "save_pretrained",
 ]
 
 logger = logging.getLogger(__name__)
+
+GENERATION_CONFIG_FILE = "generation_config.json"
 
 # model_type -> family file. The core plugin will route detection through the
 # `nlpkit_detect_checkpoint` hook; until then this table is the whole registry.
@@ -251,6 +254,33 @@ def build_from_checkpoint(loaded: LoadedCheckpoint, dtype: torch.dtype | str | N
             logger.warning("the %s checkpoint has no %s (saved from a base class?): it starts from a random "
                            "initialisation", loaded.family, name)
     return backbone.eval()
+
+
+def generation_defaults(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's decoding defaults, where `transformers` finds them.
+
+    `generation_config.json` when the folder has one, else `config.json`
+    (older checkpoints keep `num_beams`, `max_length` and the special token
+    ids there). The caller picks the keys it knows.
+
+    Args:
+        path: A local checkpoint folder.
+
+    Returns:
+        The file's entries (an empty dict when neither file says anything).
+
+    Raises:
+        NlpkitError: On a file that is not valid JSON.
+    """
+    folder = check_folder(path)
+    file = folder / GENERATION_CONFIG_FILE
+    if not file.is_file():
+        return dict(read_config(folder))
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise NlpkitError(f"{file}: not valid JSON: {error}") from None
+    return data if isinstance(data, dict) else {}
 
 
 def save_pretrained(

@@ -1,0 +1,178 @@
+"""Generation speed: nlpkit's `generate` versus `transformers`' `generate` on one GPT-2-small-size checkpoint.
+
+A random-weight GPT-2 of GPT-2 small's size (12 layers, 768 wide, 50,257
+tokens, 124M parameters) is made with `transformers` and saved to a temporary
+folder; both libraries load that folder. Each measurement runs in a fresh
+child process (imports and loading outside the timed region, one untimed
+warm-up call), nlpkit and transformers alternating, so each side's peak
+resident memory is its own. Settings per configuration: a 32-token prompt,
+128 new tokens (EOS disabled so every row makes all of them), and:
+
+- greedy at batch 1 and batch 8 (fp32 on both sides);
+- beam search with 4 beams at batch 1 (fp32);
+- nlpkit with bfloat16 weights at batch 1, against transformers in fp32 and in bf16.
+
+Tokens per second are new tokens (rows times 128) over the wall time of the
+whole call (prompt pass included); medians over `--repeats` runs per side,
+and the ratio nlpkit / transformers (above 1: nlpkit is faster). Memory is the
+peak RSS during the timed call (the weights included; Linux resets the peak
+after loading through /proc/self/clear_refs), and how much the call added to
+the RSS it started from.
+The greedy batch-1 outputs of the two sides are compared once.
+
+Run from the repository root (needs `transformers`, the `test` extra):
+
+    python benchmarks/generate.py                       # the full comparison (about 30 min on 2 CPU cores)
+    python benchmarks/generate.py --new-tokens 16 --repeats 1 --configs greedy-1,beam-4   # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# name -> (batch, num_beams, nlpkit dtype, transformers dtype)
+CONFIGS = {
+    "greedy-1": (1, 1, "float32", "float32"),
+    "greedy-8": (8, 1, "float32", "float32"),
+    "beam-4": (1, 4, "float32", "float32"),
+    "bf16-vs-fp32": (1, 1, "bfloat16", "float32"),
+    "bf16-vs-bf16": (1, 1, "bfloat16", "bfloat16"),
+}
+PROMPT_TOKENS = 32
+
+
+def make_checkpoint(folder: Path) -> None:
+    import torch
+    import transformers
+
+    config = transformers.GPT2Config(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257,
+                                     bos_token_id=None, eos_token_id=None)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: the peak since start
+
+
+def _reset_peak() -> None:
+    """Start a new peak-RSS measurement (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def child(side: str, folder: str, config: str, new_tokens: int) -> None:
+    import torch
+
+    batch, beams, nlpkit_dtype, hf_dtype = CONFIGS[config]
+    generator = torch.Generator().manual_seed(1)
+    prompts = torch.randint(100, 50000, (batch, PROMPT_TOKENS), generator=generator)
+    options = dict(max_new_tokens=new_tokens, num_beams=beams, do_sample=False)
+    if side == "nlpkit":
+        from nlpkit.backbones import from_pretrained
+        from nlpkit.generation import generate_ids, resolve_options
+
+        model = from_pretrained(folder, dtype=nlpkit_dtype)
+        resolved = resolve_options({**options, "pad_token_id": 0})
+        rows = prompts.tolist()
+
+        def call() -> list[list[int]]:
+            return [found[0] for found in generate_ids(model, rows, resolved)]
+    else:
+        import transformers
+
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, hf_dtype)).eval()
+        mask = torch.ones_like(prompts)
+
+        def call() -> list[list[int]]:
+            with torch.inference_mode():
+                out = model.generate(prompts, attention_mask=mask, pad_token_id=0, **options)
+            return out[:: 1, PROMPT_TOKENS:].tolist()
+
+    call()  # warm-up: first-call allocations and kernel selection
+    gc.collect()
+    try:  # glibc keeps the freed buffers of loading mapped; hand them back so RSS is what the model holds
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    # Loading peaks differently on each side (nlpkit holds the file and the module at once for a moment):
+    # the peak is measured from here, over the timed call, so it is the weights plus the generation's memory.
+    _reset_peak()
+    before = _status_mb("VmRSS")
+    start = time.perf_counter()
+    outputs = call()
+    seconds = time.perf_counter() - start
+    peak = _status_mb("VmHWM")
+    print(json.dumps({"tokens_per_s": batch * new_tokens / seconds, "seconds": seconds, "peak_rss_mb": peak,
+                      "call_added_mb": peak - before, "first_output": outputs[0]}))
+
+
+def run_child(side: str, folder: str, config: str, new_tokens: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", side, "--folder", folder, "--configs", config,
+                          "--new-tokens", str(new_tokens)], capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{side} {config} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of: {', '.join(CONFIGS)}")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--folder", help="an existing GPT-2 folder (default: make a random GPT-2 small in a temp folder)")
+    parser.add_argument("--child", choices=["nlpkit", "transformers"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.folder, args.configs, args.new_tokens)
+        return
+    configs = args.configs.split(",")
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        sys.exit(f"unknown config {unknown[0]}; known: {', '.join(CONFIGS)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.folder
+        if folder is None:
+            folder = str(Path(tmp) / "gpt2-small-random")
+            make_checkpoint(Path(folder))
+        print(f"checkpoint: {folder}   prompt {PROMPT_TOKENS} tokens, {args.new_tokens} new, {args.repeats} repeats\n")
+        header = (f"{'config':<14}{'nlpkit tok/s':>14}{'hf tok/s':>11}{'ratio':>8}{'nlpkit MB':>11}{'hf MB':>9}"
+                  f"{'nlpkit +MB':>12}{'hf +MB':>9}")
+        rows = []
+        for config in configs:
+            runs: dict[str, list[dict]] = {"nlpkit": [], "transformers": []}
+            for repeat in range(args.repeats):
+                order = ["nlpkit", "transformers"] if repeat % 2 == 0 else ["transformers", "nlpkit"]
+                for side in order:
+                    runs[side].append(run_child(side, folder, config, args.new_tokens))
+            ours, theirs = runs["nlpkit"], runs["transformers"]
+            speed = {side: statistics.median(r["tokens_per_s"] for r in rs) for side, rs in runs.items()}
+            memory = {side: statistics.median(r["peak_rss_mb"] for r in rs) for side, rs in runs.items()}
+            added = {side: statistics.median(r["call_added_mb"] for r in rs) for side, rs in runs.items()}
+            same = ours[0]["first_output"] == theirs[0]["first_output"]
+            rows.append(f"{config:<14}{speed['nlpkit']:>14.1f}{speed['transformers']:>11.1f}"
+                        f"{speed['nlpkit'] / speed['transformers']:>8.2f}{memory['nlpkit']:>11.0f}"
+                        f"{memory['transformers']:>9.0f}{added['nlpkit']:>12.0f}{added['transformers']:>9.0f}"
+                        + ("" if same or "bf16" in config else "   (outputs differ!)"))
+            print(rows[-1] if len(rows) > 1 else header + "\n" + rows[-1], flush=True)
+        print("\nratio = nlpkit tokens/s over transformers tokens/s (above 1: nlpkit faster); MB = peak RSS during "
+              "the timed call, +MB = what the call added to the RSS it started from")
+
+
+if __name__ == "__main__":
+    main()
