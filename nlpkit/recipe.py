@@ -161,6 +161,8 @@ class TrainingSection:
     num_workers: int = 0
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: int = 200
+    # Average the weights of the last N epochs' ends into the run's model (instead of the best checkpoint).
+    average_checkpoints: int | None = None
 
 
 @dataclass
@@ -609,6 +611,8 @@ def _check_training(recipe: Recipe, task_cls: type, ctx: _Context) -> None:
     for key in ("batch_size", "epochs", "checkpoint_every_n_steps"):
         if getattr(training, key) < 1:
             raise ctx.error(("training", key), f"expected an integer >= 1, got {getattr(training, key)}")
+    if training.average_checkpoints is not None and training.average_checkpoints < 1:
+        raise ctx.error(("training", "average_checkpoints"), f"expected an integer >= 1, got {training.average_checkpoints}")
     if training.max_tokens is not None:
         if training.max_tokens < 1:
             raise ctx.error(("training", "max_tokens"), f"expected an integer >= 1, got {training.max_tokens}")

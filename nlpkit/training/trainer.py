@@ -150,7 +150,8 @@ def _train_tokenizer(recipe: Recipe, train_split: Any, columns: list[str]) -> To
     def texts():
         for batch in train_split.iter(batch_size=1000):
             for column in columns:
-                yield from (str(t) for t in batch[column])
+                # A list of pre-split words (NER's tokens) is text too: its words joined by spaces.
+                yield from (" ".join(map(str, t)) if isinstance(t, list) else str(t) for t in batch[column])
 
     tok = recipe.tokenizer
     return Tokenizer.train(
@@ -168,7 +169,7 @@ def prepare_inputs(recipe: Recipe, registries: Registries, run: RunFolder | None
     it instead of being learnt again, so every process trains the same model.
     """
     from nlpkit.backbones.config import BackboneConfig
-    from nlpkit.data import load_splits, select_columns
+    from nlpkit.data import describe_split, load_splits, select_columns
 
     task_cls = registries.tasks.get(recipe.task)
     raw = load_splits(recipe.data, registries.data_formats)
@@ -191,8 +192,7 @@ def prepare_inputs(recipe: Recipe, registries: Registries, run: RunFolder | None
         task.setup(dict(splits))
         config = build_backbone_config(recipe, registries, tokenizer)
     for name, dataset in splits.items():
-        source = getattr(recipe.data, name) or recipe.data.hub
-        task.check_split(f"data.{name} ({source})", dataset)
+        task.check_split(f"data.{name} ({describe_split(recipe.data, name)})", dataset)
     return PreparedInputs(task, splits, tokenizer, config)
 
 
@@ -259,6 +259,21 @@ def _trainer(recipe: Recipe, run: RunFolder) -> tuple[Any, Any]:
         enable_version_counter=False,
     )
     callbacks: list[Any] = [checkpoint, latest]
+    recent = None
+    if training.average_checkpoints:
+        # The ends of the last N epochs, on disk (so a resumed run still has them): train()
+        # averages their weights into the run's model.
+        recent = ModelCheckpoint(
+            dirpath=run.checkpoint_dir,
+            filename="epoch-{epoch:03d}",
+            auto_insert_metric_name=False,
+            monitor="step",
+            mode="max",
+            save_top_k=training.average_checkpoints,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        )
+        callbacks.append(recent)
     if training.early_stopping is not None:
         callbacks.append(
             EarlyStopping(
@@ -282,7 +297,25 @@ def _trainer(recipe: Recipe, run: RunFolder) -> tuple[Any, Any]:
         plugins=[AtomicCheckpointIO()],
         **recipe.trainer,
     )
-    return trainer, checkpoint
+    return trainer, checkpoint, recent
+
+
+def average_checkpoints(module: Any, paths: list[str]) -> None:
+    """Load the mean of the checkpoints' weights into ``module`` (Vaswani et al. 2017, sec. 6.1).
+
+    Floating-point tensors are averaged in float32; others (step counters,
+    integer buffers) are taken from the last checkpoint.
+    """
+    import torch
+
+    states = [torch.load(path, map_location="cpu", weights_only=False)["state_dict"] for path in sorted(paths)]
+    averaged = {}
+    for name, last in states[-1].items():
+        if last.is_floating_point():
+            averaged[name] = (sum(state[name].float() for state in states) / len(states)).to(last.dtype)
+        else:
+            averaged[name] = last
+    module.load_state_dict(averaged)
 
 
 class _DropLightningAdverts(logging.Filter):
@@ -386,11 +419,16 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
 
     module = TaskModule(task, model, recipe.optimization, resolved)
     datamodule = TaskDataModule(task, inputs.splits, recipe.training, recipe.data.group_by_length)
-    trainer, checkpoint = _trainer(recipe, run)
+    trainer, checkpoint, recent = _trainer(recipe, run)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_path)
-        # Validating from the best checkpoint loads its weights into `module` (and so `model`).
+        # Validating from the best checkpoint loads its weights into `module` (and so `model`);
+        # with averaging, the average of the last epochs is the run's model instead.
         best = checkpoint.best_model_path or None
+        if recent is not None and recent.best_k_models:
+            average_checkpoints(module, list(recent.best_k_models))
+            log.info("the run's model: the average of %d checkpoints", len(recent.best_k_models))
+            best = None
         metrics: dict[str, float] = {}
         for results in trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False):
             metrics.update(results)

@@ -136,3 +136,17 @@ def test_token_budget_batches_train_within_their_budget(sentiment_recipe, monkey
     assert all(rows * length <= 96 for rows, length in shapes)
     assert len({rows for rows, _ in shapes}) > 2  # sizes vary with the lengths of the sentences
     assert result.metrics["val_accuracy"] >= 0.8
+
+
+def test_average_checkpoints_makes_the_run_model_the_mean_of_the_last_epochs(sentiment_recipe):
+    result = nlpkit.run(sentiment_recipe, ["training.epochs=4", "training.average_checkpoints=3"])
+    kept = sorted((result.run_dir / "checkpoints").glob("epoch-*.ckpt"))
+    assert [p.name for p in kept] == ["epoch-001.ckpt", "epoch-002.ckpt", "epoch-003.ckpt"]
+    states = [torch.load(p, weights_only=False)["state_dict"] for p in kept]
+    saved = load_file(result.run_dir / "model.safetensors")
+    for name, tensor in saved.items():
+        mean = sum(state[f"model.{name}"] for state in states) / 3
+        assert torch.allclose(tensor, mean, atol=1e-6), name
+    # The reported metrics are the averaged model's.
+    evaluated = nlpkit.load(result.run_dir).evaluate(sentiment_recipe["data"]["validation"])
+    assert evaluated["accuracy"] == pytest.approx(result.metrics["val_accuracy"], abs=1e-6)

@@ -1,0 +1,171 @@
+"""The translation plugin end to end: parallel files, teacher-forced training, decoded BLEU/chrF."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import sacrebleu
+
+import nlpkit
+from nlpkit.cli import main
+from nlpkit_translation import Translation
+from nlpkit_translation.data import load_parallel
+
+# A toy language pair: word-for-word, so a tiny model learns it in seconds.
+ENGLISH = "the a cat dog house tree red big small runs sees eats green old young".split()
+GERMAN = "der ein katze hund haus baum rot gross klein rennt sieht isst gruen alt jung".split()
+LEXICON = dict(zip(ENGLISH, GERMAN))
+
+
+def pairs(n: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words = [rng.choice(ENGLISH) for _ in range(rng.randint(3, 6))]
+        out.append((" ".join(words), " ".join(LEXICON[w] for w in words)))
+    return out
+
+
+def write_parallel(folder: Path, name: str, rows: list[tuple[str, str]]) -> Path:
+    (folder / f"{name}.en").write_text("".join(f"{s}\n" for s, _ in rows), encoding="utf-8")
+    (folder / f"{name}.de").write_text("".join(f"{t}\n" for _, t in rows), encoding="utf-8")
+    return folder / f"{name}.en"
+
+
+def translation_recipe(tmp_path: Path, **changes) -> dict:
+    recipe = {
+        "task": "translation",
+        "backbone": {"preset": "encoder-decoder-tiny"},
+        "tokenizer": {"train": "bpe", "lowercase": False, "vocab_size": 300, "min_frequency": 1, "max_length": 32},
+        "data": {"format": "parallel", "train": str(write_parallel(tmp_path, "train", pairs(400, 1))),
+                 "validation": str(write_parallel(tmp_path, "val", pairs(24, 2))), "options": {"target": "de"}},
+        "translation": {"num_beams": 2, "max_new_tokens": 16},
+        "optimization": {"lr": 3e-3, "warmup_ratio": 0.1},
+        "training": {"batch_size": 32, "epochs": 2, "monitor": "val_bleu", "precision": "32-true", "seed": 0},
+        "trainer": {"enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0},
+        "output_dir": str(tmp_path / "runs"),
+    }
+    for key, value in changes.items():
+        recipe[key] = {**recipe[key], **value} if isinstance(value, dict) else value
+    return recipe
+
+
+# -- data -------------------------------------------------------------------------------------------------------
+
+
+def test_parallel_files_become_source_target_rows(tmp_path):
+    source = write_parallel(tmp_path, "train", [("a cat", "eine katze"), ("Grüße 🙂", "Grüße 🙂")])
+    loaded = load_parallel({"train": str(source)}, target="de")
+    assert loaded["train"].to_list() == [{"source": "a cat", "target": "eine katze"},
+                                         {"source": "Grüße 🙂", "target": "Grüße 🙂"}]
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("uneven", "train.de: 1 lines, but"),
+    ("empty line", "train.de:2: empty line"),
+    ("no twin", "train.fr: file does not exist"),
+    ("no target", "data.options.target"),
+])
+def test_parallel_errors_name_file_and_line(tmp_path, case, expected):
+    source = write_parallel(tmp_path, "train", [("a", "b"), ("c", "d")])
+    if case == "uneven":
+        (tmp_path / "train.de").write_text("b\n")
+    if case == "empty line":
+        (tmp_path / "train.de").write_text("b\n \n")
+    target = {"no twin": "fr", "no target": None}.get(case, "de")
+    with pytest.raises(nlpkit.NlpkitError, match=expected):
+        load_parallel({"train": str(source)}, target=target)
+
+
+# -- training, metrics, prediction ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("translation")
+    recipe = translation_recipe(tmp_path, training={"epochs": 8})
+    recipe["data"]["train"] = str(write_parallel(tmp_path, "train", pairs(800, 1)))
+    return nlpkit.run(recipe), recipe
+
+
+def test_training_learns_and_reports_bleu_and_chrf(trained):
+    result, _ = trained
+    assert {"val_loss", "val_bleu", "val_chrf"} <= set(result.metrics)
+    # A word-for-word toy language: well past the BLEU of an untrained model (~0) after a few epochs.
+    assert result.metrics["val_bleu"] > 30
+    samples = (result.run_dir / "samples.txt").read_text(encoding="utf-8")
+    assert " => " in samples
+
+
+def test_reported_bleu_equals_sacrebleu_on_the_model_output(trained):
+    result, recipe = trained
+    model = nlpkit.load(result.run_dir)
+    sources = Path(recipe["data"]["validation"]).read_text(encoding="utf-8").splitlines()
+    references = Path(recipe["data"]["validation"]).with_suffix(".de").read_text(encoding="utf-8").splitlines()
+    hypotheses = [answer["translation"] for answer in model.predict(sources)]
+    assert sacrebleu.corpus_bleu(hypotheses, [references]).score == pytest.approx(result.metrics["val_bleu"], abs=1e-3)
+    assert sacrebleu.corpus_chrf(hypotheses, [references]).score == pytest.approx(result.metrics["val_chrf"], abs=0.1)
+    evaluated = model.evaluate(recipe["data"]["validation"])  # .en: read in the run's own parallel format
+    assert evaluated["bleu"] == pytest.approx(result.metrics["val_bleu"], abs=1e-3)
+
+
+def test_predict_and_cli_translate(trained, capsys):
+    result, _ = trained
+    model = nlpkit.load(result.run_dir)
+    one = model.predict("the big dog")
+    assert set(one) == {"translation"} and isinstance(one["translation"], str)
+    assert main(["predict", str(result.run_dir), "the big dog"]) == 0
+    assert json.loads(capsys.readouterr().out.strip()) == one
+
+
+def test_decoder_start_follows_the_tokenizer_convention(tmp_path):
+    from nlpkit.tokenization import Tokenizer
+
+    texts = [s for pair in pairs(50, 0) for s in pair]
+    bart_like = Translation(Translation.config_class(), Tokenizer.train(texts, kind="bpe", vocab_size=200))
+    # <s> tokens </s> as labels: the decoder reads </s> <s> tokens (BART).
+    assert bart_like._decoder_start() == bart_like.tokenizer.token_id("eos")
+    features = bart_like.encode({"source": ["the cat"], "target": ["der katze"]})
+    batch = bart_like.collate([dict(zip(features, values)) for values in zip(*features.values())])
+    labels, decoder_inputs = batch["labels"][0].tolist(), batch["decoder_input_ids"][0].tolist()
+    assert decoder_inputs == [bart_like.tokenizer.token_id("eos"), *labels[:-1]]
+    chosen = Translation(Translation.config_class(decoder_start_token_id=0), bart_like.tokenizer)
+    assert chosen._decoder_start() == 0
+
+
+# -- export ---------------------------------------------------------------------------------------------------------
+
+# The original Transformer's layout (post-norm, sinusoidal positions), which Marian checkpoints express.
+MARIAN_STYLE = {"preset": "encoder-decoder-tiny",
+                "config": {"norm_position": "post", "final_norm": False, "lm_head_bias": True}}
+
+
+def test_export_loads_as_a_seq2seq_lm_with_the_same_logits_and_translations(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    recipe = translation_recipe(tmp_path, backbone=MARIAN_STYLE, training={"epochs": 1})
+    model = nlpkit.load(nlpkit.run(recipe).run_dir)
+    out = model.export(tmp_path / "exported")
+    hf_model = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+    assert type(hf_model).__name__ == "MarianMTModel"
+
+    sources, targets = ["the big dog", "a cat sees the old tree"], ["der gross hund", "ein katze sieht der alt baum"]
+    features = model.task.encode({"source": sources, "target": targets})
+    batch = model.task.collate([dict(zip(features, values)) for values in zip(*features.values())])
+    with torch.no_grad():
+        ours = model.task.forward(model.model, batch)
+        theirs = hf_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          decoder_input_ids=batch["decoder_input_ids"],
+                          decoder_attention_mask=batch["decoder_attention_mask"]).logits
+    real = batch["decoder_attention_mask"].bool()
+    assert (ours[real] - theirs[real]).abs().max().item() < 1e-4
+
+    # The exported config.json carries the decoding token ids: transformers translates the same way.
+    hf_ids = hf_model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               num_beams=2, max_new_tokens=16, do_sample=False)
+    hf_texts = [model.task.target_tokenizer.decode(row.tolist()).strip() for row in hf_ids]
+    assert hf_texts == [answer["translation"] for answer in model.predict(sources)]
