@@ -130,6 +130,41 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_translate(args: argparse.Namespace) -> int:
+    """Translate texts (arguments, or a file's lines with --input) with a run or a pretrained seq2seq folder."""
+    from nlpkit.inference import load
+
+    options = {name: getattr(args, name) for name, _, _ in _GENERATE_FLAGS if getattr(args, name) is not None}
+    texts = list(args.texts)
+    if args.input:
+        texts.extend(_read_lines(args.input))
+    if not texts:
+        raise NlpkitError("translate: give texts as arguments or --input FILE (one text a line)")
+    model = load(args.path, plugin_set=_plugins(args), dtype=args.dtype)
+    if not hasattr(model, "translate"):
+        raise NlpkitError(f"{args.path}: this model cannot translate")
+    for answer in model.translate(texts, batch_size=args.batch_size, **options):
+        # One line per input, so the output lines up with the input file; n-best as JSON lists.
+        print(json.dumps(answer, ensure_ascii=False) if isinstance(answer, list) else answer.replace("\n", " "))
+    return 0
+
+
+def _read_lines(path: str) -> list[str]:
+    file = Path(path)
+    if not file.is_file():
+        raise NlpkitError(f"--input: file '{path}' does not exist")
+    try:
+        lines = file.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as error:
+        raise NlpkitError(f"--input: {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    if lines and lines[-1] == "":
+        lines.pop()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise NlpkitError(f"{path}:{number}: empty line (one text a line)")
+    return [line.rstrip("\r") for line in lines]
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a trained run as a Hugging Face-format folder that transformers loads."""
     model = _load_run(args)
@@ -165,6 +200,15 @@ def _plugins(args: argparse.Namespace) -> Any:
     return load_plugins(args.plugin, args.no_plugin)
 
 
+def _add_decoding_flags(sub: argparse.ArgumentParser) -> None:
+    for name, kind, text in _GENERATE_FLAGS:
+        flag = "--" + name.replace("_", "-")
+        if kind is None:
+            sub.add_argument(flag, action="store_true", default=None, help=text)
+        else:
+            sub.add_argument(flag, type=kind, default=None, help=text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="also load this plugin module")
@@ -196,13 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = verb("generate", cmd_generate)
     sub.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", help="a run folder, or a pretrained Hugging Face-format folder")
     sub.add_argument("prompts", nargs="+", metavar="PROMPT", help="texts to continue")
-    for name, kind, text in _GENERATE_FLAGS:
-        flag = "--" + name.replace("_", "-")
-        if kind is None:
-            sub.add_argument(flag, action="store_true", default=None, help=text)
-        else:
-            sub.add_argument(flag, type=kind, default=None, help=text)
+    _add_decoding_flags(sub)
     sub.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end a continuation at this text")
+    sub.add_argument("--dtype", default=None, help="weights' dtype for inference (float32, bfloat16)")
+    sub = verb("translate", cmd_translate)
+    sub.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", help="a translation run, or a pretrained seq2seq folder")
+    sub.add_argument("texts", nargs="*", metavar="TEXT", help="texts to translate")
+    sub.add_argument("--input", metavar="FILE", help="translate every line of this file (one output line each)")
+    _add_decoding_flags(sub)
+    sub.add_argument("--batch-size", type=int, default=32)
     sub.add_argument("--dtype", default=None, help="weights' dtype for inference (float32, bfloat16)")
     sub = verb("export", cmd_export)
     sub.add_argument("run_dir", help="a run folder")

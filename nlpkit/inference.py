@@ -101,6 +101,21 @@ class LoadedModel:
         return generate(self.model.backbone, self.task.tokenizer, prompts, encode=self.task.encode_prompts,
                         defaults=self.task.generation_defaults(), stream=stream, **options)
 
+    def translate(self, texts: str | Sequence[str], *, batch_size: int = 32,
+                  **options: Any) -> str | list[str] | list[list[str]]:
+        """Translate (or summarise) texts with a sequence-to-sequence run, ``batch_size`` texts at a time.
+
+        Options and result as :meth:`generate`; the run's recipe sets the
+        defaults (``translation.num_beams`` ...).
+
+        Raises:
+            NlpkitError: the run is not of a sequence-to-sequence task.
+        """
+        if not self.task.generates or self.model.backbone.config.kind != "encoder-decoder":
+            raise NlpkitError(f"{self.path} is a '{self.task.name}' run; translate needs a run of a sequence-to-"
+                              f"sequence task (translation) or a pretrained encoder-decoder folder")
+        return _in_batches(self.generate, texts, batch_size, options)
+
     def export(self, folder: str | Path, format: str = "hf") -> Path:
         """Write the model as a Hugging Face-format folder that ``transformers`` loads.
 
@@ -223,6 +238,21 @@ class PretrainedModel:
                 defaults[key] = self.tokenizer.token_id(role)
         return generate(self.backbone, self.tokenizer, prompts, defaults=defaults, stream=stream, **options)
 
+    def translate(self, texts: str | Sequence[str], *, batch_size: int = 32,
+                  **options: Any) -> str | list[str] | list[list[str]]:
+        """Translate (or summarise) with a pretrained encoder-decoder folder (BART, Marian, T5).
+
+        A T5 folder needs its task prefix in the text (``"translate English to
+        German: ..."``); nothing is added silently. Options and result as
+        :meth:`LoadedModel.generate`.
+
+        Raises:
+            NlpkitError: the folder holds no encoder-decoder with an LM head.
+        """
+        if self.backbone.config.kind != "encoder-decoder":
+            raise NlpkitError(f"translate needs an encoder-decoder; {self.path} holds a {self.backbone.config.kind}")
+        return _in_batches(self.generate, texts, batch_size, options)
+
     @torch.inference_mode()
     def embed(self, texts: str | Sequence[str], batch_size: int = 32) -> torch.Tensor:
         """Sentence embeddings, pooled and normalised as the folder's sentence-transformers files say.
@@ -265,6 +295,20 @@ class PretrainedModel:
             return hidden.masked_fill(weights == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
         total, count = (hidden * weights).sum(1), weights.sum(1).clamp(min=1e-9)
         return total / (count.sqrt() if self.pooling.mode == "mean_sqrt_len" else count)
+
+
+def _in_batches(generate: Callable[..., Any], texts: str | Sequence[str], batch_size: int,
+                options: dict[str, Any]) -> Any:
+    """``generate`` over ``texts`` in batches of ``batch_size`` (a single text as it is)."""
+    if isinstance(texts, str):
+        return generate(texts, **options)
+    if batch_size < 1:
+        raise NlpkitError(f"batch_size: expected an integer >= 1, got {batch_size}")
+    items = list(texts)
+    out: list[Any] = []
+    for start in range(0, len(items), batch_size):
+        out.extend(generate(items[start : start + batch_size], **options))
+    return out
 
 
 def load(path: str | Path, plugins: Iterable[str] = (), blocked: Iterable[str] = (),

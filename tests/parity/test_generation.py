@@ -4,7 +4,7 @@ Tiny random checkpoints made with `transformers` (see `_tiny.py`) are loaded by
 both libraries; a batch of prompts of different lengths (left-padded) goes
 through greedy decoding, beam search (with n-best lists, length penalties and
 each early-stopping mode), the repetition penalty and n-gram blocking, and
-every generated token must be the same. Encoder-decoders (BART, T5) start
+every generated token must be the same. Encoder-decoders (BART, Marian, T5) start
 from their decoder start token and read the encoded source.
 """
 
@@ -117,7 +117,7 @@ def test_hypotheses_end_at_eos_like_transformers(options, tmp_path):
     _same(found, _reference(reference, PROMPTS, False, eos_token_id=2, **options))
 
 
-@pytest.mark.parametrize("name", ["bart", "t5"])
+@pytest.mark.parametrize("name", ["bart", "marian", "t5"])
 @pytest.mark.parametrize("options", [dict(), dict(num_beams=3, num_return_sequences=2)], ids=["greedy", "beams"])
 def test_encoder_decoder_matches_transformers(name, options, tmp_path):
     _check(name, tmp_path, max_new_tokens=8, do_sample=False, **options)

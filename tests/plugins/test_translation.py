@@ -169,3 +169,60 @@ def test_export_loads_as_a_seq2seq_lm_with_the_same_logits_and_translations(tmp_
                                num_beams=2, max_new_tokens=16, do_sample=False)
     hf_texts = [model.task.target_tokenizer.decode(row.tolist()).strip() for row in hf_ids]
     assert hf_texts == [answer["translation"] for answer in model.predict(sources)]
+
+
+# -- translate ------------------------------------------------------------------------------------------------------
+
+
+def test_translate_in_python_and_cli_batches_and_lines_up_with_the_input(trained, tmp_path, capsys):
+    result, _ = trained
+    model = nlpkit.load(result.run_dir)
+    texts = ["the big dog", "a cat sees the old tree", "the small house"]
+    expected = [answer["translation"] for answer in model.predict(texts)]
+    assert model.translate(texts, batch_size=2) == expected  # the recipe's beams, in batches of two
+    assert model.translate(texts[0]) == expected[0]
+    assert len(model.translate(texts[:2], num_beams=3, num_return_sequences=2)) == 2
+
+    source = tmp_path / "input.en"
+    source.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    assert main(["translate", str(result.run_dir), "--input", str(source), "--batch-size", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == expected
+
+
+def test_translate_errors_are_one_line(trained, tmp_path, capsys, sentiment_recipe):
+    result, _ = trained
+    (tmp_path / "gap.en").write_text("the dog\n\nthe cat\n", encoding="utf-8")
+    assert main(["translate", str(result.run_dir), "--input", str(tmp_path / "gap.en")]) == 2
+    assert f"{tmp_path / 'gap.en'}:2: empty line" in capsys.readouterr().err
+    assert main(["translate", str(result.run_dir), "the dog", "--num-beams", "0"]) == 2
+    assert "num_beams" in capsys.readouterr().err
+    classifier = nlpkit.run(sentiment_recipe, ["training.epochs=1"]).run_dir
+    assert main(["translate", str(classifier), "a film"]) == 2
+    assert "translate needs" in capsys.readouterr().err
+
+
+def test_pretrained_bart_folder_translates_like_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from nlpkit.tokenization import Tokenizer
+
+    tokenizer = Tokenizer.train([s for pair in pairs(100, 0) for s in pair], kind="bpe", vocab_size=300, lowercase=False)
+    eos, pad_id, bos = (tokenizer.token_id(role) for role in ("eos", "pad", "bos"))
+    config = transformers.BartConfig(vocab_size=tokenizer.vocab_size, d_model=32, encoder_layers=2, decoder_layers=2,
+                                     encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                                     decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=pad_id,
+                                     bos_token_id=bos, eos_token_id=eos, decoder_start_token_id=eos,
+                                     forced_eos_token_id=eos)
+    torch.manual_seed(0)
+    transformers.BartForConditionalGeneration(config).eval().save_pretrained(tmp_path / "bart")
+    tokenizer.save(tmp_path / "bart")
+    hf_model = transformers.BartForConditionalGeneration.from_pretrained(tmp_path / "bart").eval()
+
+    texts = ["the big dog", "a cat sees the old green tree"]
+    encoded = [tokenizer.encode_batch([t])[0].ids for t in texts]
+    expected = []
+    for ids in encoded:  # one at a time: no padding on transformers' side
+        out = hf_model.generate(torch.tensor([ids]), num_beams=3, max_new_tokens=10, do_sample=False)[0].tolist()
+        expected.append(tokenizer.decode(out, skip_special_tokens=True))
+    assert nlpkit.load(tmp_path / "bart").translate(texts, num_beams=3, max_new_tokens=10) == expected
