@@ -335,6 +335,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
     # Lightning 2.6 calls a torch.utils._pytree API that torch 2.13 deprecates.
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
+    # Only the summary's size estimate is affected; the default precision (auto) is bf16-mixed on many CPUs.
+    warnings.filterwarnings("ignore", message=r".*is not supported by the model summary.*")
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropLightningAdverts())
 
