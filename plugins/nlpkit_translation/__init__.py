@@ -84,6 +84,10 @@ class Translation(Task):
     metric_names = ("bleu", "chrf")
     generates = True
 
+    def __init__(self, config, tokenizer):
+        super().__init__(config, tokenizer)
+        self.decoder_start = self._decoder_start()
+
     @classmethod
     def text_columns(cls, column_names):
         # A tokenizer trained from scratch is joint: one vocabulary for both languages, so
@@ -129,7 +133,7 @@ class Translation(Task):
                                  "attention_mask": pad([[1] * len(i) for i in ids], 0)}
         if "labels" in features[0]:
             labels = [f["labels"] for f in features]
-            start = self._decoder_start()
+            start = self.decoder_start
             batch["labels"] = pad(labels, IGNORE_INDEX)
             batch["decoder_input_ids"] = pad([[start, *row[:-1]] for row in labels], self.target_tokenizer.pad_token_id)
             batch["decoder_attention_mask"] = pad([[1] * len(row) for row in labels], 0)
@@ -175,7 +179,7 @@ class Translation(Task):
     def generation_defaults(self):
         target = self.target_tokenizer
         eos = target.token_id("eos") if target.token_id("eos") is not None else target.token_id("sep")
-        defaults = {"decoder_start_token_id": self._decoder_start(), "pad_token_id": target.pad_token_id,
+        defaults = {"decoder_start_token_id": self.decoder_start, "pad_token_id": target.pad_token_id,
                     "num_beams": self.config.num_beams, "length_penalty": self.config.length_penalty,
                     "max_new_tokens": self.config.max_new_tokens}
         if eos is not None:

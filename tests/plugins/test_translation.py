@@ -127,13 +127,13 @@ def test_decoder_start_follows_the_tokenizer_convention(tmp_path):
     texts = [s for pair in pairs(50, 0) for s in pair]
     bart_like = Translation(Translation.config_class(), Tokenizer.train(texts, kind="bpe", vocab_size=200))
     # <s> tokens </s> as labels: the decoder reads </s> <s> tokens (BART).
-    assert bart_like._decoder_start() == bart_like.tokenizer.token_id("eos")
+    assert bart_like.decoder_start == bart_like.tokenizer.token_id("eos")
     features = bart_like.encode({"source": ["the cat"], "target": ["der katze"]})
     batch = bart_like.collate([dict(zip(features, values)) for values in zip(*features.values())])
     labels, decoder_inputs = batch["labels"][0].tolist(), batch["decoder_input_ids"][0].tolist()
     assert decoder_inputs == [bart_like.tokenizer.token_id("eos"), *labels[:-1]]
     chosen = Translation(Translation.config_class(decoder_start_token_id=0), bart_like.tokenizer)
-    assert chosen._decoder_start() == 0
+    assert chosen.decoder_start == 0
 
 
 # -- export ---------------------------------------------------------------------------------------------------------
@@ -226,3 +226,36 @@ def test_pretrained_bart_folder_translates_like_transformers(tmp_path):
         out = hf_model.generate(torch.tensor([ids]), num_beams=3, max_new_tokens=10, do_sample=False)[0].tolist()
         expected.append(tokenizer.decode(out, skip_special_tokens=True))
     assert nlpkit.load(tmp_path / "bart").translate(texts, num_beams=3, max_new_tokens=10) == expected
+
+
+# -- summarisation, errors -------------------------------------------------------------------------------------------
+
+
+def test_summarisation_shaped_data_runs_through_the_same_task(tmp_path):
+    # Long sources, short targets, other column names: the first two words of an article are its "summary".
+    rng = random.Random(0)
+    rows = []
+    for _ in range(120):
+        article = " ".join(rng.choice(ENGLISH) for _ in range(rng.randint(25, 40)))
+        rows.append({"article": article, "summary": " ".join(LEXICON[w] for w in article.split()[:2])})
+    for name, part in (("train", rows[:100]), ("dev", rows[100:])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
+    recipe = translation_recipe(tmp_path, data={"format": "jsonl", "train": str(tmp_path / "train.jsonl"),
+                                                "validation": str(tmp_path / "dev.jsonl"), "options": {},
+                                                "columns": {"source": "article", "target": "summary"}},
+                                tokenizer={"max_length": 64})
+    result = nlpkit.run(recipe)
+    assert {"val_bleu", "val_chrf", "val_loss"} <= set(result.metrics)
+    summary = nlpkit.load(result.run_dir).translate(rows[0]["article"], max_new_tokens=6)
+    assert isinstance(summary, str)
+
+
+def test_translation_on_an_encoder_is_a_one_line_error(tmp_path, capsys):
+    import yaml
+
+    recipe = translation_recipe(tmp_path, backbone={"preset": "encoder-tiny"})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["check", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and "encoder-decoder" in error
