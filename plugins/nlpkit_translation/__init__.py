@@ -86,6 +86,12 @@ class Translation(Task):
 
     def __init__(self, config, tokenizer):
         super().__init__(config, tokenizer)
+        # Checked here, not at the first validation batch, so a bad value fails before training starts.
+        if not 0.0 <= config.label_smoothing < 1.0:
+            raise NlpkitError(f"translation.label_smoothing: expected a value in [0, 1), got {config.label_smoothing}")
+        for key in ("num_beams", "max_new_tokens"):
+            if getattr(config, key) < 1:
+                raise NlpkitError(f"translation.{key}: expected an integer >= 1, got {getattr(config, key)}")
         self.decoder_start = self._decoder_start()
 
     @classmethod

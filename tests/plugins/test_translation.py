@@ -259,3 +259,16 @@ def test_translation_on_an_encoder_is_a_one_line_error(tmp_path, capsys):
     assert main(["check", str(path)]) == 2
     error = capsys.readouterr().err
     assert len(error.strip().splitlines()) == 1 and "encoder-decoder" in error
+
+
+@pytest.mark.parametrize("override, expected", [("translation.label_smoothing=1.5", "translation.label_smoothing"),
+                                                ("translation.num_beams=0", "translation.num_beams")])
+def test_bad_translation_options_are_one_line_errors_before_training(tmp_path, capsys, override, expected):
+    import yaml
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(translation_recipe(tmp_path)))
+    assert main(["run", str(path), override]) == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and expected in error
+    assert not (tmp_path / "runs").exists()
