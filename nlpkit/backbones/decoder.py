@@ -22,6 +22,7 @@ from nlpkit.backbones.config import BackboneConfig
 from nlpkit.backbones.cache import BackboneOutput, KVCache
 from nlpkit.backbones.layers import (
     Embeddings,
+    Linear,
     TransformerLayer,
     check_positions,
     compute_dtype,
@@ -62,7 +63,7 @@ class Decoder(nn.Module):
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(TransformerLayer(config, i) for i in range(config.num_layers))
         self.final_norm = make_norm(config) if config.final_norm else None
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.lm_head_bias:
             # A buffer, not a Parameter: BART/Marian keep it fixed during training.
             self.register_buffer("final_logits_bias", torch.zeros(config.vocab_size))

@@ -26,6 +26,7 @@ from nlpkit.backbones.config import BackboneConfig
 from nlpkit.backbones.cache import BackboneOutput, KVCache
 from nlpkit.backbones.layers import (
     Embeddings,
+    Linear,
     RelativePositionBias,
     TransformerLayer,
     check_positions,
@@ -148,7 +149,7 @@ class EncoderDecoder(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
         self.encoder = Stack(config, config.num_layers, causal=False)
         self.decoder = Stack(config, config.resolved_num_decoder_layers, causal=True)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.lm_head_bias:
             # A buffer, not a Parameter: BART/Marian keep it fixed during training.
             self.register_buffer("final_logits_bias", torch.zeros(config.vocab_size))

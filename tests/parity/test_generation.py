@@ -67,15 +67,19 @@ def _same(ours: list[list[list[int]]], theirs: list[list[int]]) -> None:
         assert all(t == PAD for t in reference[len(mine):]), f"hypothesis {i} ends early: {mine} vs {reference}"
 
 
-def _check(name: str, tmp_path: Path, **options) -> None:
+def _check(name: str, tmp_path: Path, seed: int | None = None, **options) -> list[list[list[int]]]:
+    """nlpkit and transformers generate the same tokens; with a `seed`, sampling from the same random stream."""
     reference, ours = _models(name, tmp_path)
     encoder_decoder = FAMILIES[name].kind == "encoder-decoder"
     rows = SOURCES if encoder_decoder else PROMPTS
     defaults = {"eos_token_id": reference.generation_config.eos_token_id,
                 "decoder_start_token_id": reference.generation_config.decoder_start_token_id,
                 "forced_eos_token_id": reference.generation_config.forced_eos_token_id}
-    found = generate_ids(ours, rows, resolve_options({**options, "pad_token_id": PAD}, defaults))
+    found = generate_ids(ours, rows, resolve_options({**options, "pad_token_id": PAD, "seed": seed}, defaults))
+    if seed is not None:
+        torch.manual_seed(seed)
     _same(found, _reference(reference, rows, encoder_decoder, **options))
+    return found
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
@@ -131,3 +135,37 @@ def test_sampling_with_a_seed_is_reproducible(tmp_path):
     assert first == generate_ids(ours, PROMPTS, options)
     other = resolve_options({"do_sample": True, "seed": 8, "max_new_tokens": 12, "num_return_sequences": 2})
     assert first != generate_ids(ours, PROMPTS, other)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("warpers", [
+    dict(temperature=1.3, top_k=0, top_p=1.0),
+    dict(temperature=0.8, top_k=20, top_p=0.9),
+    dict(top_k=0, min_p=0.05),
+    dict(top_k=0, top_p=0.8, num_return_sequences=2),
+], ids=["temperature", "top-k-top-p", "min-p", "top-p-n"])
+def test_seeded_sampling_matches_transformers(name, warpers, tmp_path):
+    # Both draw from torch's CPU Mersenne twister with one multinomial per step on the same
+    # probabilities: the call's own generator seeded with `seed` gives transformers' global-seed tokens.
+    _check(name, tmp_path, seed=11, max_new_tokens=12, do_sample=True, **warpers)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(num_beams=3)], ids=["greedy", "beams"])
+def test_bad_words_match_transformers(options, tmp_path):
+    reference, ours = _models("gpt2", tmp_path)
+    plain = generate_ids(ours, PROMPTS, resolve_options({"max_new_tokens": 12, "pad_token_id": PAD}))
+    # Ban the first token greedy picks for row 0 alone, and row 1's second token after its first:
+    # both bans change what is generated.
+    first, (a, b) = plain[0][0][0], plain[1][0][:2]
+    bad = [[first], [a, b]]
+    options = dict(max_new_tokens=12, do_sample=False, bad_words_ids=bad, **options)
+    found = generate_ids(ours, PROMPTS, resolve_options({**options, "pad_token_id": PAD}))
+    assert found[0][0][0] != first
+    _same(found, _reference(reference, PROMPTS, False, **options))
+
+
+@pytest.mark.parametrize("options", [dict(), dict(num_beams=3)], ids=["greedy", "beams"])
+def test_forced_bos_matches_transformers(options, tmp_path):
+    # mBART-style: the first generated token is forced (a target-language code), the rest follows it.
+    found = _check("bart", tmp_path, max_new_tokens=8, do_sample=False, forced_bos_token_id=17, **options)
+    assert {hypothesis[0] for hypotheses in found for hypothesis in hypotheses} == {17}

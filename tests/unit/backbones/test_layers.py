@@ -114,3 +114,70 @@ def test_encoder_trains_the_same_with_a_mask_of_ones() -> None:
     torch.manual_seed(5)
     without = encoder(ids).last_hidden_state
     assert torch.equal(with_mask, without)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 7, 32, 128, 129, 600])
+@pytest.mark.parametrize("shape", [(48, 48), (48, 200), (200, 48)], ids=["square", "widening", "narrowing"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_equals_nn_linear_for_any_row_count(rows: int, shape: tuple[int, int], bias: bool) -> None:
+    # The weight-first product for few rows is the same function as nn.Linear, batch dims and all.
+    torch.manual_seed(0)
+    ours = layers.Linear(*shape, bias=bias)
+    reference = torch.nn.Linear(*shape, bias=bias)
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(rows, 1, shape[0])
+    y = ours(x)
+    assert y.shape == (rows, 1, shape[1]) and y.is_contiguous()
+    torch.testing.assert_close(y, reference(x), rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x[:, 0]), reference(x[:, 0]), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_trains_like_nn_linear_through_the_few_rows_path() -> None:
+    torch.manual_seed(0)
+    ours, reference = layers.Linear(16, 24), torch.nn.Linear(16, 24)
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 16)
+    ours(x).square().sum().backward()
+    reference(x).square().sum().backward()
+    torch.testing.assert_close(ours.weight.grad, reference.weight.grad)
+    torch.testing.assert_close(ours.bias.grad, reference.bias.grad)
+
+
+needs_onednn = pytest.mark.skipif(not layers._onednn_linear_available(), reason="torch built without oneDNN")
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows", [1, 8, 300])
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_linear_equals_nn_linear_in_inference(rows: int, bias: bool) -> None:
+    torch.manual_seed(0)
+    ours, reference = layers.Linear(48, 200, bias=bias), torch.nn.Linear(48, 200, bias=bias)
+    reference.load_state_dict(ours.state_dict())
+    assert ours.pack()
+    x = torch.randn(rows, 2, 48)
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x), reference(x), rtol=1e-5, atol=1e-5)
+    assert ours(x).requires_grad  # with gradients on, the dense weight is used and trained
+
+
+@needs_onednn
+def test_packed_linear_drops_a_stale_copy_when_the_weight_changes() -> None:
+    torch.manual_seed(0)
+    ours = layers.Linear(16, 24)
+    assert ours.pack()
+    x = torch.randn(3, 16)
+    optimizer = torch.optim.SGD(ours.parameters(), lr=0.5)
+    ours(x).square().sum().backward()
+    optimizer.step()  # an in-place update of the weight
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), torch.nn.functional.linear(x, ours.weight, ours.bias))
+    assert ours.pack()
+    ours.load_state_dict({"weight": torch.zeros(24, 16), "bias": torch.ones(24)})
+    with torch.no_grad():
+        assert torch.equal(ours(x), torch.ones(3, 24))
+
+
+def test_only_float32_cpu_weights_are_packed() -> None:
+    model = torch.nn.Sequential(layers.Linear(8, 8), layers.Linear(8, 8).to(torch.bfloat16), torch.nn.Linear(8, 8))
+    assert layers.pack_for_cpu_inference(model) == (1 if layers._onednn_linear_available() else 0)
