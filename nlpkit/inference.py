@@ -325,7 +325,7 @@ def load(path: str | Path, plugins: Iterable[str] = (), blocked: Iterable[str] =
         plugin_set: an already loaded plugin set (the CLI passes its own).
         dtype: the weights' dtype for inference (``"bfloat16"``, ``torch.bfloat16``);
             None keeps float32. Float32 weights on the CPU are also kept in
-            oneDNN's packed layout, a second copy that makes decoding 1.5-2.5x
+            oneDNN's packed layout, a second copy that makes decoding 1.2-2x
             faster (``nlpkit.backbones.layers.pack_for_cpu_inference``).
 
     Returns:

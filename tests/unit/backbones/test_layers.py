@@ -181,3 +181,21 @@ def test_packed_linear_drops_a_stale_copy_when_the_weight_changes() -> None:
 def test_only_float32_cpu_weights_are_packed() -> None:
     model = torch.nn.Sequential(layers.Linear(8, 8), layers.Linear(8, 8).to(torch.bfloat16), torch.nn.Linear(8, 8))
     assert layers.pack_for_cpu_inference(model) == (1 if layers._onednn_linear_available() else 0)
+
+
+@needs_onednn
+def test_a_packed_model_can_be_copied_and_saved_whole() -> None:
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(layers.Linear(16, 24), torch.nn.ReLU(), layers.Linear(24, 4))
+    assert layers.pack_for_cpu_inference(model) == 2
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    x = torch.randn(5, 16)
+    for other in (copy.deepcopy(model), torch.load(buffer, weights_only=False)):
+        assert other[0]._packed is None  # copies start unpacked
+        with torch.no_grad():
+            torch.testing.assert_close(other(x), model(x), rtol=1e-5, atol=1e-5)
