@@ -113,7 +113,7 @@ def child(side: str, folder: str, config: str, new_tokens: int) -> None:
     generator = torch.Generator().manual_seed(1)
     prompts = torch.randint(100, 50000, (batch, PROMPT_TOKENS), generator=generator)
     options = dict(max_new_tokens=new_tokens, num_beams=beams, do_sample=False)
-    pad = 58100 if checkpoint == "marian" else 1 if checkpoint == "bart" else 0
+    pad = json.loads((Path(folder) / "config.json").read_text()).get("pad_token_id") or 0  # GPT-2 has none
     if side == "nlpkit":
         from nlpkit.backbones import from_pretrained
         from nlpkit.backbones.checkpoints import generation_defaults

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -308,7 +309,8 @@ def build_dataclass(cls: type, raw: Any, path: tuple[str, ...], ctx: _Context | 
 
     Unknown keys are errors with a close-match suggestion; missing required
     fields and wrong types name the key path. ``ValueError`` raised by the
-    dataclass's own ``__post_init__`` becomes a user error at ``path``.
+    dataclass's own ``__post_init__`` becomes a user error at ``path``, or at
+    the field its message starts with (``"dropout must be in [0, 1), ..."``).
 
     Args:
         cls: the dataclass.
@@ -340,7 +342,17 @@ def build_dataclass(cls: type, raw: Any, path: tuple[str, ...], ctx: _Context | 
     try:
         return cls(**kwargs)
     except ValueError as error:
-        raise ctx.error(path, str(error)) from None
+        raise _validation_error(ctx, path, str(error), fields) from None
+
+
+def _validation_error(ctx: _Context, path: tuple[str, ...], message: str, fields: Iterable[str]) -> NlpkitError:
+    """A dataclass's own check failed: a message that starts with a field name
+    ("dropout must be in [0, 1)", "block_size: expected ...") is put at that key."""
+    first, _, rest = message.partition(" ")
+    name = first.rstrip(":")
+    if name in fields and (first.endswith(":") or rest.startswith("must ")):
+        return ctx.error(path + (name,), rest)
+    return ctx.error(path, message)  # about several fields, e.g. "hidden_size (128) must be divisible by num_heads"
 
 
 def read_recipe_file(path: str | Path) -> dict[str, Any]:
@@ -511,7 +523,7 @@ def _check_backbone(recipe: Recipe, task_cls: type, registries: Registries, ctx:
     try:
         config = BackboneConfig.from_dict(merged)
     except (ValueError, TypeError) as error:
-        raise ctx.error(("backbone", "config"), str(error)) from None
+        raise _validation_error(ctx, ("backbone", "config"), str(error), config_fields) from None
     if config.kind not in task_cls.backbone_kinds:
         raise ctx.error(
             ("backbone",),

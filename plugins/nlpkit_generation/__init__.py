@@ -66,8 +66,10 @@ class LanguageModelingOptions:
     def __post_init__(self) -> None:
         if self.block_size is not None and self.block_size < 1:
             raise ValueError(f"block_size: expected an integer >= 1, got {self.block_size}")
-        if self.sample_every < 0 or self.sample_max_new_tokens < 1:
-            raise ValueError("sample_every must be >= 0 and sample_max_new_tokens >= 1")
+        if self.sample_every < 0:
+            raise ValueError(f"sample_every: expected an integer >= 0, got {self.sample_every}")
+        if self.sample_max_new_tokens < 1:
+            raise ValueError(f"sample_max_new_tokens: expected an integer >= 1, got {self.sample_max_new_tokens}")
         resolve_options(self.sample_options)  # an unknown or bad decoding option fails with the recipe
 
 

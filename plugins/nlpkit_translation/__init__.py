@@ -53,6 +53,14 @@ class TranslationOptions:
     bleu_tokenize: Literal["13a", "intl", "zh", "char", "none"] = "13a"  # sacreBLEU's default: 13a
     lowercase: bool = False  # case-insensitive BLEU and chrF
 
+    def __post_init__(self) -> None:
+        # Checked with the recipe, so a bad value fails before any data is read or training starts.
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing: expected a value in [0, 1), got {self.label_smoothing}")
+        for key in ("num_beams", "max_new_tokens"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: expected an integer >= 1, got {getattr(self, key)}")
+
 
 class NoHead(nn.Module):
     """Nothing to add: the backbone's own LM head writes the target tokens."""
@@ -86,12 +94,6 @@ class Translation(Task):
 
     def __init__(self, config, tokenizer):
         super().__init__(config, tokenizer)
-        # Checked here, not at the first validation batch, so a bad value fails before training starts.
-        if not 0.0 <= config.label_smoothing < 1.0:
-            raise NlpkitError(f"translation.label_smoothing: expected a value in [0, 1), got {config.label_smoothing}")
-        for key in ("num_beams", "max_new_tokens"):
-            if getattr(config, key) < 1:
-                raise NlpkitError(f"translation.{key}: expected an integer >= 1, got {getattr(config, key)}")
         self.decoder_start = self._decoder_start()
 
     @classmethod

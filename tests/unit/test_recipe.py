@@ -84,6 +84,7 @@ def test_overrides_change_fields_and_parse_yaml_scalars(sentiment_recipe):
         (["data.format=xml"], ["data.format", "unknown data format 'xml'", "known: ", "csv, "]),
         (["backbone.config.hiden_size=64"], ["backbone.config.hiden_size", "did you mean 'hidden_size'"]),
         (["backbone.config.hidden_size=101"], ["backbone.config", "hidden_size"]),
+        (["backbone.config.dropout=1.5"], ["backbone.config.dropout: must be in [0, 1), got 1.5"]),
         (["trainer.max_epochs=3"], ["trainer.max_epochs", "training.epochs"]),
         (["trainer.acelerator=cpu"], ["trainer.acelerator", "did you mean 'accelerator'"]),
     ],
