@@ -106,19 +106,43 @@ def test_generate_returns_continuations_shaped_like_the_prompts(run_dir):
     assert model.generate("the dog", max_new_tokens=6, stream=streamed.append) == "".join(streamed)
 
 
-def test_sampling_with_a_seed_gives_the_same_text_twice(run_dir):
+def test_sampling_with_a_seed_gives_the_same_text_twice_and_another_seed_other_text(run_dir):
     model = nlpkit.load(run_dir)
-    options = dict(do_sample=True, seed=3, temperature=1.5, top_p=0.95, max_new_tokens=12)
-    first = model.generate(["the cat", "a"], **options)
-    assert first == model.generate(["the cat", "a"], **options)
+    options = dict(do_sample=True, temperature=1.5, top_p=0.95, max_new_tokens=12)
+    torch.manual_seed(0)
+    first = model.generate(["the cat", "a"], seed=3, **options)
+    torch.manual_seed(1)  # torch's global generator plays no part: the seed alone decides
+    assert first == model.generate(["the cat", "a"], seed=3, **options)
+    other = model.generate(["the cat", "a"], seed=4, **options)  # only the seed changed
+    assert other[0] != first[0] and other[1] != first[1]
+
+
+def _middle_stop(text: str, after: int = 0) -> tuple[str, int]:
+    """Two printable characters first found in the middle of ``text`` (not before ``after``), and where."""
+    for start in range(max(len(text) // 3, after), len(text) - 3):
+        stop = text[start : start + 2]
+        if stop.isprintable() and stop.isascii() and text.find(stop) == start:
+            return stop, start
+    raise AssertionError(f"no stop string to pick in the middle of {text!r}")
 
 
 def test_stop_strings_end_the_continuation_before_them(run_dir):
     model = nlpkit.load(run_dir)
-    text = model.generate("the", max_new_tokens=12, do_sample=True, seed=0)
-    stop = text.strip()[:2] or "e"
-    cut = model.generate("the", max_new_tokens=12, do_sample=True, seed=0, stop=stop)
-    assert stop not in cut and text.startswith(cut)
+    calls = []
+    model.model.backbone.register_forward_hook(lambda *_: calls.append(1))
+    options = dict(max_new_tokens=24, do_sample=True, seed=0)
+    text = model.generate("the", **options)
+    unstopped_steps = len(calls)
+    assert unstopped_steps == 24  # no EOS on the way: all 24 tokens were generated
+    stop, start = _middle_stop(text)
+    calls.clear()
+    # The same draws up to the stop string: the answer is the unstopped one cut right before it ...
+    assert model.generate("the", stop=stop, **options) == text[:start]
+    # ... and generation ended there, not after 24 tokens.
+    assert len(calls) < unstopped_steps
+    # Every string of a list counts: the one listed second, but found first, cuts.
+    later, _ = _middle_stop(text, after=start + 2)
+    assert model.generate("the", stop=[later, stop], **options) == text[:start]
 
 
 def test_bfloat16_weights_generate(run_dir):

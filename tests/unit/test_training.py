@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import math
+import random
+from collections import Counter
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ from safetensors.torch import load_file
 
 import nlpkit
 from nlpkit.training.module import schedule_factor
+from tests.helpers import NEUTRAL, POSITIVE, tiny_recipe, write_csv
 
 
 def history(run_dir):
@@ -28,6 +32,118 @@ def test_schedules_warm_up_then_follow_their_shape(schedule):
         assert factors[-1] < 0.05 and all(a >= b for a, b in zip(factors[10:], factors[11:]))
 
 
+def _expected_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """The documented schedule, written out again: warm-up from lr / (warmup + 1) to lr, then the decay."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    done = (step - warmup) / (total - warmup)
+    return {"linear": 1 - done, "cosine": (1 + math.cos(math.pi * done)) / 2, "constant": 1.0}[schedule]
+
+
+@pytest.mark.parametrize("schedule, warmup, expected_warmup", [
+    ("linear", "optimization.warmup_ratio=0.2", 6),  # int(0.2 * 30 steps)
+    ("cosine", "optimization.warmup_steps=5", 5),
+    ("constant", "optimization.warmup_steps=5", 5),
+])
+def test_the_optimizer_steps_with_the_scheduled_learning_rate(sentiment_recipe, monkeypatch, schedule, warmup,
+                                                              expected_warmup):
+    # What each update really used: every parameter group's lr when AdamW.step runs.
+    used = []
+    step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        used.append([group["lr"] for group in self.param_groups])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    # 240 examples in batches of 16 for 2 epochs: 30 optimizer steps.
+    nlpkit.run(sentiment_recipe, ["training.epochs=2", "optimization.lr=0.01", f"optimization.schedule={schedule}", warmup])
+    assert len(used) == 30
+    for k, groups in enumerate(used):
+        expected = 0.01 * _expected_factor(k, 30, expected_warmup, schedule)
+        assert groups == pytest.approx([expected] * len(groups), rel=1e-9, abs=1e-12), f"step {k}"
+    # Landmarks of each shape: the peak right after warm-up; halfway through the decay, cosine is
+    # at half the peak like linear; the last step is just above zero.
+    assert used[0][0] == pytest.approx(0.01 / (expected_warmup + 1))
+    assert used[expected_warmup][0] == pytest.approx(0.01)
+    if schedule == "constant":
+        assert used[-1][0] == pytest.approx(0.01)
+    else:
+        assert used[-1][0] == pytest.approx(0.01 * (1 / 24 if schedule == "linear" else (1 + math.cos(math.pi * 24 / 25)) / 2))
+        half = expected_warmup + (30 - expected_warmup) // 2
+        assert used[half][0] == pytest.approx(0.01 * 0.5, abs=0.01 * 0.07)
+
+
+def test_bf16_mixed_runs_matrix_products_in_bfloat16_on_float32_weights(sentiment_recipe, monkeypatch):
+    from nlpkit_classification import Classification
+
+    seen = []
+    forward = Classification.forward
+
+    def spy(self, model, batch):
+        # Inside each step: what every Linear layer (backbone and head) outputs, and what its weights are.
+        outputs = set()
+        hooks = [layer.register_forward_hook(lambda layer, inputs, out: outputs.add(out.dtype))
+                 for layer in model.modules() if isinstance(layer, torch.nn.Linear)]
+        try:
+            logits = forward(self, model, batch)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        seen.append((model.training, outputs, {p.dtype for p in model.parameters()}))
+        return logits
+
+    monkeypatch.setattr(Classification, "forward", spy)
+    limits = ["training.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
+    nlpkit.run(sentiment_recipe, ["training.precision=bf16-mixed", *limits])
+    training = [(outputs, weights) for is_training, outputs, weights in seen if is_training]
+    assert len(training) == 2
+    assert all(outputs == {torch.bfloat16} and weights == {torch.float32} for outputs, weights in training)
+    # The same spy sees float32 products in a 32-true run: it tells the two apart.
+    seen.clear()
+    nlpkit.run(sentiment_recipe, ["training.precision=32-true", *limits])
+    assert [outputs for is_training, outputs, _ in seen if is_training] == [{torch.float32}] * 2
+
+
+def test_group_by_length_batches_examples_of_similar_length_and_serves_each_once_an_epoch(tmp_path, monkeypatch):
+    from nlpkit_classification import Classification
+
+    # Sentences of 1 to 20 words: random batches of 16 span nearly the whole range.
+    rng = random.Random(0)
+    rows = [{"text": " ".join(rng.choice(POSITIVE + NEUTRAL) for _ in range(rng.randint(1, 20))), "label": i % 2}
+            for i in range(240)]
+    data = {"train": str(write_csv(tmp_path / "train.csv", rows)), "validation": str(write_csv(tmp_path / "dev.csv", rows[:20]))}
+    batches = []
+    forward = Classification.forward
+
+    def spy(self, model, batch):
+        if model.training:  # training batches only, in the order the sampler made them
+            mask = batch["attention_mask"].bool()
+            batches.append([tuple(ids[keep].tolist()) for ids, keep in zip(batch["input_ids"], mask)])
+        return forward(self, model, batch)
+
+    monkeypatch.setattr(Classification, "forward", spy)
+    recipe = tiny_recipe(tmp_path, data=data, tokenizer={"max_length": 64})
+    result = nlpkit.run(recipe, ["data.group_by_length=true", "training.epochs=2"])
+    assert len(batches) == 2 * 15
+    # Every example exactly once an epoch: each epoch's examples are the training set's.
+    task = nlpkit.load(result.run_dir).task
+    everything = Counter(tuple(ids) for ids in task.encode({"text": [r["text"] for r in rows]})["input_ids"])
+    for epoch in (batches[:15], batches[15:]):
+        assert Counter(example for batch in epoch for example in batch) == everything
+    assert batches[:15] != batches[15:]  # and each epoch has its own order
+
+    def spread(groups: list[list[int]]) -> float:
+        return sum(max(g) - min(g) for g in groups) / len(groups)
+
+    lengths = [len(example) for batch in batches[:15] for example in batch]
+    grouped = spread([[len(example) for example in batch] for batch in batches[:15]])
+    shuffled = random.Random(1).sample(lengths, len(lengths))
+    at_random = spread([shuffled[i : i + 16] for i in range(0, len(shuffled), 16)])
+    assert at_random > 10  # the lengths do vary
+    assert grouped < at_random / 5
+
+
 def test_same_seed_same_weights(sentiment_recipe):
     sentiment_recipe["tokenizer"]["train"] = "bpe"  # deterministic training (WordPiece's is not upstream)
     first = nlpkit.run(sentiment_recipe, ["training.epochs=1"])
@@ -41,7 +157,9 @@ def test_early_stopping_ends_training_before_the_last_epoch(sentiment_recipe):
     # A min_delta no change can reach: the first validation is the best, patience 1 stops at the second.
     result = nlpkit.run(sentiment_recipe, ["training.epochs=10", "training.early_stopping.patience=1",
                                            "training.early_stopping.min_delta=100"])
-    trained_epochs = {row["epoch"] for row in history(result.run_dir) if row.get("train_loss_epoch")}
+    # A training loss per step (train_loss), or per step and epoch (train_loss_step, train_loss_epoch).
+    trained_epochs = {row["epoch"] for row in history(result.run_dir)
+                      if row.get("train_loss") or row.get("train_loss_epoch")}
     assert len(trained_epochs) == 2
 
 
@@ -150,3 +268,44 @@ def test_average_checkpoints_makes_the_run_model_the_mean_of_the_last_epochs(sen
     # The reported metrics are the averaged model's.
     evaluated = nlpkit.load(result.run_dir).evaluate(sentiment_recipe["data"]["validation"])
     assert evaluated["accuracy"] == pytest.approx(result.metrics["val_accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder", "encoder-decoder"])
+def test_gradient_checkpointing_keeps_fewer_activations_for_the_same_gradients(kind):
+    from nlpkit.testing import tiny_backbone
+    from nlpkit.training.finetuning import checkpoint_layers
+
+    ids = torch.randint(1, 50, (2, 16), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 12:] = 0
+    extra = {"decoder_input_ids": ids[:, :12]} if kind == "encoder-decoder" else {}
+    kept, grads, wrapped = [], [], 0
+    for checkpointed in (False, True):
+        # With dropout: the recomputed forward pass must draw the same masks as the first one.
+        model = tiny_backbone(kind, vocab_size=50, seed=0, num_layers=4, dropout=0.1, attention_dropout=0.1).train()
+        if checkpointed:
+            wrapped = checkpoint_layers(model)
+        weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        saved: dict[int, int] = {}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            # What autograd keeps for backward, by storage (views share one), weights aside.
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in weights:
+                saved[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        torch.manual_seed(1)  # the same dropout masks on both sides (checkpointing replays them)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            out = model(ids, attention_mask=mask, **extra).last_hidden_state
+        out.pow(2).sum().backward()
+        kept.append(sum(saved.values()))
+        grads.append({name: p.grad for name, p in model.named_parameters() if p.grad is not None})
+    assert wrapped == (4 if kind != "encoder-decoder" else 8)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+    # A checkpointed layer saves nothing for backward (its inner saves go to the checkpoint, which
+    # recomputes them) but keeps its input: one (batch, seq, hidden) float32 tensor per layer.
+    layer_inputs = wrapped * ids.numel() * out.shape[-1] * 4
+    assert kept[1] + layer_inputs < kept[0] / 3  # measured: 5.2x to 7.1x less
