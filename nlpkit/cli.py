@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from nlpkit._files import read_text
 from nlpkit.errors import NlpkitError
 
 __all__ = ["main"]
@@ -58,16 +59,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_jsonl(path: str) -> list[Any]:
-    file = Path(path)
-    if not file.is_file():
-        raise NlpkitError(f"--input: file '{path}' does not exist")
+def _read_jsonl(path: str) -> list[tuple[int, Any]]:
+    """The rows of a JSON-lines file with their line numbers (blank lines skipped)."""
     rows = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path, "--input file").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            rows.append((number, json.loads(line)))
         except json.JSONDecodeError as error:
             raise NlpkitError(f"{path}:{number}: not valid JSON ({error.msg})") from None
     return rows
@@ -76,11 +75,15 @@ def _read_jsonl(path: str) -> list[Any]:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Answer texts (arguments) or JSON lines (``--input``) with a trained run; JSON lines out."""
     inputs: list[Any] = list(args.texts)
+    names = [f"argument {i + 1}" for i in range(len(inputs))]
     if args.input:
-        inputs.extend(_read_jsonl(args.input))
+        for number, row in _read_jsonl(args.input):
+            inputs.append(row)
+            names.append(f"{args.input}:{number}")
     if not inputs:
         raise NlpkitError("predict: give texts as arguments or --input FILE.jsonl")
     model = _load_run(args)
+    model.check_inputs(inputs, names)
     for answer in model.predict(inputs, batch_size=args.batch_size):
         print(json.dumps(answer, ensure_ascii=False))
     return 0
@@ -150,13 +153,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 
 def _read_lines(path: str) -> list[str]:
-    file = Path(path)
-    if not file.is_file():
-        raise NlpkitError(f"--input: file '{path}' does not exist")
-    try:
-        lines = file.read_text(encoding="utf-8").split("\n")
-    except UnicodeDecodeError as error:
-        raise NlpkitError(f"--input: {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    lines = read_text(path, "--input file").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     for number, line in enumerate(lines, start=1):
@@ -168,7 +165,7 @@ def _read_lines(path: str) -> list[str]:
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a trained run as a Hugging Face-format folder that transformers loads."""
     model = _load_run(args)
-    print(f"exported to {model.export(args.out, format=args.format)}")
+    print(f"exported to {model.export(args.out, format=args.format, overwrite=args.overwrite)}")
     return 0
 
 
@@ -209,11 +206,28 @@ def _add_decoding_flags(sub: argparse.ArgumentParser) -> None:
             sub.add_argument(flag, type=kind, default=None, help=text)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported in one line (not the verb's whole usage) and exit code 2."""
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_USER_ERROR, f"nlpkit: error: {message} (see: {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="also load this plugin module")
     common.add_argument("--no-plugin", action="append", default=[], metavar="NAME", help="do not load this plugin")
-    parser = argparse.ArgumentParser(prog="nlpkit", description="Plugin-based NLP tasks on PyTorch Lightning.")
+    parser = _Parser(prog="nlpkit", description="Plugin-based NLP tasks on PyTorch Lightning.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def verb(name: str, function: Any) -> argparse.ArgumentParser:
@@ -231,12 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("run_dir", help="a run folder")
     sub.add_argument("texts", nargs="*", metavar="TEXT", help="texts to answer")
     sub.add_argument("--input", metavar="FILE.jsonl", help="JSON lines: a string or an object of the task's fields each")
-    sub.add_argument("--batch-size", type=int, default=32)
+    sub.add_argument("--batch-size", type=_positive_int, default=32)
     sub = verb("evaluate", cmd_evaluate)
     sub.add_argument("run_dir", help="a run folder")
     sub.add_argument("--data", required=True, metavar="FILE", help="a labelled file with the training data's columns")
     sub.add_argument("--format", default=None, help="data format (default: the file extension, else the run's training format)")
-    sub.add_argument("--batch-size", type=int, default=32)
+    sub.add_argument("--batch-size", type=_positive_int, default=32)
     sub = verb("generate", cmd_generate)
     sub.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", help="a run folder, or a pretrained Hugging Face-format folder")
     sub.add_argument("prompts", nargs="+", metavar="PROMPT", help="texts to continue")
@@ -248,19 +262,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("texts", nargs="*", metavar="TEXT", help="texts to translate")
     sub.add_argument("--input", metavar="FILE", help="translate every line of this file (one output line each)")
     _add_decoding_flags(sub)
-    sub.add_argument("--batch-size", type=int, default=32)
+    sub.add_argument("--batch-size", type=_positive_int, default=32)
     sub.add_argument("--dtype", default=None, help="weights' dtype for inference (float32, bfloat16)")
     sub = verb("export", cmd_export)
     sub.add_argument("run_dir", help="a run folder")
     sub.add_argument("out", help="the folder to write")
     sub.add_argument("--format", default="hf", help="export format (hf: a Hugging Face-format folder)")
+    sub.add_argument("--overwrite", action="store_true", help="replace the model a folder already holds")
     verb("plugins", cmd_plugins)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``nlpkit`` console script."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``nlpkit`` console script; returns the exit code (2: a user error)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # a bad argument (code 2, one line printed) or --help (0)
+        return int(stop.code or 0)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return args.function(args)

@@ -8,7 +8,12 @@ by file and row instead of failing deep inside training.
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
+import json
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
@@ -45,16 +50,111 @@ def quiet_datasets() -> None:
     datasets.logging.set_verbosity_error()
 
 
+@contextlib.contextmanager
+def _datasets_silent() -> Iterator[None]:
+    """While reading files: ``datasets`` logs a failed read at ERROR before raising, and nlpkit says it better."""
+    import datasets
+
+    level = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(level)
+
+
 def _load_builder(builder: str, files: dict[str, str], options: dict[str, Any]) -> datasets.DatasetDict:
     import datasets
 
     quiet_datasets()
+    for path in files.values():
+        _check_file(path, builder)
     try:
-        return datasets.load_dataset(builder, data_files=files, **options)
+        with _datasets_silent():
+            return datasets.load_dataset(builder, data_files=files, **options)
     except (datasets.exceptions.DatasetGenerationError, ValueError, OSError, TypeError) as error:
         cause = error.__cause__ or error
+        for path in files.values():
+            found = _diagnose(builder, path, options)
+            if found:
+                raise NlpkitError(found) from None
         message = " ".join(str(cause).split())[:300]
         raise NlpkitError(f"{', '.join(files.values())}: cannot read as {builder}: {message}") from None
+
+
+def _check_file(path: str, builder: str) -> None:
+    file = Path(path)
+    if file.is_dir():
+        raise NlpkitError(f"{path} is a folder; expected a {builder} file")
+    if not file.is_file():
+        raise NlpkitError(f"file '{path}' does not exist")
+    if file.stat().st_size == 0:
+        raise NlpkitError(f"{path}: empty file; expected {_EXPECTED.get(builder, 'rows of data')}")
+
+
+_EXPECTED = {"csv": "a header row, then one row per example", "json": "one JSON object per line (or a JSON array)",
+             "text": "text"}
+
+
+def _diagnose(builder: str, path: str, options: dict[str, Any]) -> str | None:
+    """What is wrong with a file ``datasets`` could not read, naming the line; None if nothing is found.
+
+    Only run once reading has failed: the file is read again with the standard
+    library (``csv``, ``json``), which reports lines where pandas and pyarrow
+    report byte positions or nothing.
+    """
+    data = Path(path).read_bytes()
+    if builder == "parquet":
+        return None if data[:4] == data[-4:] == b"PAR1" else f"{path}: not a Parquet file (no Parquet magic bytes)"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        return f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x}); save the file as UTF-8"
+    if builder == "csv":
+        return _diagnose_csv(path, text, options)
+    if builder == "json":
+        return _diagnose_json(path, text)
+    return None
+
+
+def _diagnose_csv(path: str, text: str, options: dict[str, Any]) -> str | None:
+    delimiter = options.get("delimiter", options.get("sep", ","))
+    quoting = options.get("quoting", csv.QUOTE_MINIMAL)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    header = next(reader, None)
+    if not header:
+        return f"{path}: no header row; expected {_EXPECTED['csv']}"
+    rows = 0
+    for row in reader:
+        if not row:
+            continue
+        rows += 1
+        if len(row) != len(header):
+            return (f"{path}:{reader.line_num}: {len(row)} fields, but the header has {len(header)} "
+                    f"({delimiter!r}-separated)")
+    return f"{path}: a header row but no data rows" if rows == 0 else None
+
+
+def _diagnose_json(path: str, text: str) -> str | None:
+    if not text.strip():
+        return f"{path}: no data; expected {_EXPECTED['json']}"
+    if text.lstrip()[:1] == "[":
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as error:
+            return f"{path}:{error.lineno}: not valid JSON ({error.msg})"
+        return None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            return f"{path}:{number}: not valid JSON ({error.msg}); expected one JSON object per line"
+        if not isinstance(row, dict):
+            return f"{path}:{number}: expected a JSON object, got {type(row).__name__}"
+    return None
 
 
 def load_csv(files: dict[str, str], **options: Any) -> datasets.DatasetDict:
@@ -133,6 +233,8 @@ def load_splits(data: DataSection, formats: Registry[Any]) -> datasets.DatasetDi
         path = getattr(data, split)
         if path is not None:
             splits[split] = loader({split: path}, **dict(data.options))[split]
+            if len(splits[split]) == 0:
+                raise NlpkitError(f"{path}: no rows (data.{split} needs examples)")
     if data.validation_split is not None:
         splits["train"], splits["validation"] = carve_validation(splits["train"], data.validation_split, data.train)
     return datasets.DatasetDict(splits)
@@ -161,6 +263,7 @@ def select_columns(
     data: DataSection,
     required: Sequence[str],
     optional: Sequence[str] = (),
+    text: Sequence[str] = (),
 ) -> datasets.DatasetDict:
     """Rename the data's columns to the task's field names and keep only those.
 
@@ -169,6 +272,8 @@ def select_columns(
         data: the recipe's data section (its ``columns`` maps field -> column).
         required: fields every split must have.
         optional: fields kept when present (required when named in ``columns``).
+        text: fields that hold text: a column of numbers there (CSV readers
+            infer ``int64`` for ``1, 2, 3``) is read as strings.
 
     Raises:
         NlpkitError: a missing column (listing the columns found) or an empty
@@ -192,12 +297,29 @@ def select_columns(
             mapping[column] = name
         dataset = dataset.select_columns(list(mapping)).rename_columns({c: n for c, n in mapping.items() if c != n})
         for name in fields:
+            if name in text:
+                dataset = _as_text(dataset, name)
             values = dataset[name]
             for row, value in enumerate(values):
                 if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, float) and math.isnan(value)):
                     raise NlpkitError(f"{where}: row {row + 1}: empty '{data.columns.get(name, name)}'")
         out[split] = dataset
     return datasets.DatasetDict(out)
+
+
+def _as_text(dataset: datasets.Dataset, name: str) -> datasets.Dataset:
+    """Cast a column of numbers (or of lists of numbers: pre-split words) to strings."""
+    import dataclasses
+
+    import datasets
+
+    feature = dataset.features[name]
+    inner = getattr(feature, "feature", None)
+    if isinstance(feature, datasets.Value) and feature.dtype not in ("string", "large_string"):
+        return dataset.cast_column(name, datasets.Value("string"))
+    if isinstance(inner, datasets.Value) and inner.dtype not in ("string", "large_string"):
+        return dataset.cast_column(name, dataclasses.replace(feature, feature=datasets.Value("string")))
+    return dataset
 
 
 def describe_split(data: DataSection, split: str) -> str:

@@ -12,6 +12,7 @@ from nlpkit.backbones.layers import pack_for_cpu_inference
 from nlpkit.errors import NlpkitError
 from nlpkit.plugins import PluginSet, load_plugins
 from nlpkit.recipe import Recipe, load_recipe
+from nlpkit._files import staged_folder
 from nlpkit.runs import BACKBONE_FILE, RUN_FILE, SOURCE_CHECKPOINT_FILE, TASK_STATE_FILE, RunFolder
 from nlpkit.tasks import Task, TaskModel
 from nlpkit.tokenization import Tokenizer
@@ -36,15 +37,34 @@ class LoadedModel:
         self.path = path
         self.plugin_set = plugin_set
 
+    def check_inputs(self, inputs: Sequence[Any], names: Sequence[str] | None = None) -> None:
+        """Check that every input is a text or a mapping with the task's text fields.
+
+        Args:
+            inputs: what :meth:`predict` would be given.
+            names: how messages name each input (``in.jsonl:3``); default ``input N``.
+
+        Raises:
+            NlpkitError: naming the first bad input, the field it lacks and the fields it has.
+        """
+        fields = [*self.task.input_columns, *self.task.optional_columns]
+        for i, item in enumerate(inputs):
+            name = names[i] if names is not None else f"input {i + 1}"
+            if isinstance(item, str):
+                continue
+            if not isinstance(item, dict):
+                raise NlpkitError(f"{name}: expected a string or an object with {', '.join(fields)}, "
+                                  f"got {type(item).__name__}")
+            for field in self.task.input_columns:
+                if not isinstance(item.get(field), str):
+                    found = ", ".join(map(str, item)) or "none"
+                    problem = f"missing field '{field}'" if field not in item else f"field '{field}' is not a string"
+                    raise NlpkitError(f"{name}: {problem} (fields found: {found}; expected: {', '.join(fields)})")
+
     def _examples(self, inputs: Sequence[Any]) -> dict[str, list[Any]]:
+        self.check_inputs(inputs)
         fields = [*self.task.input_columns, *self.task.optional_columns]
         rows = [{self.task.input_columns[0]: item} if isinstance(item, str) else item for item in inputs]
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict):
-                raise NlpkitError(f"input {i + 1}: expected a string or a mapping with {', '.join(fields)}, got {type(row).__name__}")
-            for name in self.task.input_columns:
-                if not isinstance(row.get(name), str):
-                    raise NlpkitError(f"input {i + 1}: missing text field '{name}'")
         present = [f for f in fields if any(f in row for row in rows)]
         return {f: [row.get(f) for row in rows] for f in present}
 
@@ -117,26 +137,37 @@ class LoadedModel:
                               f"sequence task (translation) or a pretrained encoder-decoder folder")
         return _in_batches(self.generate, texts, batch_size, options)
 
-    def export(self, folder: str | Path, format: str = "hf") -> Path:
+    def export(self, folder: str | Path, format: str = "hf", overwrite: bool = False) -> Path:
         """Write the model as a Hugging Face-format folder that ``transformers`` loads.
 
         The backbone goes under its family's names, the task head as the
         matching ``transformers`` head class (e.g. ``BertForSequenceClassification``),
         with the tokenizer beside it. A fine-tuned checkpoint keeps its family
-        and the rest of its original ``config.json``.
+        and the rest of its original ``config.json``. The files are written
+        beside ``folder`` first and moved in once all are written, so a failed
+        export leaves ``folder`` as it was.
 
         Args:
             folder: where to write (created if needed).
             format: ``hf``, the only format so far.
+            overwrite: replace the model files ``folder`` already holds.
 
         Raises:
-            NlpkitError: an unknown format, a backbone no family can express,
-                or a task head without a ``transformers`` counterpart.
+            NlpkitError: an unknown format, ``folder`` is a file or already
+                holds a model (without ``overwrite``), a backbone no family can
+                express, or a task head without a ``transformers`` counterpart.
         """
         from nlpkit.backbones.checkpoints import infer_family, save_pretrained
 
         if format != "hf":
             raise NlpkitError(f"--format: unknown export format '{format}'; known: hf")
+        target = Path(folder)
+        if target.exists() and not target.is_dir():
+            raise NlpkitError(f"{target} is a file; export writes a folder")
+        held = _model_files(target)
+        if held and not overwrite:
+            raise NlpkitError(f"{target} already holds a model ({', '.join(sorted(f.name for f in held)[:4])}); "
+                              f"pass --overwrite to replace it")
         source_file = self.path / SOURCE_CHECKPOINT_FILE
         source = json.loads(source_file.read_text(encoding="utf-8")) if source_file.is_file() else {}
         family = source.get("family") or infer_family(self.model.backbone.config)
@@ -147,9 +178,12 @@ class LoadedModel:
         head_state = self.model.head.state_dict()
         extra = {hf_name: head_state[name] for name, hf_name in spec.weights.items()}
         hf_config = {**source.get("config", {}), **spec.config, "architectures": [spec.architecture]}
-        out = save_pretrained(self.model.backbone, folder, family, extra, hf_config)
-        self.task.tokenizer.save(out)
-        return out
+        with staged_folder(target) as staging:
+            save_pretrained(self.model.backbone, staging, family, extra, hf_config)
+            self.task.tokenizer.save(staging)
+            for stale in held:  # an old shard or .bin would be read before (or beside) the new weights
+                stale.unlink()
+        return target
 
     def evaluate(self, data: str | Path, format: str | None = None, batch_size: int = 32) -> dict[str, float]:
         """Score the model on a labelled file with the task's loss and metrics.
@@ -185,6 +219,7 @@ class LoadedModel:
         splits = select_columns(
             load_splits(section, formats), section,
             [*self.task.input_columns, *self.task.target_columns], self.task.optional_columns,
+            text=[*self.task.input_columns, *self.task.optional_columns],
         )
         self.task.check_split(str(path), splits["test"])
         quiet_lightning()
@@ -297,6 +332,18 @@ class PretrainedModel:
             return hidden.masked_fill(weights == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
         total, count = (hidden * weights).sum(1), weights.sum(1).clamp(min=1e-9)
         return total / (count.sqrt() if self.pooling.mode == "mean_sqrt_len" else count)
+
+
+# What makes a folder a model to transformers and to nlpkit: export refuses to mix its files with these.
+_MODEL_FILE_PATTERNS = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json", "*.bin",
+                        "*.bin.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                        "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "*.model", "*.spm")
+
+
+def _model_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted({path for pattern in _MODEL_FILE_PATTERNS for path in folder.glob(pattern) if path.is_file()})
 
 
 def _in_batches(generate: Callable[..., Any], texts: str | Sequence[str], batch_size: int,

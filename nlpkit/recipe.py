@@ -24,6 +24,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from nlpkit._files import check_output_dir, read_text
+from nlpkit._yaml import load_yaml
 from nlpkit.errors import NlpkitError
 from nlpkit.registry import Registries, suggest
 
@@ -357,24 +359,7 @@ def _validation_error(ctx: _Context, path: tuple[str, ...], message: str, fields
 
 def read_recipe_file(path: str | Path) -> dict[str, Any]:
     """Read a recipe YAML file into a mapping, with safe loading only."""
-    path = Path(path)
-    if not path.is_file():
-        raise NlpkitError(f"recipe file '{path}' does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.constructor.ConstructorError as error:
-        mark = error.problem_mark
-        line = f"line {mark.line + 1}: " if mark is not None else ""
-        raise NlpkitError(
-            f"{path}: {line}{error.problem}; recipes name things by registry name and cannot hold Python tags"
-        ) from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise NlpkitError(f"{path}: {line}invalid YAML: {problem}") from None
-    except UnicodeDecodeError:
-        raise NlpkitError(f"{path}: not a UTF-8 text file") from None
+    raw = load_yaml(read_text(path, "recipe file"), str(path))
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -394,10 +379,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[tuple[str
         keys = tuple(key.strip().split("."))
         if not sep or not key.strip() or any(not k for k in keys):
             raise NlpkitError(f"malformed override '{text}': expected key.sub=value")
-        try:
-            value = yaml.safe_load(value_text) if value_text.strip() else ""
-        except yaml.YAMLError:
-            raise NlpkitError(f"malformed override '{text}': the value is not valid YAML") from None
+        value = load_yaml(value_text, f"override '{text}'") if value_text.strip() else ""
         node = raw
         for depth, k in enumerate(keys[:-1]):
             child = node.get(k)
@@ -465,6 +447,9 @@ def load_recipe(
     sections = {k: v for k, v in raw.items() if k != task_name}
     known_keys = _SECTION_FIELDS + [task_name]
     for key in sections:
+        if key in registries.tasks:
+            raise ctx.error((str(key),), f"the recipe's task is {task_name}; `{key}:` belongs to task {key} "
+                                         f"(the options of task {task_name} go under `{task_name}:`)")
         if key not in _SECTION_FIELDS:
             raise ctx.error((str(key),), f"unknown key{suggest(str(key), known_keys)} (known: {', '.join(known_keys)})")
     recipe_obj: Recipe = build_dataclass(Recipe, sections, (), ctx)
@@ -477,6 +462,11 @@ def load_recipe(
     _check_training(recipe_obj, task_cls, ctx)
     _check_trainer(recipe_obj, ctx)
     recipe_obj.output_dir = str(_resolve_path(recipe_obj.output_dir, recipe_dir))
+    if check_files:
+        try:
+            check_output_dir(recipe_obj.output_dir)
+        except NlpkitError as error:
+            raise ctx.error(("output_dir",), str(error).removeprefix("output_dir: ")) from None
     if recipe_obj.name is None:
         recipe_obj.name = Path(source).stem if source != "<recipe>" else task_name
     return recipe_obj
@@ -583,6 +573,8 @@ def _check_data(recipe: Recipe, task_cls: type, registries: Registries, recipe_d
             if value is None:
                 continue
             path = _resolve_path(value, recipe_dir)
+            if check_files and path.is_dir():
+                raise ctx.error(("data", split), f"'{value}' is a folder; expected a data file")
             if check_files and not path.is_file():
                 raise ctx.error(("data", split), f"file '{value}' does not exist (looked for {path})")
             setattr(data, split, str(path))
@@ -608,6 +600,8 @@ def _check_tokenizer(recipe: Recipe, recipe_dir: Path, ctx: _Context, check_file
         raise ctx.error(("tokenizer", "train"), "a pretrained backbone needs its own tokenizer (leave tokenizer.train unset)")
     if tok.file is not None:
         path = _resolve_path(tok.file, recipe_dir)
+        if check_files and path.is_dir():
+            raise ctx.error(("tokenizer", "file"), f"'{tok.file}' is a folder; expected a tokenizer.json file")
         if check_files and not path.is_file():
             raise ctx.error(("tokenizer", "file"), f"file '{tok.file}' does not exist (looked for {path})")
         tok.file = str(path)

@@ -9,32 +9,34 @@ Layout (format version 1)::
       task_state.json         what the task learnt from the data (its label set ...)
       tokenizer.json          the tokenizer, and tokenizer_config.json (its special tokens)
       model.safetensors       the best weights (backbone and head)
-      metrics.csv             the metric history, one row per logging step
+      metrics.csv             the metric history, one row per logging step (kept whole across resumes)
       metrics.json            the final metrics (validation at the best checkpoint, test)
+      samples.txt             what the task showed after each validation pass (generations ...)
       checkpoints/            Lightning checkpoints (best and last)
       source_checkpoint.json  a fine-tuned run's pretrained folder, family and config.json (for export)
 
 Every file is written to a temporary name, then renamed, so a crash never
-leaves a half-written file where a good one was.
+leaves a half-written file where a good one was. ``run.json`` says
+``"status": "failed"`` (with the error) when a run failed after its first
+checkpoint; a run that failed before it leaves no folder.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import importlib.metadata
 import json
-import os
 import platform
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
+from nlpkit._files import atomic_file, atomic_write, make_folder, read_text
+from nlpkit._yaml import load_yaml
 from nlpkit.errors import NlpkitError
 
-__all__ = ["RunFolder", "FORMAT_VERSION", "atomic_file", "atomic_write"]
+__all__ = ["RunFolder", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 RUN_FILE = "run.json"
@@ -47,34 +49,9 @@ HISTORY_FILE = "metrics.csv"
 CHECKPOINT_DIR = "checkpoints"
 SOURCE_CHECKPOINT_FILE = "source_checkpoint.json"
 LAST_CHECKPOINT = "last.ckpt"
+SAMPLES_FILE = "samples.txt"
 
 _PACKAGES = ("nlpkit", "torch", "pytorch-lightning", "torchmetrics", "datasets", "tokenizers", "pluggy", "safetensors")
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write; renamed onto ``path`` only when the block succeeds.
-
-    The rename is atomic on one filesystem, so readers (and a process killed
-    mid-write) see either the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb") as handle:  # flush the data to disk before the rename makes it visible
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write(path: str | Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    with atomic_file(path) as tmp:
-        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -104,10 +81,10 @@ class RunFolder:
             folder = Path(path)
             if (folder / RUN_FILE).exists():
                 raise NlpkitError(f"{folder} already holds a run; continue it with --resume")
-            folder.mkdir(parents=True, exist_ok=True)
+            make_folder(folder, "the run folder")
             return cls(folder)
         output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(output_dir, "output_dir")
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         for attempt in range(1000):
             path = output_dir / (f"{name}-{stamp}" + (f"-{attempt + 1}" if attempt else ""))
@@ -115,6 +92,8 @@ class RunFolder:
                 path.mkdir()
             except FileExistsError:
                 continue
+            except OSError as error:
+                raise NlpkitError(f"output_dir: cannot create a run folder in {output_dir} ({error.strerror})") from None
             return cls(path)
         raise NlpkitError(f"output_dir: cannot create a new run folder in {output_dir}")
 
@@ -122,22 +101,24 @@ class RunFolder:
     def open(cls, path: str | Path) -> RunFolder:
         """Open a finished run folder (one with weights), checking its format version."""
         run = cls.open_unfinished(path)
-        if not (run.path / WEIGHTS_FILE).is_file():
-            raise NlpkitError(f"{run.path}: no {WEIGHTS_FILE}: the run did not finish (continue it with --resume)")
+        if not run.has_weights:
+            error = run.read_json(RUN_FILE).get("error")
+            how = f"it failed ({error})" if error else "the run did not finish"
+            raise NlpkitError(f"{run.path}: no {WEIGHTS_FILE}: {how}; continue it with --resume")
         return run
 
     @classmethod
     def open_unfinished(cls, path: str | Path) -> RunFolder:
         """Open a run folder that may still be training, checking its format version."""
-        path = Path(path)
-        run_file = path / RUN_FILE
-        if not run_file.is_file():
+        run = cls(Path(path))
+        if not (run.path / RUN_FILE).is_file():
             raise NlpkitError(f"'{path}' is not an nlpkit run folder (no {RUN_FILE})")
-        info = json.loads(run_file.read_text(encoding="utf-8"))
-        version = info.get("format_version")
+        info = run.read_json(RUN_FILE)
+        version = info.get("format_version") if isinstance(info, dict) else None
         if version != FORMAT_VERSION:
-            raise NlpkitError(f"{run_file}: run-folder format {version} is not supported (this nlpkit reads {FORMAT_VERSION})")
-        return cls(path)
+            raise NlpkitError(f"{run.path / RUN_FILE}: run-folder format {version} is not supported "
+                              f"(this nlpkit reads {FORMAT_VERSION})")
+        return run
 
     # -- writing --------------------------------------------------------------
 
@@ -164,6 +145,15 @@ class RunFolder:
             },
         )
 
+    def mark_failed(self, error: str) -> None:
+        """Record in run.json that the run failed, and why (it keeps checkpoints to resume from)."""
+        self.write_json(RUN_FILE, {**self.read_json(RUN_FILE), "status": "failed", "error": error})
+
+    def mark_finished(self) -> None:
+        """Record in run.json that the run finished (a resumed run's failure is forgotten)."""
+        info = {k: v for k, v in self.read_json(RUN_FILE).items() if k != "error"}
+        self.write_json(RUN_FILE, {**info, "status": "finished"})
+
     def write_recipe(self, recipe: dict[str, Any]) -> None:
         atomic_write(self.path / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))
 
@@ -177,10 +167,22 @@ class RunFolder:
     # -- reading --------------------------------------------------------------
 
     def read_json(self, name: str) -> Any:
-        return json.loads((self.path / name).read_text(encoding="utf-8"))
+        path = self.path / name
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise NlpkitError(f"{path} is missing: the run folder is incomplete") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise NlpkitError(f"{path}: cannot read it ({error})") from None
+        except json.JSONDecodeError as error:
+            raise NlpkitError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from None
 
     def read_recipe(self) -> dict[str, Any]:
-        return yaml.safe_load((self.path / RECIPE_FILE).read_text(encoding="utf-8"))
+        path = self.path / RECIPE_FILE
+        recipe = load_yaml(read_text(path, "the run's recipe"), str(path))
+        if not isinstance(recipe, dict):
+            raise NlpkitError(f"{path}: expected the run's recipe (a mapping of sections), got {type(recipe).__name__}")
+        return recipe
 
     def load_weights(self, model: Any) -> None:
         from safetensors.torch import load_file
@@ -197,7 +199,11 @@ class RunFolder:
         return self.path / CHECKPOINT_DIR
 
     @property
-    def last_checkpoint(self) -> Path | None:
-        """The latest training checkpoint, or None before the first one is written."""
-        path = self.checkpoint_dir / LAST_CHECKPOINT
-        return path if path.is_file() else None
+    def has_weights(self) -> bool:
+        """Whether the run finished and saved its model (what predict, evaluate and export read)."""
+        return (self.path / WEIGHTS_FILE).is_file()
+
+    @property
+    def has_checkpoint(self) -> bool:
+        """Whether a training checkpoint was written (see ``nlpkit.training.checkpoints``)."""
+        return self.checkpoint_dir.is_dir() and any(self.checkpoint_dir.glob("*.ckpt"))

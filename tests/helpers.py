@@ -68,6 +68,18 @@ def multilabel_rows(n: int, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
+class RunsCodeWhenUnpickled:
+    """What a malicious pickle holds: unpickling it runs `touch TARGET` (a test then checks TARGET is absent)."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        import os
+
+        return (os.system, (f"touch {self.target}",))
+
+
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

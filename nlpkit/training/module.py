@@ -14,15 +14,13 @@ from torchmetrics import MetricCollection
 from typing_extensions import override
 
 from nlpkit.recipe import OptimizationSection
+from nlpkit.runs import SAMPLES_FILE
 from nlpkit.tasks import Task, TaskModel
 from nlpkit.training.finetuning import parameter_groups
 
-__all__ = ["TaskModule", "schedule_factor", "SAMPLES_FILE"]
+__all__ = ["TaskModule", "schedule_factor"]
 
 log = logging.getLogger("nlpkit")
-
-# In the run folder: what `Task.validation_samples` showed after each validation pass.
-SAMPLES_FILE = "samples.txt"
 
 
 def schedule_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -69,10 +67,13 @@ class TaskModule(pl.LightningModule):
         outputs = self.task.forward(self.model, batch)
         loss = self.task.loss(outputs, batch)
         batch_size = _batch_size(batch)
-        # Validation and test losses are averaged over all processes; the training loss stays
-        # per process, as syncing it every step would cost a collective each step.
-        self.log(f"{stage}_loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
-                 batch_size=batch_size, sync_dist=stage != "train")
+        # Validation and test losses are averaged over the epoch and all processes. The training loss
+        # is logged per step and per process (a sync every step would cost a collective each step),
+        # with no epoch mean: Lightning keeps no mean in a checkpoint, so a resumed run would log
+        # another epoch mean than the uninterrupted one, or none (it logs after the epoch-end checkpoint).
+        train = stage == "train"
+        self.log(f"{stage}_loss", loss, on_step=train, on_epoch=not train, prog_bar=True,
+                 batch_size=batch_size, sync_dist=not train)
         metrics = {"val": self.val_metrics, "test": self.test_metrics}.get(stage)
         if metrics is not None:
             metrics.update(*self.task.evaluate_batch(self.model, batch, outputs))
@@ -112,6 +113,8 @@ class TaskModule(pl.LightningModule):
         # Dropout draws from these generators: a resumed run must continue their streams
         # exactly where the checkpoint left them to reproduce the uninterrupted run.
         checkpoint["nlpkit_rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        # What the task counts while it trains (the generation task's validations, for sample_every).
+        checkpoint["nlpkit_task_state"] = self.task.state()
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -119,6 +122,8 @@ class TaskModule(pl.LightningModule):
         if state is not None and self.trainer.training:
             torch.set_rng_state(state["torch"])
             random.setstate(state["python"])
+        if "nlpkit_task_state" in checkpoint:
+            self.task.load_state(checkpoint["nlpkit_task_state"])
 
     @override
     def configure_gradient_clipping(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ __all__ = [
     "train",
     "prepare_inputs",
     "build_backbone_config",
-    "check_resumable",
+    "checkpoint_to_resume",
     "quiet_lightning",
     "resolve_precision",
 ]
@@ -174,7 +175,8 @@ def prepare_inputs(recipe: Recipe, registries: Registries, run: RunFolder | None
     task_cls = registries.tasks.get(recipe.task)
     raw = load_splits(recipe.data, registries.data_formats)
     splits = select_columns(
-        raw, recipe.data, [*task_cls.input_columns, *task_cls.target_columns], task_cls.optional_columns
+        raw, recipe.data, [*task_cls.input_columns, *task_cls.target_columns], task_cls.optional_columns,
+        text=[*task_cls.input_columns, *task_cls.optional_columns],
     )
     if run is not None:
         tokenizer = Tokenizer.load(run.path)
@@ -234,12 +236,12 @@ def _cpu_multiplies_bf16() -> bool:
         return False
 
 
-def _trainer(recipe: Recipe, run: RunFolder) -> tuple[Any, Any]:
+def _trainer(recipe: Recipe, run: RunFolder, resumed_recipe: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger
 
-    from nlpkit.training.checkpoint_io import AtomicCheckpointIO
+    from nlpkit.training.checkpoints import AtomicCheckpointIO, LatestCheckpoint
+    from nlpkit.training.history import RunHistory, RunHistoryLogger
 
     training = recipe.training
     checkpoint = ModelCheckpoint(
@@ -250,15 +252,8 @@ def _trainer(recipe: Recipe, run: RunFolder) -> tuple[Any, Any]:
         save_top_k=1,
         enable_version_counter=False,
     )
-    # The latest state, mid-epoch too, replaced in place: what --resume continues from.
-    latest = ModelCheckpoint(
-        dirpath=run.checkpoint_dir,
-        filename=LAST_CHECKPOINT.removesuffix(".ckpt"),
-        every_n_train_steps=training.checkpoint_every_n_steps,
-        save_top_k=1,
-        enable_version_counter=False,
-    )
-    callbacks: list[Any] = [checkpoint, latest]
+    logger = RunHistoryLogger(run.path)
+    callbacks: list[Any] = [RunHistory(logger, run.path, resumed_recipe)]
     recent = None
     if training.average_checkpoints:
         # The ends of the last N epochs, on disk (so a resumed run still has them): train()
@@ -274,6 +269,9 @@ def _trainer(recipe: Recipe, run: RunFolder) -> tuple[Any, Any]:
             enable_version_counter=False,
         )
         callbacks.append(recent)
+    # After `recent`: a run killed between the two at its first epoch end resumes from the one written
+    # first, and the run's model (the average) still has that epoch.
+    callbacks.append(checkpoint)
     if training.early_stopping is not None:
         callbacks.append(
             EarlyStopping(
@@ -283,6 +281,9 @@ def _trainer(recipe: Recipe, run: RunFolder) -> tuple[Any, Any]:
                 min_delta=training.early_stopping.min_delta,
             )
         )
+    # What --resume continues from: every N steps, mid-epoch too, and at every epoch end. Last in
+    # the list, so that at an epoch end it saves what the other callbacks made of the epoch.
+    callbacks.append(LatestCheckpoint(run.checkpoint_dir / LAST_CHECKPOINT, training.checkpoint_every_n_steps))
     trainer = pl.Trainer(
         default_root_dir=run.path,
         max_epochs=training.epochs,
@@ -291,8 +292,7 @@ def _trainer(recipe: Recipe, run: RunFolder) -> tuple[Any, Any]:
         gradient_clip_val=recipe.optimization.grad_clip,
         accumulate_grad_batches=recipe.optimization.accumulate_grad_batches,
         log_every_n_steps=training.log_every_n_steps,
-        # name="" and version="" put metrics.csv straight into the run folder.
-        logger=CSVLogger(save_dir=run.path, name="", version=""),
+        logger=logger,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         **recipe.trainer,
@@ -306,9 +306,9 @@ def average_checkpoints(module: Any, paths: list[str]) -> None:
     Floating-point tensors are averaged in float32; others (step counters,
     integer buffers) are taken from the last checkpoint.
     """
-    import torch
+    from nlpkit.training.checkpoints import read_checkpoint
 
-    states = [torch.load(path, map_location="cpu", weights_only=False)["state_dict"] for path in sorted(paths)]
+    states = [read_checkpoint(path)["state_dict"] for path in sorted(paths)]
     averaged = {}
     for name, last in states[-1].items():
         if last.is_floating_point():
@@ -328,9 +328,9 @@ def quiet_lightning() -> None:
     # With features tokenized ahead of time, collation is cheap: extra DataLoader
     # workers cost more start-up time than they save on small CPU runs.
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    # The run folder is new and already holds the recipe: metrics.csv goes beside it on purpose.
-    warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
+    # A resumed run writes into its own checkpoints/ folder on purpose.
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     # nlpkit's DataModule restores the position in the epoch itself (TaskDataModule.state_dict).
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
     # Lightning 2.6 calls a torch.utils._pytree API that torch 2.13 deprecates.
@@ -378,11 +378,16 @@ def _shared_run_folder() -> RunFolder | None:
 def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = None) -> RunResult:
     """Train the validated ``recipe`` into a new run folder, or continue ``resume``'s run.
 
+    A new run that fails leaves no half-made run folder behind: without a
+    checkpoint it is removed, with one it is marked failed in ``run.json``
+    (and can be resumed); the error says which.
+
     Args:
         recipe: the validated recipe.
         plugin_set: the loaded plugins.
-        resume: a run folder whose last checkpoint training continues from,
-            mid-epoch included, with the batches it had not yet seen.
+        resume: a run folder to continue from its latest checkpoint, mid-epoch
+            included, with the batches it had not yet seen. Nothing in the
+            folder changes until that checkpoint is restored.
     """
     import pytorch_lightning as pl
 
@@ -399,30 +404,29 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
         recipe.training.precision = started or resolve_precision("auto", recipe.trainer.get("accelerator", "auto"))
         log.info("training.precision: %s (auto)", recipe.training.precision)
     resolved = recipe_to_dict(recipe)
-    checkpoint_path = None
+    checkpoint_path = resumed_recipe = None
     if resume is not None:
-        check_resumable(run, resolved)
-        checkpoint_path = run.last_checkpoint
-        if _is_first_process():
-            # The folder's recipe describes what was trained, epochs added by the resume included.
-            run.write_recipe({**resolved, **{key: run.read_recipe()[key] for key in _RUN_NAMING}})
+        checkpoint_path = checkpoint_to_resume(run, resolved)
+        # The folder's recipe describes what was trained, epochs added by the resume included.
+        resumed_recipe = {**resolved, **{key: run.read_recipe()[key] for key in _RUN_NAMING}}
     inputs = prepare_inputs(recipe, registries, run)
     task, config = inputs.task, inputs.backbone_config
     model, source = build_model(recipe, registries, task, config)
 
+    created = run is None
     if run is None:
         run = RunFolder.create(recipe.output_dir, recipe.name, path=os.environ.get(RUN_DIR_ENV))
-        inputs.tokenizer.save(run.path)
-        if source is not None:
-            run.write_json(SOURCE_CHECKPOINT_FILE, source)
-        run.write_start(recipe.task, resolved, config.to_dict(), task.state(), [p.name for p in plugin_set.plugins])
         log.info("run folder: %s", run.path)
     os.environ[RUN_DIR_ENV] = str(run.path)
-
-    module = TaskModule(task, model, recipe.optimization, resolved)
-    datamodule = TaskDataModule(task, inputs.splits, recipe.training, recipe.data.group_by_length)
-    trainer, checkpoint, recent = _trainer(recipe, run)
     try:
+        if created:
+            inputs.tokenizer.save(run.path)
+            if source is not None:
+                run.write_json(SOURCE_CHECKPOINT_FILE, source)
+            run.write_start(recipe.task, resolved, config.to_dict(), task.state(), [p.name for p in plugin_set.plugins])
+        module = TaskModule(task, model, recipe.optimization, resolved)
+        datamodule = TaskDataModule(task, inputs.splits, recipe.training, recipe.data.group_by_length)
+        trainer, checkpoint, recent = _trainer(recipe, run, resumed_recipe)
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_path)
         # Validating from the best checkpoint loads its weights into `module` (and so `model`);
         # with averaging, the average of the last epochs is the run's model instead.
@@ -437,13 +441,35 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
         if "test" in inputs.splits:
             for results in trainer.test(module, datamodule=datamodule, verbose=False):
                 metrics.update(results)
+        metrics = {k: float(v) for k, v in sorted(metrics.items())}
+        if trainer.is_global_zero:
+            run.save_weights(model)
+            run.write_json(METRICS_FILE, metrics)
+            run.mark_finished()
+    except BaseException as error:
+        if created and _is_first_process():
+            _abandon(run, error)
+        raise
     finally:
         os.environ.pop(RUN_DIR_ENV, None)
-    metrics = {k: float(v) for k, v in sorted(metrics.items())}
-    if trainer.is_global_zero:
-        run.save_weights(model)
-        run.write_json(METRICS_FILE, metrics)
     return RunResult(run.path, metrics, primary=trainer.is_global_zero)
+
+
+def _abandon(run: RunFolder, error: BaseException) -> None:
+    """A new run failed: remove its folder if nothing can be resumed, else mark it failed; say which.
+
+    A user error (``NlpkitError``) is raised again with what happened to the
+    folder added; any other error keeps its traceback, with the same note logged.
+    """
+    if not run.has_checkpoint:
+        shutil.rmtree(run.path, ignore_errors=True)
+        what = f"the unfinished run folder {run.path} was removed (it held no checkpoint)"
+    else:
+        run.mark_failed(" ".join(str(error).split()) or type(error).__name__)
+        what = f"the run folder {run.path} keeps its checkpoints and is marked failed; continue it with --resume {run.path}"
+    if isinstance(error, NlpkitError):
+        raise NlpkitError(f"{error} ({what})") from None
+    log.error("nlpkit: %s", what)
 
 
 # Fields a resumed run may change: how long it trains, on what hardware, and the
@@ -452,18 +478,37 @@ _RUN_NAMING = ("name", "output_dir")
 _RESUMABLE_CHANGES = ("training.epochs", "training.max_steps", "trainer.", *_RUN_NAMING)
 
 
-def check_resumable(run: RunFolder, resolved: dict[str, Any]) -> None:
-    """Refuse to resume with a recipe that would train a different model."""
-    if run.last_checkpoint is None:
-        raise NlpkitError(f"--resume: {run.path} has no checkpoint to continue from ({run.checkpoint_dir} is empty)")
-    before = _flatten(run.read_recipe())
-    after = _flatten(resolved)
-    for key in sorted(set(before) | set(after)):
-        if before.get(key) != after.get(key) and not key.startswith(_RESUMABLE_CHANGES):
+def checkpoint_to_resume(run: RunFolder, resolved: dict[str, Any]) -> Path:
+    """The checkpoint ``--resume`` continues ``run`` from (see ``latest_checkpoint``), checked against the recipe.
+
+    Raises:
+        NlpkitError: another task or a recipe that would train a different
+            model, no checkpoint yet, or a checkpoint that is not safe to load.
+    """
+    from nlpkit.training.checkpoints import latest_checkpoint
+
+    before = run.read_recipe()
+    if before.get("task") != resolved["task"]:
+        raise NlpkitError(f"--resume: {run.path} is a run of task '{before.get('task')}', but the recipe's task is "
+                          f"'{resolved['task']}'; a run is resumed with the recipe it was started with")
+    flat_before, flat_after = _flatten(before), _flatten(resolved)
+    for key in sorted(set(flat_before) | set(flat_after)):
+        if flat_before.get(key) != flat_after.get(key) and not key.startswith(_RESUMABLE_CHANGES):
             raise NlpkitError(
-                f"--resume: the recipe's {key} is {after.get(key)!r} but the run in {run.path} was trained with "
-                f"{before.get(key)!r}; only training.epochs, training.max_steps and trainer.* may change"
+                f"--resume: the recipe's {key} is {flat_after.get(key)!r} but the run in {run.path} was trained with "
+                f"{flat_before.get(key)!r}; only training.epochs, training.max_steps and trainer.* may change"
             )
+    try:
+        newest = latest_checkpoint(run.checkpoint_dir)
+    except NlpkitError as error:
+        works = (", but predict, evaluate and export still work (they read model.safetensors)" if run.has_weights
+                 else ": start it again with nlpkit run")
+        raise NlpkitError(f"--resume: {error}; this run cannot be resumed{works}") from None
+    if newest is None:
+        every = before.get("training", {}).get("checkpoint_every_n_steps")
+        raise NlpkitError(f"--resume: {run.path} has no checkpoint yet (the run stopped before its first one, written "
+                          f"every {every} steps and at each epoch end); start it again with nlpkit run")
+    return newest[0]
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -113,6 +113,13 @@ class LanguageModeling(Task):
         # The run keeps the tokenizer that way, so its exported folder encodes prompts as training did.
         self.tokenizer.backend.post_processor = None
 
+    def state(self):
+        # Saved in every checkpoint too: a resumed run samples at the validations the whole run would.
+        return {"validations": self.validations}
+
+    def load_state(self, state):
+        self.validations = int(state.get("validations", 0))
+
     def _ids(self, texts) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False, truncation=False)]
 

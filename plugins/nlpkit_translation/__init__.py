@@ -206,6 +206,13 @@ class Translation(Task):
     def setup(self, splits):
         self._sample_sources = list(splits["validation"]["source"][:3]) if "validation" in splits else []
 
+    def state(self):
+        # The sources samples.txt shows, kept for a resumed run (which does not call setup).
+        return {"sample_sources": getattr(self, "_sample_sources", [])}
+
+    def load_state(self, state):
+        self._sample_sources = list(state.get("sample_sources", []))
+
     def check_split(self, where, dataset):
         if len(dataset) == 0:
             raise NlpkitError(f"{where}: no sentence pairs")

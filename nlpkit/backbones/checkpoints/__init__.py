@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from nlpkit.backbones.checkpoints._common import (
     read_config,
     read_weights,
 )
+from nlpkit._files import file_mode
 from nlpkit.backbones.config import BackboneConfig
 from nlpkit.errors import NlpkitError
 
@@ -353,6 +355,7 @@ def save_pretrained(
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     save_file(_unshared(state), str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    os.chmod(out / WEIGHTS_FILE, file_mode())  # safetensors writes 0600, whatever the umask
     (out / CONFIG_FILE).write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
 

@@ -98,8 +98,9 @@ class Family(Protocol):
 # Folders and files
 # ---------------------------------------------------------------------------
 
-# `org/name`: what a Hugging Face Hub id looks like (and a relative path rarely does).
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+# `org/name` or a bare `name` (`bert-base-uncased`): what a Hugging Face Hub id looks like. Only a
+# path that does not exist is read so, and the message says to pass a local folder either way.
+_HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*")
 
 
 def check_folder(path: str | Path) -> Path:
@@ -116,7 +117,7 @@ def check_folder(path: str | Path) -> Path:
             raise NlpkitError(
                 f"checkpoint {text!r} is not a local folder; it looks like a Hugging Face Hub id, and nlpkit never "
                 f"downloads: fetch it once (e.g. `huggingface-cli download {text} --local-dir "
-                f"models/{text.split('/')[-1]}`) and pass that folder"
+                f"models/{text.split('/')[-1]}`) and pass a local folder"
             )
         raise NlpkitError(f"checkpoint folder {folder} does not exist")
     if not folder.is_dir():
@@ -184,11 +185,39 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
         raise NlpkitError(f"cannot read weights file {path} (corrupt or truncated?): {_first_line(error)}") from None
 
 
-def _read_bin(path: Path) -> dict[str, Tensor]:
+def load_torch_file(path: Path, what: str, mmap: bool = False) -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain values, never code.
+
+    Args:
+        path: a ``.bin`` weights file or a Lightning checkpoint.
+        what: names the file in messages ("weights file", "checkpoint").
+        mmap: map the tensors instead of reading them (a look at metadata
+            that costs no memory); only for torch's zip format.
+
+    Raises:
+        NlpkitError: one line of nlpkit's own (torch's message advises loading
+            the file unsafely): a file that would unpickle code, or one that
+            cannot be read.
+    """
+    import pickle
+    import warnings
+    import zipfile
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # zip, pickle and OS errors all mean: this file cannot be used
-        raise NlpkitError(f"cannot read weights file {path} (corrupt or truncated?): {_first_line(error)}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about the pickle protocol of files it then refuses
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        would = f"it would load {found.group(1)}" if found else "it is no torch file of tensors and plain values"
+        raise NlpkitError(f"cannot read {what} {path}: not a safe checkpoint: {would}, and nlpkit never "
+                          f"unpickles code") from None
+    except Exception as error:  # zip, OS and EOF errors all mean: this file cannot be used
+        raise NlpkitError(f"cannot read {what} {path} (corrupt or truncated?): {_first_line(error)}") from None
+
+
+def _read_bin(path: Path) -> dict[str, Tensor]:
+    state = load_torch_file(path, "weights file")
     if not isinstance(state, dict) or not all(isinstance(value, Tensor) for value in state.values()):
         raise NlpkitError(f"weights file {path} does not hold a flat dict of tensors (a state dict)")
     return state
