@@ -174,6 +174,12 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     return nlpkit.run(str(recipe)).run_dir, recipe
 
 
+def test_an_epoch_end_refreshes_the_resumable_checkpoint(trained):
+    # 80 examples in batches of 16: 5 steps, far fewer than checkpoint_every_n_steps (200).
+    checkpoint = torch.load(trained[0] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (checkpoint["global_step"], checkpoint["epoch"]) == (5, 0)
+
+
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int, int]]:
     """Every file under ``folder``: its bytes, modification time and mode."""
     return {str(path.relative_to(folder)): (path.read_bytes(), path.stat().st_mtime_ns, path.stat().st_mode)
@@ -257,7 +263,27 @@ def test_resume_refuses_another_recipe_and_trains_longer_keeping_the_history(tra
     assert rows[: len(rows_before) - 1] == rows_before[:-1]
     epochs = [row["epoch"] for row in rows[len(rows_before) - 1 :]]
     assert set(epochs[:-1]) == {"1"} and epochs[-1] == "2"  # the second epoch's rows, the closing validation
+    # One validation row each: epoch 0's, epoch 1's, the closing one (not the first run's closing one again).
+    assert [row["epoch"] for row in rows if "val_loss" in row] == ["0", "1", "2"]
     assert yaml.safe_load((folder / "recipe.yaml").read_text())["training"]["epochs"] == 2
+
+
+def test_samples_of_a_resumed_run_are_the_whole_runs(tmp_path):
+    # A finished one-epoch language model trained on for a second epoch: the samples of its closing
+    # validation (written after its last checkpoint) make way for the second epoch's and a new closing one.
+    text = write_rows(tmp_path / "docs.jsonl", [{"text": f"the cat sat on mat number {n}"} for n in range(64)])
+    recipe = tiny_recipe(tmp_path, task="generation", data={"train": str(text), "validation_split": 0.25},
+                         backbone={"preset": "decoder-tiny", "config": {"num_layers": 1, "hidden_size": 32,
+                                                                        "intermediate_size": 64, "max_positions": 32}},
+                         tokenizer={"train": "char", "max_length": 16, "lowercase": False},
+                         training={"epochs": 1, "batch_size": 8},
+                         generation={"sample_prompts": ["the"], "sample_max_new_tokens": 4})
+    run_dir = nlpkit.run(recipe).run_dir
+    steps = lambda: [line for line in (run_dir / "samples.txt").read_text().splitlines() if line.startswith("step ")]
+    first = steps()
+    assert len(first) == 2  # the epoch's validation, the closing one
+    nlpkit.run(recipe, ["training.epochs=2"], resume=run_dir)
+    assert steps()[:1] == first[:1] and len(steps()) == 3
 
 
 def test_a_moved_run_folder_resumes_in_its_new_place(trained, tmp_path):
