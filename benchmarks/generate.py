@@ -115,9 +115,8 @@ def child(side: str, folder: str, config: str, new_tokens: int) -> None:
     options = dict(max_new_tokens=new_tokens, num_beams=beams, do_sample=False)
     pad = json.loads((Path(folder) / "config.json").read_text()).get("pad_token_id") or 0  # GPT-2 has none
     if side == "nlpkit":
-        from nlpkit.backbones import from_pretrained
+        from nlpkit.backbones import from_pretrained, pack_for_cpu_inference
         from nlpkit.backbones.checkpoints import generation_defaults
-        from nlpkit.backbones.layers import pack_for_cpu_inference
         from nlpkit.generation import generate_ids, resolve_options
 
         model = from_pretrained(folder, dtype=nlpkit_dtype)

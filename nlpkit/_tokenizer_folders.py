@@ -1,14 +1,21 @@
-"""Rebuilding a Hugging Face folder's tokenizer files as a ``tokenizers`` pipeline.
+"""Reading tokenizer files: a ``tokenizer.json`` with its configs, or the older per-family files, rebuilt.
 
-The machinery behind :func:`nlpkit.tokenization.from_pretrained` for folders
-without a ``tokenizer.json``: per-family readers of ``vocab.txt``,
-``vocab.json`` + ``merges.txt`` and SentencePiece models, following what
-``transformers``' ``convert_slow_tokenizer.py`` builds, so the token ids equal
+The machinery behind :meth:`nlpkit.tokenization.Tokenizer.from_file` and
+:func:`nlpkit.tokenization.from_pretrained`: which special token plays which
+role, the maximum length, and for folders without a ``tokenizer.json`` the
+per-family readers of ``vocab.txt``, ``vocab.json`` + ``merges.txt`` and
+SentencePiece models, following what ``transformers``'
+``convert_slow_tokenizer.py`` builds, so the token ids equal
 ``transformers``' (tests/unit/test_tokenizer_folders.py checks them).
+
+This module hands back :class:`TokenizerParts`, not a ``Tokenizer``: it
+imports nothing from :mod:`nlpkit.tokenization`, which imports it, so the two
+never form an import cycle.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import struct
 from dataclasses import dataclass
@@ -19,20 +26,83 @@ import tokenizers
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors
 
 from nlpkit.errors import NlpkitError
-from nlpkit.tokenization import (
-    MODEL_CONFIG_FILE,
-    SPECIAL_TOKEN_ROLES,
-    SPECIAL_TOKENS_MAP_FILE,
-    TOKENIZER_CONFIG_FILE,
-    TOKENIZER_FILE,
-    _TRAINED_SPECIALS,
-    Tokenizer,
-    _read_json,
-)
 
-__all__ = ["load_folder"]
+__all__ = ["TokenizerParts", "read_tokenizer_file", "read_folder", "SPECIAL_TOKEN_ROLES", "TOKENIZER_FILE",
+           "TOKENIZER_CONFIG_FILE", "SPECIAL_TOKENS_MAP_FILE", "MODEL_CONFIG_FILE", "TARGET_FOLDER"]
 
 logger = logging.getLogger(__name__)
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
+MODEL_CONFIG_FILE = "config.json"
+# Where a translation pair's target-side tokenizer (Marian) is saved, beside the source one.
+TARGET_FOLDER = "target"
+SPECIAL_TOKEN_ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
+
+# Names looked for when a tokenizer.json comes without a tokenizer_config.json.
+_WELL_KNOWN = {
+    "pad": ["[PAD]", "<pad>", "<|pad|>"],
+    "unk": ["[UNK]", "<unk>"],
+    "cls": ["[CLS]", "<s>"],
+    "sep": ["[SEP]", "</s>"],
+    "mask": ["[MASK]", "<mask>"],
+    "bos": ["<s>", "<|begin_of_text|>", "<|endoftext|>"],
+    "eos": ["</s>", "<|end_of_text|>", "<|endoftext|>"],
+}
+
+
+@dataclass
+class TokenizerParts:
+    """What a ``nlpkit.tokenization.Tokenizer`` is made of, as read from files.
+
+    Attributes:
+        backend: the ``tokenizers`` pipeline.
+        special_tokens: role -> token text.
+        max_length: the longest encoding.
+        target: a translation pair's target side (Marian), or None.
+    """
+
+    backend: tokenizers.Tokenizer
+    special_tokens: dict[str, str]
+    max_length: int
+    target: TokenizerParts | None = None
+
+
+def read_tokenizer_file(path: Path, max_length: int | None) -> TokenizerParts:
+    """See :meth:`nlpkit.tokenization.Tokenizer.from_file`."""
+    try:
+        backend = tokenizers.Tokenizer.from_file(str(path))
+    except Exception as error:  # the Rust library raises a plain Exception for bad files
+        raise NlpkitError(f"{path}: cannot read tokenizer: {str(error).splitlines()[0]}") from None
+    config = _read_json(path.parent / TOKENIZER_CONFIG_FILE)
+    named = {**_read_json(path.parent / SPECIAL_TOKENS_MAP_FILE), **config}
+    special_tokens = {}
+    for role in SPECIAL_TOKEN_ROLES:
+        key = f"{role}_token"
+        token = named.get(key)
+        if isinstance(token, dict):
+            token = token.get("content")
+        if key not in named:
+            token = next((t for t in _WELL_KNOWN[role] if backend.token_to_id(t) is not None), None)
+        if token is not None:
+            special_tokens[role] = token
+    if max_length is None:
+        configured = config.get("model_max_length")
+        # transformers writes a huge sentinel (1e30) when the length is unknown.
+        max_length = int(configured) if isinstance(configured, (int, float)) and configured < 1e9 else 512
+    return TokenizerParts(backend, special_tokens, max_length)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise NlpkitError(f"{path}: not valid JSON: {error}") from None
+    return data if isinstance(data, dict) else {}
+
 
 # -- Hugging Face folders -------------------------------------------------------------------------------------------
 
@@ -59,9 +129,10 @@ _FAMILY_FILES = {
     "roberta": ("vocab.json", "merges.txt"),
 }
 # Each family's special tokens when the folder's configs do not name them (transformers' class defaults).
-_ROBERTA_SPECIALS = _TRAINED_SPECIALS["bpe"]
+_ROBERTA_SPECIALS = {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>", "mask": "<mask>", "cls": "<s>",
+                     "sep": "</s>"}
 _FAMILY_SPECIALS: dict[str, dict[str, str]] = {
-    "bert": _TRAINED_SPECIALS["wordpiece"],
+    "bert": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
     "gpt2": {"unk": "<|endoftext|>", "bos": "<|endoftext|>", "eos": "<|endoftext|>"},
     "roberta": _ROBERTA_SPECIALS,
     "xlm-roberta": _ROBERTA_SPECIALS,
@@ -80,7 +151,7 @@ _SPIECE_UNDERLINE = "\u2581"
 _RUN_START, _RUN_END = "\ufdd0", "\ufdd1"
 
 
-def load_folder(folder: Path, max_length: int | None) -> Tokenizer:
+def read_folder(folder: Path, max_length: int | None) -> TokenizerParts:
     """See :func:`nlpkit.tokenization.from_pretrained`."""
     if not folder.is_dir():
         raise NlpkitError(
@@ -91,7 +162,7 @@ def load_folder(folder: Path, max_length: int | None) -> Tokenizer:
     if max_length is None:
         max_length = _max_length(config, model_config)
     if (folder / TOKENIZER_FILE).is_file():
-        return Tokenizer.from_file(folder / TOKENIZER_FILE, max_length=max_length)
+        return read_tokenizer_file(folder / TOKENIZER_FILE, max_length)
     family = _family(folder, config, model_config)
     named = {**_read_json(folder / SPECIAL_TOKENS_MAP_FILE), **config}
     roles = _roles(family, named)
@@ -175,8 +246,8 @@ def _assemble(
     roles: dict[str, tokenizers.AddedToken],
     max_length: int,
     language_codes: Sequence[str] = (),
-    target: Tokenizer | None = None,
-) -> Tokenizer:
+    target: TokenizerParts | None = None,
+) -> TokenizerParts:
     """Register the added and special tokens as transformers does, then the family's template."""
     added: set[str] = set()
 
@@ -203,7 +274,7 @@ def _assemble(
     for code in language_codes:  # ordinary tokens to transformers: kept when decoding skips special tokens
         add(tokenizers.AddedToken(code, special=False, normalized=False))
     backend.post_processor = _post_processor(folder, family, backend, {r: t.content for r, t in roles.items()}, named)
-    return Tokenizer(backend, {role: token.content for role, token in roles.items()}, max_length, target=target)
+    return TokenizerParts(backend, {role: token.content for role, token in roles.items()}, max_length, target)
 
 
 def _default_extras(family: str, named: dict[str, Any]) -> list[str]:

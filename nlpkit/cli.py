@@ -40,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate a recipe and its data (schema, plugins, files, columns, labels) without training."""
     from nlpkit.recipe import load_recipe
-    from nlpkit.training.trainer import prepare_inputs
+    from nlpkit.assembly import prepare_inputs
 
     plugin_set = _plugins(args)
     recipe = load_recipe(args.recipe, args.overrides, plugin_set.registries)

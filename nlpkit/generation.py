@@ -50,8 +50,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import types
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Union
@@ -60,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nlpkit.schema import Context, build
 from nlpkit.errors import NlpkitError
 from nlpkit.registry import suggest
 
@@ -142,6 +141,34 @@ class GenerationOptions:
     forced_eos_token_id: Union[int, list[int], None] = None
     bad_words_ids: list[list[int]] | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "max_length", "num_beams", "num_return_sequences"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        for name in ("min_new_tokens", "min_length", "top_k", "no_repeat_ngram_size"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature: expected a number > 0, got {self.temperature!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p: expected a number in (0, 1], got {self.top_p!r}")
+        if self.min_p is not None and not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p: expected a number in [0, 1], got {self.min_p!r}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty: expected a number > 0, got {self.repetition_penalty!r}")
+        if any(not text for text in self.stop):
+            raise ValueError(f"stop: expected non-empty strings, got {self.stop!r}")
+        if self.bad_words_ids is not None and any(not ids for ids in self.bad_words_ids):
+            raise ValueError(f"bad_words_ids: expected non-empty lists of token ids, got {self.bad_words_ids!r}")
+        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
+            raise ValueError(f"num_return_sequences: {self.num_return_sequences} is more than num_beams "
+                             f"({self.num_beams}); beam search returns at most its beams")
+        if self.num_beams == 1 and not self.do_sample and self.num_return_sequences > 1:
+            raise ValueError("num_return_sequences: greedy decoding has one answer per prompt; "
+                             "set do_sample=True or num_beams >= num_return_sequences")
+
     @property
     def eos_ids(self) -> list[int]:
         """The end-of-sequence ids as a list (empty when none)."""
@@ -150,52 +177,6 @@ class GenerationOptions:
 
 
 OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GenerationOptions))
-
-
-def _check_type(name: str, value: Any, hint: Any) -> Any:
-    """``value`` if it fits the annotation ``hint`` (ints read as floats where floats go), else an error."""
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        for member in typing.get_args(hint):
-            try:
-                return _check_type(name, value, member)
-            except NlpkitError:
-                continue
-    elif hint is type(None):
-        if value is None:
-            return None
-    elif origin is Literal:
-        if value in typing.get_args(hint):
-            return value
-    elif hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    elif origin is list:
-        (item,) = typing.get_args(hint)
-        if isinstance(value, (list, tuple)):
-            return [_check_type(name, v, item) for v in value]
-    raise NlpkitError(f"decoding option {name}: expected {_describe(hint)}, got {value!r}")
-
-
-def _describe(hint: Any) -> str:
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
-    if hint in names:
-        return names[hint]
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        return " or ".join(repr(a) for a in typing.get_args(hint))
-    if origin is list:
-        return f"a list of {_describe(typing.get_args(hint)[0])}s"
-    return " or ".join(_describe(a) for a in typing.get_args(hint))
 
 
 def resolve_options(options: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> GenerationOptions:
@@ -215,56 +196,23 @@ def resolve_options(options: Mapping[str, Any], defaults: Mapping[str, Any] | No
         NlpkitError: an unknown option (with the closest known name), a value
             of the wrong type or out of range, or a combination that cannot work.
     """
-    hints = typing.get_type_hints(GenerationOptions)
     for name in options:
-        if name not in hints:
+        if name not in OPTION_NAMES:
             raise NlpkitError(f"unknown decoding option '{name}'{suggest(name, list(OPTION_NAMES))} "
                               f"(known: {', '.join(OPTION_NAMES)})")
     values: dict[str, Any] = {}
     for source in (defaults or {}), options:
         for name, value in source.items():
-            if name in hints and value is not None:
-                if name == "stop" and isinstance(value, str):
-                    value = [value]
-                values[name] = _check_type(name, value, hints[name])
+            if name in OPTION_NAMES and value is not None:
+                values[name] = [value] if name == "stop" and isinstance(value, str) else value
     # transformers: the caller's length beats the checkpoint's, and max_new_tokens beats max_length.
     if options.get("max_length") is not None and options.get("max_new_tokens") is None:
         values.pop("max_new_tokens", None)
-    result = GenerationOptions(**values)
-    _check_ranges(result)
-    return result
+    return build(GenerationOptions, values, (), _OPTIONS_CONTEXT)
 
 
-def _check_ranges(o: GenerationOptions) -> None:
-    def fail(name: str, expected: str) -> NlpkitError:
-        return NlpkitError(f"decoding option {name}: expected {expected}, got {getattr(o, name)!r}")
-
-    for name in ("max_new_tokens", "max_length", "num_beams", "num_return_sequences"):
-        value = getattr(o, name)
-        if value is not None and value < 1:
-            raise fail(name, "an integer >= 1")
-    for name in ("min_new_tokens", "min_length", "top_k", "no_repeat_ngram_size"):
-        value = getattr(o, name)
-        if value is not None and value < 0:
-            raise fail(name, "an integer >= 0")
-    if o.temperature <= 0:
-        raise fail("temperature", "a number > 0")
-    if not 0.0 < o.top_p <= 1.0:
-        raise fail("top_p", "a number in (0, 1]")
-    if o.min_p is not None and not 0.0 <= o.min_p <= 1.0:
-        raise fail("min_p", "a number in [0, 1]")
-    if o.repetition_penalty <= 0:
-        raise fail("repetition_penalty", "a number > 0")
-    if any(not s for s in o.stop):
-        raise fail("stop", "non-empty strings")
-    if o.bad_words_ids is not None and any(not ids for ids in o.bad_words_ids):
-        raise fail("bad_words_ids", "non-empty lists of token ids")
-    if o.num_beams > 1 and o.num_return_sequences > o.num_beams:
-        raise NlpkitError(f"decoding option num_return_sequences: {o.num_return_sequences} is more than "
-                          f"num_beams ({o.num_beams}); beam search returns at most its beams")
-    if o.num_beams == 1 and not o.do_sample and o.num_return_sequences > 1:
-        raise NlpkitError("decoding option num_return_sequences: greedy decoding has one answer per prompt; "
-                          "set do_sample=True or num_beams >= num_return_sequences")
+# Messages name the option as a keyword argument is named: "decoding option top_k: expected ...".
+_OPTIONS_CONTEXT = Context("decoding options", template="decoding option {key}: {message}")
 
 
 # ---------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 A plugin is a module (or any object) with functions named like the specs below
 and marked ``@nlpkit.hookimpl``. An implementation may accept any subset of a
 spec's parameters; pluggy passes them by name. A function marked as an
-implementation whose name matches no spec is an error when plugins are loaded
-(``check_pending``), so a misspelled hook never fails silently.
+implementation whose name matches no spec, or asking for a parameter its spec
+lacks, is an error when plugins are loaded (``check_pending``), so a
+misspelled hook never fails silently.
 
 Plugins are found through the ``nlpkit`` entry-point group (built-in ones
 included), named with ``--plugin MODULE`` on the command line, and blocked with
@@ -21,9 +22,14 @@ included), named with ``--plugin MODULE`` on the command line, and blocked with
     def nlpkit_register_tasks():
         return [Regression]
 
-The registration hooks take no arguments and return what the plugin adds;
-nlpkit calls each plugin's implementation separately so that every registered
-name remembers the plugin it came from (``nlpkit plugins`` shows it).
+The ``nlpkit_register_*`` hooks take no arguments and return what the plugin
+adds to one registry table (``nlpkit.registry.Registries``). nlpkit calls each
+of them through pluggy once per plugin that implements it (a subset hook caller
+holding that plugin alone), so that every registered name remembers the plugin
+it came from (``nlpkit plugins`` shows it) and a name two plugins register is
+an error naming both. None of them is ``firstresult`` or ``historic``: every
+plugin's answer counts, and they are called once, after all plugins are
+registered.
 """
 
 from __future__ import annotations
@@ -33,8 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
+    from nlpkit.backbones.checkpoints._common import Family
     from nlpkit.tasks import Task
 
 __all__ = ["hookspec", "hookimpl", "PROJECT_NAME"]
@@ -49,12 +54,17 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def nlpkit_addhooks(pluginmanager: pluggy.PluginManager) -> None:
     """Add hook specifications of a plugin's own, for plugins that extend plugins.
 
-    Called once per plugin, when it is registered (historic: plugins registered
-    later still receive the call).
+    Called right after the plugin manager is made, before any plugin is
+    registered. Historic: pluggy replays the call to every plugin registered
+    later, as it is registered, so a plugin's specs exist before the plugins
+    implementing them are checked.
 
     Args:
         pluginmanager: the nlpkit plugin manager; call
-            ``pluginmanager.add_hookspecs(module)``.
+            ``pluginmanager.add_hookspecs(module_or_class)``.
+
+    Returns:
+        Nothing; a value returned is ignored.
     """
 
 
@@ -62,11 +72,14 @@ def nlpkit_addhooks(pluginmanager: pluggy.PluginManager) -> None:
 def nlpkit_register_tasks() -> list[type[Task]]:
     """Register task classes (subclasses of :class:`nlpkit.tasks.Task`).
 
-    Called once when the registries are built. Each class is registered under
-    its ``name`` attribute; a name registered twice is an error.
+    Called once per plugin when the registries are built, after every plugin is
+    registered. Each class is registered under its ``name`` attribute, which a
+    recipe's ``task:`` names; a name registered twice, or one that is a recipe
+    section (``data``, ``training`` ...), is an error. Neither firstresult nor
+    historic.
 
     Returns:
-        A list of Task subclasses.
+        A list of Task subclasses; None registers nothing.
     """
 
 
@@ -74,11 +87,14 @@ def nlpkit_register_tasks() -> list[type[Task]]:
 def nlpkit_register_backbone_kinds() -> dict[str, Callable[..., Any]]:
     """Register backbone kinds: name -> module class built from a ``BackboneConfig``.
 
-    nlpkit's core plugin registers ``encoder``, ``decoder`` and
-    ``encoder-decoder``. A config's ``kind`` field selects the class.
+    Called once per plugin when the registries are built. nlpkit's core plugin
+    registers ``encoder``, ``decoder`` and ``encoder-decoder``; a config's
+    ``kind`` field selects the class, for recipes and for checkpoint folders
+    alike. Neither firstresult nor historic.
 
     Returns:
-        A mapping from kind name to a callable ``cls(config) -> torch.nn.Module``.
+        A mapping from kind name to a callable ``cls(config) -> torch.nn.Module``;
+        None registers nothing.
     """
 
 
@@ -86,9 +102,12 @@ def nlpkit_register_backbone_kinds() -> dict[str, Callable[..., Any]]:
 def nlpkit_register_backbone_presets() -> dict[str, Callable[[], Any]]:
     """Register named backbone presets (``encoder-tiny``, ``decoder-base`` ...).
 
+    Called once per plugin when the registries are built; a recipe's
+    ``backbone.preset`` names one. Neither firstresult nor historic.
+
     Returns:
         A mapping from preset name to a function with no arguments returning a
-        ``nlpkit.backbones.BackboneConfig``.
+        ``nlpkit.backbones.BackboneConfig``; None registers nothing.
     """
 
 
@@ -96,27 +115,41 @@ def nlpkit_register_backbone_presets() -> dict[str, Callable[[], Any]]:
 def nlpkit_register_data_formats() -> dict[str, Callable[..., Any]]:
     """Register data formats that a recipe's ``data.format`` may name.
 
-    A loader is called as ``loader(files, **options)`` where ``files`` maps a
-    split name (``train``, ``validation``, ``test``) to a local path, and
-    returns a ``datasets.DatasetDict`` with those splits. It raises
+    Called once per plugin when the registries are built. Neither firstresult
+    nor historic. A loader is called as ``loader(files, **options)`` where
+    ``files`` maps a split name (``train``, ``validation``, ``test``) to a local
+    path, and returns a ``datasets.DatasetDict`` with those splits. It raises
     ``nlpkit.NlpkitError`` naming the file and line for malformed input.
 
     Returns:
-        A mapping from format name to loader.
+        A mapping from format name to loader; None registers nothing.
     """
 
 
-@hookspec(firstresult=True)
-def nlpkit_detect_checkpoint(path: Path) -> Any | None:
-    """Say whether this plugin can read the pretrained checkpoint folder ``path``.
+@hookspec
+def nlpkit_register_checkpoint_families() -> dict[str, Family]:
+    """Register checkpoint families: the ``model_type`` of a ``config.json`` -> the code that translates it.
 
-    Stops at the first non-None result.
+    Called once per plugin when the registries are built. Neither firstresult
+    nor historic: a folder's family is looked up by its ``model_type`` in the
+    table every plugin filled, so two plugins claiming one model type is an
+    error when plugins load, not a race decided by plugin order. Loading a
+    folder (``nlpkit.backbones.from_pretrained``, ``backbone.pretrained`` in a
+    recipe, ``nlpkit.load``) and saving one (``save_pretrained``, ``export``)
+    look families up there. nlpkit's core plugin registers ``bert``,
+    ``roberta``, ``distilbert``, ``gpt2``, ``llama``, ``mistral``, ``qwen2``,
+    ``bart``, ``marian`` and ``t5``.
 
-    Args:
-        path: a local folder (for example a Hugging Face-format folder with
-            ``config.json``).
+    A family is any object with the names that
+    ``nlpkit.backbones.checkpoints._common.Family`` lists, usually a module
+    like ``nlpkit/backbones/checkpoints/bert.py``: ``ARCHITECTURES`` (holding
+    each model type it is registered under), ``PREFIXES``, ``IGNORED``,
+    ``config_from_hf(hf, model_type)``, ``config_to_hf(config, model_type)``,
+    ``rules(config)``, and optionally ``state_from_hf`` / ``state_to_hf``.
+    ``config_from_hf({}, model_type)`` must give the family's defaults
+    (``infer_family`` reads the kind a family writes from it), and the
+    config's ``kind`` must be a registered backbone kind.
 
     Returns:
-        An object describing how to load the folder, or None when this plugin
-        does not recognise it.
+        A mapping from ``model_type`` to family; None registers nothing.
     """

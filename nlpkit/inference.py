@@ -8,14 +8,14 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from nlpkit.backbones.layers import pack_for_cpu_inference
+from nlpkit._files import staged_folder
+from nlpkit.backbones.cpu import pack_for_cpu_inference
 from nlpkit.errors import NlpkitError
 from nlpkit.plugins import PluginSet, load_plugins
-from nlpkit.recipe import Recipe, load_recipe
-from nlpkit._files import staged_folder
-from nlpkit.runs import BACKBONE_FILE, RUN_FILE, SOURCE_CHECKPOINT_FILE, TASK_STATE_FILE, RunFolder
-from nlpkit.tasks import Task, TaskModel
-from nlpkit.tokenization import Tokenizer
+from nlpkit.recipe import Recipe
+from nlpkit.registry import Registries
+from nlpkit.runs import RUN_FILE, SOURCE_CHECKPOINT_FILE, RunFolder
+from nlpkit.tasks import ExportsToTransformers, GeneratesText, Task, TaskModel
 
 __all__ = ["LoadedModel", "PretrainedModel", "load"]
 
@@ -116,7 +116,7 @@ class LoadedModel:
         """
         from nlpkit.generation import generate
 
-        if not self.task.generates:
+        if not isinstance(self.task, GeneratesText):
             raise NlpkitError(f"{self.path} is a '{self.task.name}' run, which cannot generate text; generate needs a "
                               f"run of a task that generates (generation, translation) or a pretrained decoder folder")
         return generate(self.model.backbone, self.task.tokenizer, prompts, encode=self.task.encode_prompts,
@@ -132,7 +132,7 @@ class LoadedModel:
         Raises:
             NlpkitError: the run is not of a sequence-to-sequence task.
         """
-        if not self.task.generates or self.model.backbone.config.kind != "encoder-decoder":
+        if not isinstance(self.task, GeneratesText) or self.model.backbone.config.kind != "encoder-decoder":
             raise NlpkitError(f"{self.path} is a '{self.task.name}' run; translate needs a run of a sequence-to-"
                               f"sequence task (translation) or a pretrained encoder-decoder folder")
         return _in_batches(self.generate, texts, batch_size, options)
@@ -170,8 +170,9 @@ class LoadedModel:
                               f"pass --overwrite to replace it")
         source_file = self.path / SOURCE_CHECKPOINT_FILE
         source = json.loads(source_file.read_text(encoding="utf-8")) if source_file.is_file() else {}
-        family = source.get("family") or infer_family(self.model.backbone.config)
-        spec = self.task.hf_head(family)
+        registries = self.plugin_set.registries
+        family = source.get("family") or infer_family(self.model.backbone.config, registries=registries)
+        spec = self.task.hf_head(family) if isinstance(self.task, ExportsToTransformers) else None
         if spec is None:
             raise NlpkitError(f"task '{self.task.name}' (with these options) has no transformers head for {family} "
                               f"checkpoints, so it cannot be exported in Hugging Face format")
@@ -179,7 +180,7 @@ class LoadedModel:
         extra = {hf_name: head_state[name] for name, hf_name in spec.weights.items()}
         hf_config = {**source.get("config", {}), **spec.config, "architectures": [spec.architecture]}
         with staged_folder(target) as staging:
-            save_pretrained(self.model.backbone, staging, family, extra, hf_config)
+            save_pretrained(self.model.backbone, staging, family, extra, hf_config, registries=registries)
             self.task.tokenizer.save(staging)
             for stale in held:  # an old shard or .bin would be read before (or beside) the new weights
                 stale.unlink()
@@ -238,13 +239,13 @@ class PretrainedModel:
         path: the folder.
     """
 
-    def __init__(self, path: Path, dtype: torch.dtype | str | None = None) -> None:
+    def __init__(self, path: Path, dtype: torch.dtype | str | None = None, registries: Registries | None = None) -> None:
         from nlpkit import tokenization
         from nlpkit.backbones.checkpoints import build_from_checkpoint, load_checkpoint
         from nlpkit.backbones.checkpoints.sentence_transformers import read_sentence_pooling
 
         self.path = path
-        loaded = load_checkpoint(path)
+        loaded = load_checkpoint(path, registries=registries)
         self.backbone = build_from_checkpoint(loaded, dtype)
         pack_for_cpu_inference(self.backbone)
         self.has_lm_head = self.backbone.config.kind != "encoder" and "lm_head.weight" not in loaded.fresh
@@ -384,25 +385,19 @@ def load(path: str | Path, plugins: Iterable[str] = (), blocked: Iterable[str] =
     Raises:
         NlpkitError: not a run folder, an unknown format version, a task whose plugin is missing.
     """
-    from nlpkit.backbones.config import BackboneConfig
+    from nlpkit.assembly import restore
 
     if not (Path(path) / RUN_FILE).is_file() and (Path(path) / "config.json").is_file():
-        return PretrainedModel(Path(path), dtype)
+        # A family of a plugin named here must be found; else the installed plugins' (loaded on demand).
+        named = plugin_set or (load_plugins(plugins, blocked) if plugins or blocked else None)
+        return PretrainedModel(Path(path), dtype, named.registries if named is not None else None)
     run = RunFolder.open(path)
     plugin_set = plugin_set or load_plugins(plugins, blocked)
-    recipe = load_recipe(run.read_recipe(), registries=plugin_set.registries, check_files=False)
-    recipe.source = str(run.path)
-    task_cls = plugin_set.registries.tasks.get(recipe.task)
-    task = task_cls(recipe.task_options, Tokenizer.load(run.path))
-    task.load_state(run.read_json(TASK_STATE_FILE))
-    config = BackboneConfig.from_dict(run.read_json(BACKBONE_FILE))
-    backbone = plugin_set.registries.backbone_kinds.get(config.kind)(config)
-    model = TaskModel(backbone, task.build_head(config))
-    run.load_weights(model)
+    restored = restore(run, plugin_set.registries)
     if dtype is not None:
-        model.to(_dtype(dtype))
-    pack_for_cpu_inference(model)
-    return LoadedModel(task, model, recipe, run.path, plugin_set)
+        restored.model.to(_dtype(dtype))
+    pack_for_cpu_inference(restored.model)
+    return LoadedModel(restored.task, restored.model, restored.recipe, run.path, plugin_set)
 
 
 def _dtype(dtype: torch.dtype | str) -> torch.dtype:

@@ -3,7 +3,8 @@
 Set-up order follows pytest's: specs, then the essential core plugin, then user
 blocks, then nlpkit's own entry points, then third-party entry points (unless
 ``NLPKIT_DISABLE_PLUGIN_AUTOLOAD`` is set), then modules named with
-``--plugin``, then ``check_pending`` so a misspelled hook is an error.
+``--plugin``, then ``check_pending`` so a misspelled hook is an error. Last,
+the ``nlpkit_register_*`` hooks fill the registries.
 """
 
 from __future__ import annotations
@@ -35,7 +36,17 @@ _REGISTRATION_HOOKS = {
     "nlpkit_register_backbone_kinds": "backbone_kinds",
     "nlpkit_register_backbone_presets": "backbone_presets",
     "nlpkit_register_data_formats": "data_formats",
+    "nlpkit_register_checkpoint_families": "checkpoint_families",
 }
+# A task's recipe section is named after the task, so no task may take the name of one of the recipe's
+# own sections: nlpkit.recipe.RESERVED_TASK_NAMES (tests/unit/test_plugins.py keeps the two equal). Spelt
+# out, not imported: the checkpoint code imports this module and the recipe imports the checkpoint code,
+# so importing the recipe here would close an import cycle (tests/unit/test_imports.py).
+RESERVED_TASK_NAMES = frozenset({"task", "backbone", "data", "tokenizer", "optimization", "training", "trainer",
+                                 "output_dir", "name"})
+# What nlpkit's checkpoint code reads of a family (the Family protocol), checked when it is registered
+# so that a plugin's incomplete family fails as the plugin loads, not half-way through reading a folder.
+_FAMILY_MEMBERS = ("ARCHITECTURES", "PREFIXES", "IGNORED", "config_from_hf", "config_to_hf", "rules")
 
 
 @dataclass
@@ -88,6 +99,7 @@ def load_plugins(
     plugins: Iterable[str] = (),
     blocked: Iterable[str] = (),
     autoload: bool | None = None,
+    entry_points: bool = True,
 ) -> PluginSet:
     """Build a plugin manager and fill the registries.
 
@@ -97,6 +109,11 @@ def load_plugins(
         autoload: load third-party entry points; by default yes unless the
             ``NLPKIT_DISABLE_PLUGIN_AUTOLOAD`` environment variable is set.
             nlpkit's own plugins are always loaded unless blocked.
+        entry_points: False loads no entry point at all, nlpkit's own task
+            plugins included: the core plugin and ``plugins`` only. That set
+            builds in milliseconds, where importing the task plugins takes
+            seconds (torchmetrics, datasets); the checkpoint functions use it
+            to look up nlpkit's own families.
 
     Returns:
         The manager, the filled registries and one :class:`PluginInfo` per plugin.
@@ -125,9 +142,9 @@ def load_plugins(
     for name, module_name in ESSENTIAL_PLUGINS.items():
         register(_import_plugin(module_name, "built-in"), name, DISTRIBUTION, nlpkit_version)
 
-    entry_points = _entry_points()
+    found = _entry_points() if entry_points else []
     plugins = list(plugins)
-    known = set(ESSENTIAL_PLUGINS) | {ep.name for ep in entry_points} | set(plugins)
+    known = set(ESSENTIAL_PLUGINS) | {ep.name for ep in found} | set(plugins)
     for name in blocked:
         if name in ESSENTIAL_PLUGINS:
             raise NlpkitError(f"plugin '{name}' is essential and cannot be blocked")
@@ -137,7 +154,7 @@ def load_plugins(
             )
         manager.set_blocked(name)
 
-    for ep in entry_points:
+    for ep in found:
         dist_name = ep.dist.name if ep.dist is not None else None
         own = dist_name is not None and dist_name.lower() == DISTRIBUTION
         if (own or autoload) and not manager.has_plugin(ep.name) and not manager.is_blocked(ep.name):
@@ -164,31 +181,47 @@ def load_plugins(
 
 def _check_task_class(name: Any, task: Any, plugin: str) -> None:
     """Refuse task names and metric names that would collide with the recipe's own keys."""
-    from nlpkit.recipe import RESERVED_TASK_NAMES
-
     if name in RESERVED_TASK_NAMES:
         raise NlpkitError(f"plugin '{plugin}' registers a task named '{name}', which is a recipe section name")
     if "loss" in getattr(task, "metric_names", ()):
         raise NlpkitError(f"plugin '{plugin}': task '{name}' has a metric named 'loss', which nlpkit logs itself")
 
 
+def _check_family(name: str, family: Any, plugin: str) -> None:
+    """Refuse a checkpoint family that lacks what loading and saving a folder read of it."""
+    missing = [member for member in _FAMILY_MEMBERS if not hasattr(family, member)]
+    if not missing and name not in family.ARCHITECTURES:
+        missing = [f"ARCHITECTURES[{name!r}]"]
+    if missing:
+        raise NlpkitError(f"plugin '{plugin}': checkpoint family '{name}' ({family!r}) has no {', '.join(missing)}; "
+                          f"a family offers {', '.join(_FAMILY_MEMBERS)}")
+
+
 def _fill_registries(manager: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> Registries:
-    """Call each registration hook once per plugin, so each name knows its plugin."""
+    """Call each registration hook once per plugin, so each name knows its plugin.
+
+    The calls go through pluggy (argument checks, tracing), each by a subset
+    hook caller that leaves out every other plugin, as pytest calls a hook
+    for one conftest's plugins; plugins are asked in pluggy's call order, the
+    most recently registered first.
+    """
     registries = Registries()
     tables = registries.tables()
+    everyone = manager.get_plugins()
     for hook_name, table_name in _REGISTRATION_HOOKS.items():
         table = tables[table_name]
         for impl in reversed(getattr(manager.hook, hook_name).get_hookimpls()):
-            result = impl.function()
-            if result is None:
-                continue
-            if table_name == "tasks":
-                items = [(getattr(task, "name", None), task) for task in result]
-                for name, task in items:
-                    _check_task_class(name, task, impl.plugin_name)
-            else:
-                items = list(dict(result).items())
-            for name, obj in items:
-                table.register(name, obj, impl.plugin_name)
-                infos[impl.plugin_name].registered.setdefault(table_name, []).append(name)
+            alone = manager.subset_hook_caller(hook_name, remove_plugins=everyone - {impl.plugin})
+            for result in alone():  # pluggy drops None: [] or [this plugin's answer]
+                if table_name == "tasks":
+                    items = [(getattr(task, "name", None), task) for task in result]
+                    for name, task in items:
+                        _check_task_class(name, task, impl.plugin_name)
+                else:
+                    items = list(dict(result).items())
+                for name, obj in items:
+                    table.register(name, obj, impl.plugin_name)
+                    if table_name == "checkpoint_families":
+                        _check_family(name, obj, impl.plugin_name)
+                    infos[impl.plugin_name].registered.setdefault(table_name, []).append(name)
     return registries

@@ -15,12 +15,9 @@ starts with ``${recipe_dir}`` resolves against the folder of the recipe file.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
@@ -28,6 +25,7 @@ from nlpkit._files import check_output_dir, read_text
 from nlpkit._yaml import load_yaml
 from nlpkit.errors import NlpkitError
 from nlpkit.registry import Registries, suggest
+from nlpkit.schema import Context, build, describe
 
 __all__ = [
     "Recipe",
@@ -40,7 +38,6 @@ __all__ = [
     "load_recipe",
     "read_recipe_file",
     "apply_overrides",
-    "build_dataclass",
     "recipe_to_dict",
     "RECIPE_DIR_VARIABLE",
 ]
@@ -67,6 +64,33 @@ _TRAINER_KEYS_OWNED = {
 }
 
 
+def at_least(owner: Any, minimum: float, *names: str) -> None:
+    """Raise ``ValueError("name: expected ... >= minimum, got ...")`` for the first field below ``minimum``.
+
+    The message starts with the field's name, so the schema reports it at that key
+    (``training.batch_size: expected an integer >= 1, got 0``). None is allowed (unset).
+    """
+    for name in names:
+        value = getattr(owner, name)
+        if value is not None and value < minimum:
+            kind = "an integer" if isinstance(value, int) else "a number"
+            raise ValueError(f"{name}: expected {kind} >= {minimum:g}, got {value}")
+
+
+def within(owner: Any, name: str, low: float, high: float, closed: str = "[)") -> None:
+    """Raise ``ValueError("name: expected a number in [low, high), got ...")`` unless the field is inside.
+
+    ``closed`` says which ends belong to the interval: ``[)``, ``(]``, ``()`` or ``[]``.
+    """
+    value = getattr(owner, name)
+    if value is None:
+        return
+    above = value >= low if closed[0] == "[" else value > low
+    below = value <= high if closed[1] == "]" else value < high
+    if not (above and below):
+        raise ValueError(f"{name}: expected a number in {closed[0]}{low:g}, {high:g}{closed[1]}, got {value}")
+
+
 @dataclass
 class BackboneSection:
     """Which backbone to build, and which of its parts to train.
@@ -86,6 +110,9 @@ class BackboneSection:
     freeze_layers: int = 0
     gradient_checkpointing: bool = False
 
+    def __post_init__(self) -> None:
+        at_least(self, 0, "freeze_layers")
+
 
 @dataclass
 class TokenizerSection:
@@ -97,6 +124,10 @@ class TokenizerSection:
     min_frequency: int = 2
     lowercase: bool = True
     max_length: int = 128
+
+    def __post_init__(self) -> None:
+        at_least(self, 2, "vocab_size", "max_length")
+        at_least(self, 1, "min_frequency")
 
 
 @dataclass
@@ -121,6 +152,9 @@ class DataSection:
     group_by_length: bool = False
     validation_split: float | None = None
 
+    def __post_init__(self) -> None:
+        within(self, "validation_split", 0.0, 1.0, "()")
+
 
 @dataclass
 class OptimizationSection:
@@ -137,6 +171,23 @@ class OptimizationSection:
     accumulate_grad_batches: int = 1
     layer_lr_decay: float = 1.0
 
+    def __post_init__(self) -> None:
+        if len(self.betas) != 2:
+            raise ValueError(f"betas: expected two numbers, got {self.betas}")
+        for beta in self.betas:
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"betas: expected two numbers in [0, 1), got {self.betas}")
+        if self.lr <= 0:
+            raise ValueError(f"lr: expected a positive number, got {self.lr}")
+        if self.eps <= 0:
+            raise ValueError(f"eps: expected a positive number, got {self.eps}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip: expected a positive number or null, got {self.grad_clip}")
+        at_least(self, 0, "weight_decay", "warmup_steps")
+        at_least(self, 1, "accumulate_grad_batches")
+        within(self, "warmup_ratio", 0.0, 1.0, "[)")
+        within(self, "layer_lr_decay", 0.0, 1.0, "(]")
+
 
 @dataclass
 class EarlyStoppingSection:
@@ -144,6 +195,9 @@ class EarlyStoppingSection:
 
     patience: int = 3
     min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        at_least(self, 0, "patience", "min_delta")
 
 
 @dataclass
@@ -166,6 +220,16 @@ class TrainingSection:
     checkpoint_every_n_steps: int = 200
     # Average the weights of the last N epochs' ends into the run's model (instead of the best checkpoint).
     average_checkpoints: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+                             f"{suggest(self.precision, PRECISIONS)}")
+        at_least(self, 1, "batch_size", "max_tokens", "eval_batch_size", "epochs", "log_every_n_steps",
+                 "checkpoint_every_n_steps", "average_checkpoints")
+        at_least(self, 0, "num_workers")
+        if self.max_steps != -1 and self.max_steps < 1:
+            raise ValueError(f"max_steps: expected -1 (no limit) or an integer >= 1, got {self.max_steps}")
 
 
 @dataclass
@@ -191,179 +255,13 @@ _SECTION_FIELDS = [f.name for f in dataclasses.fields(Recipe) if f.name not in (
 RESERVED_TASK_NAMES = frozenset(_SECTION_FIELDS)
 
 
-class _Context:
-    """Formats errors as 'SOURCE: key.path: message', naming the override that set a key."""
-
-    def __init__(self, source: str, overrides: dict[tuple[str, ...], str] | None = None) -> None:
-        self.source = source
-        self.overrides = overrides or {}
-
-    def error(self, path: tuple[str, ...], message: str) -> NlpkitError:
-        source = self.source
-        for override_path, text in self.overrides.items():
-            if path[: len(override_path)] == override_path or override_path[: len(path)] == path:
-                source = f"override '{text}'"
-                break
-        where = ".".join(path)
-        return NlpkitError(f"{source}: {where}: {message}" if where else f"{source}: {message}")
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{text} ({type(value).__name__})"
-
-
-def _type_name(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if hint is bool:
-        return "true or false"
-    if hint is int:
-        return "an integer"
-    if hint is float:
-        return "a number"
-    if hint is str:
-        return "a string"
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    if origin in (list, tuple):
-        return "a list"
-    if origin is dict or hint is dict:
-        return "a mapping"
-    if dataclasses.is_dataclass(hint):
-        return "a mapping"
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(hint) if a is not type(None))
-    return str(hint)
-
-
-def _coerce(value: Any, hint: Any, path: tuple[str, ...], ctx: _Context) -> Any:
-    """Check ``value`` against the type ``hint`` and return it, converted where lossless."""
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ctx.error(path, f"expected {_type_name(hint)}, got null")
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, path, ctx)
-            except NlpkitError as error:
-                errors.append(error)
-        if len(errors) == 1:
-            raise errors[0]
-        raise ctx.error(path, f"expected {_type_name(hint)}, got {_describe(value)}")
-    if dataclasses.is_dataclass(hint):
-        return build_dataclass(hint, value, path, ctx)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        # PyYAML reads 5e-4 (no dot) as a string: accept any number a user would write.
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-    elif origin is Literal:
-        if value in typing.get_args(hint):
-            return value
-        choices = [str(a) for a in typing.get_args(hint)]
-        raise ctx.error(path, f"expected {_type_name(hint)}, got {_describe(value)}{suggest(str(value), choices)}")
-    elif origin in (list, tuple):
-        if isinstance(value, (list, tuple)):
-            (item_hint,) = typing.get_args(hint)[:1] or (Any,)
-            return [_coerce(v, item_hint, path + (str(i),), ctx) for i, v in enumerate(value)]
-    elif origin is dict or hint is dict:
-        if isinstance(value, dict):
-            args = typing.get_args(hint)
-            item_hint = args[1] if len(args) == 2 else Any
-            out = {}
-            for k, v in value.items():
-                if not isinstance(k, str):
-                    raise ctx.error(path + (str(k),), "keys must be strings")
-                out[k] = _coerce(v, item_hint, path + (k,), ctx)
-            return out
-    else:
-        raise TypeError(f"unsupported recipe field type {hint!r} at {'.'.join(path)}")
-    raise ctx.error(path, f"expected {_type_name(hint)}, got {_describe(value)}")
-
-
-def build_dataclass(cls: type, raw: Any, path: tuple[str, ...], ctx: _Context | str) -> Any:
-    """Validate a mapping against dataclass ``cls`` and build it.
-
-    Unknown keys are errors with a close-match suggestion; missing required
-    fields and wrong types name the key path. ``ValueError`` raised by the
-    dataclass's own ``__post_init__`` becomes a user error at ``path``, or at
-    the field its message starts with (``"dropout must be in [0, 1), ..."``).
-
-    Args:
-        cls: the dataclass.
-        raw: the mapping read from YAML (None means all defaults).
-        path: the key path of the mapping in the recipe, for messages.
-        ctx: error context, or a source name such as the recipe's file name.
-    """
-    if isinstance(ctx, str):
-        ctx = _Context(ctx)
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ctx.error(path, f"expected a mapping, got {_describe(raw)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
-    for key in raw:
-        if key not in fields:
-            known = sorted(fields)
-            raise ctx.error(
-                path + (str(key),),
-                f"unknown key{suggest(str(key), known)} (known: {', '.join(known)})",
-            )
-    kwargs = {}
-    for name, f in fields.items():
-        if name in raw:
-            kwargs[name] = _coerce(raw[name], hints[name], path + (name,), ctx)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ctx.error(path + (name,), f"missing required key (expected {_type_name(hints[name])})")
-    try:
-        return cls(**kwargs)
-    except ValueError as error:
-        raise _validation_error(ctx, path, str(error), fields) from None
-
-
-def _validation_error(ctx: _Context, path: tuple[str, ...], message: str, fields: Iterable[str]) -> NlpkitError:
-    """A dataclass's own check failed: a message that starts with a field name
-    ("dropout must be in [0, 1)", "block_size: expected ...") is put at that key."""
-    first, _, rest = message.partition(" ")
-    name = first.rstrip(":")
-    if name in fields and (first.endswith(":") or rest.startswith("must ")):
-        return ctx.error(path + (name,), rest)
-    return ctx.error(path, message)  # about several fields, e.g. "hidden_size (128) must be divisible by num_heads"
-
-
 def read_recipe_file(path: str | Path) -> dict[str, Any]:
     """Read a recipe YAML file into a mapping, with safe loading only."""
     raw = load_yaml(read_text(path, "recipe file"), str(path))
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise NlpkitError(f"{path}: expected a mapping of sections at the top level, got {_describe(raw)}")
+        raise NlpkitError(f"{path}: expected a mapping of sections at the top level, got {describe(raw)}")
     return raw
 
 
@@ -387,7 +285,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[tuple[str
                 child = node[k] = {}
             if not isinstance(child, dict):
                 where = ".".join(keys[: depth + 1])
-                raise NlpkitError(f"override '{text}': '{where}' is {_describe(child)}, not a section")
+                raise NlpkitError(f"override '{text}': '{where}' is {describe(child)}, not a section")
             node = child
         node[keys[-1]] = value
         applied[keys] = text
@@ -428,7 +326,7 @@ def load_recipe(
     else:
         raw = read_recipe_file(recipe)
         source, recipe_dir = str(recipe), Path(recipe).resolve().parent
-    ctx = _Context(source, apply_overrides(raw, list(overrides or [])))
+    ctx = Context(source, apply_overrides(raw, list(overrides or [])))
     if registries is None:
         from nlpkit.plugins import load_plugins
 
@@ -438,7 +336,7 @@ def load_recipe(
         raise ctx.error(("task",), f"missing required key (expected a task name; known: {', '.join(registries.tasks)})")
     task_name = raw["task"]
     if not isinstance(task_name, str):
-        raise ctx.error(("task",), f"expected a task name, got {_describe(task_name)}")
+        raise ctx.error(("task",), f"expected a task name, got {describe(task_name)}")
     if task_name not in registries.tasks:
         known = ", ".join(registries.tasks) or "(none)"
         raise ctx.error(("task",), f"unknown task '{task_name}'; known: {known}{suggest(task_name, registries.tasks.names())}")
@@ -452,9 +350,9 @@ def load_recipe(
                                          f"(the options of task {task_name} go under `{task_name}:`)")
         if key not in _SECTION_FIELDS:
             raise ctx.error((str(key),), f"unknown key{suggest(str(key), known_keys)} (known: {', '.join(known_keys)})")
-    recipe_obj: Recipe = build_dataclass(Recipe, sections, (), ctx)
+    recipe_obj: Recipe = build(Recipe, sections, (), ctx)
     recipe_obj.source = source
-    recipe_obj.task_options = build_dataclass(task_cls.config_class, raw.get(task_name), (task_name,), ctx)
+    recipe_obj.task_options = build(task_cls.config_class, raw.get(task_name), (task_name,), ctx)
 
     _check_backbone(recipe_obj, task_cls, registries, ctx, recipe_dir, check_files)
     _check_data(recipe_obj, task_cls, registries, recipe_dir, ctx, check_files)
@@ -476,15 +374,13 @@ def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
     return yaml.safe_load(yaml.safe_dump(raw)) if raw else {}
 
 
-def _check_backbone(recipe: Recipe, task_cls: type, registries: Registries, ctx: _Context, recipe_dir: Path,
+def _check_backbone(recipe: Recipe, task_cls: type, registries: Registries, ctx: Context, recipe_dir: Path,
                     check_files: bool) -> None:
     from nlpkit.backbones.config import BackboneConfig
 
     section = recipe.backbone
-    if section.freeze_layers < 0:
-        raise ctx.error(("backbone", "freeze_layers"), f"expected an integer >= 0, got {section.freeze_layers}")
     if section.pretrained is not None:
-        _check_pretrained(recipe, task_cls, ctx, recipe_dir, check_files)
+        _check_pretrained(recipe, task_cls, registries, ctx, recipe_dir, check_files)
         return
     if section.preset is None and section.kind is None:
         raise ctx.error(("backbone",), f"expected 'preset' (one of: {', '.join(registries.backbone_presets)}) or 'kind' with 'config'")
@@ -505,15 +401,7 @@ def _check_backbone(recipe: Recipe, task_cls: type, registries: Registries, ctx:
         if section.preset is not None and base.get("kind") != section.kind:
             raise ctx.error(("backbone", "kind"), f"'{section.kind}' contradicts preset '{section.preset}' (a {base.get('kind')})")
         base["kind"] = section.kind
-    merged = {**base, **section.config}
-    config_fields = [f.name for f in dataclasses.fields(BackboneConfig)]
-    for key in section.config:
-        if key not in config_fields:
-            raise ctx.error(("backbone", "config", key), f"unknown key{suggest(key, config_fields)} (known: {', '.join(config_fields)})")
-    try:
-        config = BackboneConfig.from_dict(merged)
-    except (ValueError, TypeError) as error:
-        raise _validation_error(ctx, ("backbone", "config"), str(error), config_fields) from None
+    config = build(BackboneConfig, {**base, **section.config}, ("backbone", "config"), ctx)
     if config.kind not in task_cls.backbone_kinds:
         raise ctx.error(
             ("backbone",),
@@ -521,7 +409,8 @@ def _check_backbone(recipe: Recipe, task_cls: type, registries: Registries, ctx:
         )
 
 
-def _check_pretrained(recipe: Recipe, task_cls: type, ctx: _Context, recipe_dir: Path, check_files: bool) -> None:
+def _check_pretrained(recipe: Recipe, task_cls: type, registries: Registries, ctx: Context, recipe_dir: Path,
+                      check_files: bool) -> None:
     section = recipe.backbone
     for key in ("preset", "kind"):
         if getattr(section, key) is not None:
@@ -536,7 +425,7 @@ def _check_pretrained(recipe: Recipe, task_cls: type, ctx: _Context, recipe_dir:
 
     try:
         # A missing folder is reported as written, so that a hub id reads as one.
-        config = checkpoint_config(resolved if resolved.exists() else given).config
+        config = checkpoint_config(resolved if resolved.exists() else given, registries=registries).config
     except NlpkitError as error:
         raise ctx.error(("backbone", "pretrained"), str(error)) from None
     if config.kind not in task_cls.backbone_kinds:
@@ -549,7 +438,7 @@ def _check_pretrained(recipe: Recipe, task_cls: type, ctx: _Context, recipe_dir:
         raise ctx.error(("backbone", "freeze_layers"), f"{section.freeze_layers} is more than the backbone's {config.num_layers} layers")
 
 
-def _check_data(recipe: Recipe, task_cls: type, registries: Registries, recipe_dir: Path, ctx: _Context,
+def _check_data(recipe: Recipe, task_cls: type, registries: Registries, recipe_dir: Path, ctx: Context,
                 check_files: bool) -> None:
     data = recipe.data
     fields = [*task_cls.input_columns, *task_cls.optional_columns, *task_cls.target_columns]
@@ -557,8 +446,6 @@ def _check_data(recipe: Recipe, task_cls: type, registries: Registries, recipe_d
         if key not in fields:
             raise ctx.error(("data", "columns", key), f"unknown field of task '{task_cls.name}'{suggest(key, fields)} (known: {', '.join(fields)})")
     if data.validation_split is not None:
-        if not 0.0 < data.validation_split < 1.0:
-            raise ctx.error(("data", "validation_split"), f"expected a fraction in (0, 1), got {data.validation_split}")
         if data.validation is not None or data.hub is not None:
             other = "validation" if data.validation is not None else "hub"
             raise ctx.error(("data", "validation_split"), f"carves validation rows off data.train; it cannot be "
@@ -590,7 +477,7 @@ def _check_data(recipe: Recipe, task_cls: type, registries: Registries, recipe_d
         raise ctx.error(("data", "format"), f"unknown data format '{data.format}'; known: {', '.join(names)}{suggest(data.format, names)}")
 
 
-def _check_tokenizer(recipe: Recipe, recipe_dir: Path, ctx: _Context, check_files: bool) -> None:
+def _check_tokenizer(recipe: Recipe, recipe_dir: Path, ctx: Context, check_files: bool) -> None:
     tok = recipe.tokenizer
     if tok.file is not None and tok.train is not None:
         raise ctx.error(("tokenizer",), "set either 'file' (load a tokenizer.json) or 'train' (wordpiece, bpe or char), not both")
@@ -605,43 +492,21 @@ def _check_tokenizer(recipe: Recipe, recipe_dir: Path, ctx: _Context, check_file
         if check_files and not path.is_file():
             raise ctx.error(("tokenizer", "file"), f"file '{tok.file}' does not exist (looked for {path})")
         tok.file = str(path)
-    for key in ("vocab_size", "max_length"):
-        if getattr(tok, key) < 2:
-            raise ctx.error(("tokenizer", key), f"expected an integer >= 2, got {getattr(tok, key)}")
 
 
-def _check_training(recipe: Recipe, task_cls: type, ctx: _Context) -> None:
+def _check_training(recipe: Recipe, task_cls: type, ctx: Context) -> None:
     training = recipe.training
-    if training.precision not in PRECISIONS:
-        raise ctx.error(("training", "precision"), f"expected one of {', '.join(PRECISIONS)}, got {training.precision!r}{suggest(training.precision, PRECISIONS)}")
-    for key in ("batch_size", "epochs", "checkpoint_every_n_steps"):
-        if getattr(training, key) < 1:
-            raise ctx.error(("training", key), f"expected an integer >= 1, got {getattr(training, key)}")
-    if training.average_checkpoints is not None and training.average_checkpoints < 1:
-        raise ctx.error(("training", "average_checkpoints"), f"expected an integer >= 1, got {training.average_checkpoints}")
-    if training.max_tokens is not None:
-        if training.max_tokens < 1:
-            raise ctx.error(("training", "max_tokens"), f"expected an integer >= 1, got {training.max_tokens}")
-        if recipe.data.group_by_length:
-            raise ctx.error(("training", "max_tokens"), "already groups examples by length; drop data.group_by_length")
+    if training.max_tokens is not None and recipe.data.group_by_length:
+        raise ctx.error(("training", "max_tokens"), "already groups examples by length; drop data.group_by_length")
     monitors = ["val_loss"] + [f"val_{name}" for name in task_cls.metric_names]
     if training.monitor not in monitors:
         raise ctx.error(("training", "monitor"), f"unknown metric '{training.monitor}'; known: {', '.join(monitors)}{suggest(training.monitor, monitors)}")
     if training.monitor_mode is None:
         lower = {"val_loss", *(f"val_{name}" for name in task_cls.lower_is_better)}
         training.monitor_mode = "min" if training.monitor in lower else "max"
-    optimization = recipe.optimization
-    if len(optimization.betas) != 2:
-        raise ctx.error(("optimization", "betas"), f"expected two numbers, got {optimization.betas}")
-    if not 0.0 < optimization.layer_lr_decay <= 1.0:
-        raise ctx.error(("optimization", "layer_lr_decay"), f"expected a number in (0, 1], got {optimization.layer_lr_decay}")
-    if not 0.0 <= optimization.warmup_ratio < 1.0:
-        raise ctx.error(("optimization", "warmup_ratio"), f"expected a number in [0, 1), got {optimization.warmup_ratio}")
-    if optimization.lr <= 0:
-        raise ctx.error(("optimization", "lr"), f"expected a positive number, got {optimization.lr}")
 
 
-def _check_trainer(recipe: Recipe, ctx: _Context) -> None:
+def _check_trainer(recipe: Recipe, ctx: Context) -> None:
     """Check pass-through Trainer arguments by name without importing Lightning.
 
     The names are checked against Lightning's signature lazily (only when the

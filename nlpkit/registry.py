@@ -61,7 +61,12 @@ class Registry(Generic[T]):
         return self._owners[name]
 
     def names(self) -> list[str]:
+        """The registered names, sorted (what messages and ``nlpkit plugins`` list)."""
         return sorted(self._entries)
+
+    def items(self) -> list[tuple[str, T]]:
+        """``(name, object)`` pairs in the order they were registered, for lookups where order decides."""
+        return list(self._entries.items())
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -75,17 +80,21 @@ class Registry(Generic[T]):
 
 @dataclass
 class Registries:
-    """All the tables that plugins fill; built by :func:`nlpkit.plugins.load_registries`."""
+    """All the tables that plugins fill; built by :func:`nlpkit.plugins.load_plugins`."""
 
     tasks: Registry[Any] = field(default_factory=lambda: Registry("task"))
     backbone_kinds: Registry[Any] = field(default_factory=lambda: Registry("backbone kind"))
     backbone_presets: Registry[Any] = field(default_factory=lambda: Registry("backbone preset"))
     data_formats: Registry[Any] = field(default_factory=lambda: Registry("data format"))
+    # A config.json's model_type -> its family (the Family protocol of nlpkit/backbones/checkpoints/_common.py).
+    checkpoint_families: Registry[Any] = field(default_factory=lambda: Registry("checkpoint family"))
 
     def tables(self) -> dict[str, Registry[Any]]:
+        """Every table by its attribute name (the name ``nlpkit plugins`` and the registry snapshot use)."""
         return {
             "tasks": self.tasks,
             "backbone_kinds": self.backbone_kinds,
             "backbone_presets": self.backbone_presets,
             "data_formats": self.data_formats,
+            "checkpoint_families": self.checkpoint_families,
         }

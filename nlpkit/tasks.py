@@ -26,21 +26,22 @@ cache is asked for); decoders have ``lm_head`` / ``logits``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
 
 from nlpkit.errors import NlpkitError
 
+from nlpkit.backbones.config import BackboneConfig
+
 if TYPE_CHECKING:
     import datasets
     import torchmetrics
 
-    from nlpkit.backbones import BackboneConfig
-    from nlpkit.tokenization import Tokenizer
 
-__all__ = ["Task", "TaskModel", "HFHead", "NoOptions", "pad", "NlpkitError"]
+__all__ = ["Task", "TaskModel", "Backbone", "BackboneOutputs", "BackboneConfig", "TaskTokenizer", "GeneratesText", "ExportsToTransformers", "HFHead",
+           "NoOptions", "pad", "NlpkitError"]
 
 
 @dataclass
@@ -58,7 +59,7 @@ class HFHead:
 
     Attributes:
         architecture: the ``transformers`` class, e.g. ``BertForSequenceClassification``.
-        weights: head parameter name (``0.weight``) -> checkpoint tensor name
+        weights: head parameter name (``dense.weight``) -> checkpoint tensor name
             without the base-model prefix (``pooler.dense.weight``).
         config: ``config.json`` entries the head class reads (``num_labels``, ``id2label`` ...).
     """
@@ -68,13 +69,107 @@ class HFHead:
     config: dict[str, Any]
 
 
-class TaskModel(nn.Module):
-    """A backbone and a task head; the module that is trained and saved."""
+class BackboneOutputs(Protocol):
+    """What a backbone call returns (``nlpkit.backbones.BackboneOutput``)."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+    last_hidden_state: torch.Tensor  # (batch, seq, hidden): the last layer's (an encoder-decoder's decoder's)
+    past_key_values: Any  # the updated cache when called with use_cache=True, else None
+    encoder_last_hidden_state: torch.Tensor | None  # an encoder-decoder's encoder output
+
+
+class Backbone(Protocol):
+    """All a task may rely on of ``model.backbone`` (an encoder, decoder or encoder-decoder).
+
+    ``backbone(input_ids, attention_mask=mask, ...)`` returns
+    :class:`BackboneOutputs`. The keyword arguments by kind: an encoder takes
+    ``token_type_ids``; a decoder ``position_ids``, ``past_key_values`` and
+    ``use_cache``; an encoder-decoder ``decoder_input_ids``,
+    ``decoder_attention_mask``, ``encoder_outputs``, ``past_key_values`` and
+    ``use_cache``. A decoder's and an encoder-decoder's ``logits(hidden)``
+    apply the LM head.
+    """
+
+    config: BackboneConfig
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 **kwargs: Any) -> BackboneOutputs: ...
+
+    def logits(self, hidden_states: torch.Tensor) -> torch.Tensor: ...
+
+
+class TaskTokenizer(Protocol):
+    """All a task may rely on of its tokenizer (``nlpkit.tokenization.Tokenizer``; README: Tokenizers).
+
+    Encodings are ``tokenizers.Encoding`` objects: ``ids``, ``type_ids``,
+    ``offsets`` (character offsets into the text each token comes from),
+    ``sequence_ids`` (which text of a pair), ``word_ids`` (which pre-split word).
+    """
+
+    max_length: int
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def pad_token_id(self) -> int: ...
+
+    def token_id(self, role: str) -> int | None:
+        """The id of a special token by role (``pad``, ``eos``, ``bos``, ``unk`` ...), None if absent."""
+        ...
+
+    def encode(self, text: str, pair: str | None = None, *, add_special_tokens: bool = True,
+               truncation: bool = True) -> Any: ...
+
+    def encode_batch(self, texts: Sequence[str], pairs: Sequence[str] | None = None, add_special_tokens: bool = True,
+                     truncation: bool = True) -> list[Any]: ...
+
+    def encode_words(self, texts: Sequence[Sequence[str]], *, add_special_tokens: bool = True,
+                     truncation: bool = True) -> list[Any]: ...
+
+    def encode_windows(self, texts: Sequence[str], pairs: Sequence[str], *, stride: int, max_length: int | None = None,
+                       add_special_tokens: bool = True) -> list[list[Any]]: ...
+
+    @property
+    def has_template(self) -> bool: ...
+
+    def set_template(self, enabled: bool) -> None: ...
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+
+
+class TaskModel(nn.Module):
+    """A backbone and a task head; the module that is trained and saved.
+
+    Args:
+        backbone: the backbone module.
+        head: the task's head.
+        renamed_weights: the task's ``renamed_weights``: old name prefixes
+            of its weights mapped to the new ones, so that run folders and
+            checkpoints saved before a rename still load.
+    """
+
+    backbone: Backbone
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, renamed_weights: dict[str, str] | None = None) -> None:
         super().__init__()
-        self.backbone = backbone
+        self.backbone = backbone  # type: ignore[assignment]  # an nn.Module that offers the Backbone protocol
         self.head = head
+        if renamed_weights:
+            self.register_load_state_dict_pre_hook(_Renamer(renamed_weights))
+
+
+class _Renamer:
+    """A load_state_dict pre-hook that renames old weight names (at the module's prefix) to new ones."""
+
+    def __init__(self, renamed: dict[str, str]) -> None:
+        self.renamed = renamed
+
+    def __call__(self, module: nn.Module, state: dict[str, Any], prefix: str, *args: Any) -> None:
+        for key in [key for key in state if key.startswith(prefix)]:
+            for old, new in self.renamed.items():
+                if key.startswith(prefix + old):
+                    state[prefix + new + key[len(prefix + old):]] = state.pop(key)
+                    break
 
 
 def pad(sequences: Sequence[Sequence[int]], value: int, side: str = "right") -> torch.Tensor:
@@ -111,8 +206,14 @@ class Task:
         regroups_examples: ``prepare`` joins or cuts examples into feature
             rows (language-model blocks), so features do not correspond one
             to one with examples.
-        generates: the backbone's LM head writes the task's answers, so a run
-            folder offers ``generate`` (see ``encode_prompts``).
+        renamed_weights: old name prefixes of the model's weights (``head.0.``)
+            mapped to new ones (``head.dense.``) after a change of the head, so
+            that run folders written before it still load.
+
+    A task whose answers the backbone's LM head writes also derives from
+    :class:`GeneratesText`; one that can be exported in Hugging Face format,
+    or start its head from a checkpoint's, has ``hf_head``
+    (:class:`ExportsToTransformers`).
     """
 
     name: ClassVar[str]
@@ -124,9 +225,9 @@ class Task:
     metric_names: tuple[str, ...] = ()  # not a ClassVar: an instance may extend it (see above)
     lower_is_better: ClassVar[tuple[str, ...]] = ()
     regroups_examples: ClassVar[bool] = False
-    generates: ClassVar[bool] = False
+    renamed_weights: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, config: Any, tokenizer: Tokenizer) -> None:
+    def __init__(self, config: Any, tokenizer: TaskTokenizer) -> None:
         self.config = config
         self.tokenizer = tokenizer
 
@@ -141,6 +242,20 @@ class Task:
         """Learn what the training data defines (a label set); training only.
 
         nlpkit then calls ``check_split`` on every split.
+        """
+
+    def check_options(self) -> None:
+        """Check the options that depend on the tokenizer (a stride against ``tokenizer.max_length``).
+
+        Called whenever the task is built (``nlpkit run``, ``nlpkit check``,
+        ``nlpkit.load``), so ``nlpkit check`` catches what a field alone cannot
+        decide; what a field alone decides belongs in the options dataclass's
+        ``__post_init__``.
+
+        Raises:
+            NlpkitError: a message that starts with the option's name
+                (``"doc_stride: 128 is not below tokenizer.max_length (128)"``),
+                reported at that key of the task's recipe section.
         """
 
     def check_split(self, where: str, dataset: datasets.Dataset) -> None:
@@ -223,7 +338,16 @@ class Task:
         """
         return []
 
-    # -- generation (tasks with ``generates = True``) ---------------------------
+
+class GeneratesText:
+    """Mix-in of a task whose answers the backbone's LM head writes (``generation``, ``translation``).
+
+    A run folder of such a task offers ``generate`` (and, on an
+    encoder-decoder, ``translate``). Derive from it beside :class:`Task`:
+    ``class LanguageModeling(GeneratesText, Task)``.
+    """
+
+    tokenizer: TaskTokenizer
 
     def encode_prompts(self, texts: list[str]) -> list[list[int]]:
         """Token ids of prompts as the model saw text in training (a decoder's
@@ -239,15 +363,23 @@ class Task:
         return {key: self.tokenizer.token_id(role) for key, role in roles.items()
                 if self.tokenizer.token_id(role) is not None}
 
-    # -- checkpoints ----------------------------------------------------------
+
+@runtime_checkable
+class ExportsToTransformers(Protocol):
+    """What a task has whose head matches a ``transformers`` head class (classification, NER ...).
+
+    Optional: without ``hf_head`` a task's head starts fresh on pretrained
+    backbones and its runs cannot be exported in Hugging Face format.
+    """
 
     def hf_head(self, family: str) -> HFHead | None:
         """The ``transformers`` head class this task's head matches for a checkpoint family.
 
-        Optional: None (the default) means the head starts fresh on pretrained
-        backbones and the task cannot be exported in Hugging Face format.
-
         Args:
             family: the checkpoint's ``model_type`` (``bert``, ``roberta`` ...).
+
+        Returns:
+            The head's class, weight names and config entries; None where the
+            task (with these options) has no counterpart for ``family``.
         """
-        return None
+        ...

@@ -535,7 +535,7 @@ class _Checker:
             torch.manual_seed(0)
             inputs = self.check_setup_and_state(recipe, plugin_set)
             batch = self.check_prepare_and_collate(inputs)
-            model = self.check_forward_loss_backward(inputs, batch, plugin_set)
+            model = self.check_forward_loss_backward(recipe, inputs, batch, plugin_set)
             self.check_metrics_and_decode(inputs.task, model, batch)
         result = self.check_fit()
         self.check_run_folder(result.run_dir, inputs.task.state())
@@ -635,7 +635,8 @@ class _Checker:
 
     def check_recipe(self, plugin_set: Any) -> Any:
         from nlpkit.errors import NlpkitError
-        from nlpkit.recipe import build_dataclass, load_recipe
+        from nlpkit.recipe import load_recipe
+        from nlpkit.schema import build
 
         # The task's own section first, so that its errors name the config class rather than the recipe.
         # Defaults are checked too: the run folder's recipe.yaml holds every field, and nlpkit.load
@@ -650,7 +651,7 @@ class _Checker:
             if dataclasses.is_dataclass(value) and not isinstance(value, type):
                 raw[field.name] = dataclasses.asdict(value)
         try:
-            build_dataclass(self.cls.config_class, {**raw, **(self.options or {})}, (self.cls.name,), "options")
+            build(self.cls.config_class, {**raw, **(self.options or {})}, (self.cls.name,), "options")
         except (NlpkitError, TypeError) as error:
             raise self.fail("config_class", f"cannot hold the options {self.options or {}}: {error}") from error
         try:
@@ -659,7 +660,7 @@ class _Checker:
             raise self.fail("recipe", str(error)) from error
 
     def check_setup_and_state(self, recipe: Any, plugin_set: Any) -> Any:
-        from nlpkit.training.trainer import prepare_inputs
+        from nlpkit.assembly import prepare_inputs
 
         with self.step("nlpkit's data preparation (setup, check_split)"):
             inputs = prepare_inputs(recipe, plugin_set.registries)
@@ -725,19 +726,18 @@ class _Checker:
         self.batch_size = len(examples)
         return dict(batch)
 
-    def check_forward_loss_backward(self, inputs: Any, batch: dict[str, Any], plugin_set: Any) -> Any:
+    def check_forward_loss_backward(self, recipe: Any, inputs: Any, batch: dict[str, Any], plugin_set: Any) -> Any:
         import torch
         from torch import nn
 
-        from nlpkit.tasks import TaskModel
+        from nlpkit.assembly import build_model
 
         task, config = inputs.task, inputs.backbone_config
-        backbone = plugin_set.registries.backbone_kinds.get(config.kind)(config)
         with self.step("build_head(backbone_config)"):
-            head = task.build_head(config)
-        if not isinstance(head, nn.Module):
-            raise self.fail("build_head", f"expected an nn.Module, got {type(head).__name__}")
-        model = TaskModel(backbone, head).train()
+            model, _ = build_model(recipe, plugin_set.registries, task, config)
+        if not isinstance(model.head, nn.Module):
+            raise self.fail("build_head", f"expected an nn.Module, got {type(model.head).__name__}")
+        model.train()
 
         with self.step("forward(model, batch) in training mode"):
             outputs = task.forward(model, batch)
@@ -759,9 +759,9 @@ class _Checker:
         for name, parameter in model.named_parameters():
             if parameter.grad is not None and not torch.isfinite(parameter.grad).all():
                 raise self.fail("loss", f"non-finite gradient in '{name}'")
-        if any(p.requires_grad for p in head.parameters()) and not reached(head):
+        if any(p.requires_grad for p in model.head.parameters()) and not reached(model.head):
             raise self.fail("forward", "no gradient reaches the head: the loss does not depend on model.head")
-        if not reached(backbone):
+        if not reached(model.backbone):
             raise self.fail("forward", "no gradient reaches the backbone: the loss does not depend on "
                                        "model.backbone (is its output detached?)")
         model.zero_grad(set_to_none=True)
@@ -783,18 +783,14 @@ class _Checker:
             name = dropped[0] if dropped else "loss"
             raise self.fail("metric_names", f"the set-up task's metric_names {tuple(expected)} "
                                             + (f"lack the class's '{name}'" if dropped else "include 'loss', which nlpkit logs itself"))
-        missing = [n for n in expected if n not in metrics]
-        if missing:
-            raise self.fail("metrics", f"missing '{missing[0]}' (metric_names: {', '.join(expected)}); "
-                                       f"got: {', '.join(metrics) or 'none'}")
-        extra = [n for n in metrics if n not in expected]
-        if extra:
-            raise self.fail("metrics", f"'{extra[0]}' is not in metric_names ({', '.join(expected) or 'empty'}): "
-                                       "recipes could not monitor it")
         for key, metric in metrics.items():
             if not isinstance(metric, torchmetrics.Metric):
                 raise self.fail("metrics", f"'{key}': expected a torchmetrics.Metric, got {type(metric).__name__}")
 
+        def scalar(value: Any) -> bool:
+            return isinstance(value, (float, int)) or (isinstance(value, torch.Tensor) and value.numel() == 1)
+
+        computed: list[str] = []  # the names the metrics compute: a scalar metric's key, a dict metric's keys
         with torch.no_grad():
             with self.step("forward(model, batch) in evaluation mode"):
                 outputs = task.forward(model, batch)
@@ -808,8 +804,22 @@ class _Checker:
                     with self.step(f"metric '{key}': update(*evaluate_batch(...)) and compute()"):
                         metric.update(*arguments)
                         value = metric.compute()
-                    if not isinstance(value, (torch.Tensor, float, int)) or (isinstance(value, torch.Tensor) and value.numel() != 1):
-                        raise self.fail("metrics", f"'{key}'.compute(): expected a scalar (Lightning logs scalars), got {_shape(value)}")
+                    if isinstance(value, Mapping) and value and all(scalar(v) for v in value.values()):
+                        computed.extend(value)
+                    elif scalar(value):
+                        computed.append(key)
+                    else:
+                        raise self.fail("metrics", f"'{key}'.compute(): expected a scalar, or a dict of scalars "
+                                                   f"named in metric_names, got {_shape(value)}")
+        missing = [n for n in expected if n not in computed]
+        if missing:
+            raise self.fail("metrics", f"missing '{missing[0]}' (metric_names: {', '.join(expected)}); "
+                                       f"the metrics compute: {', '.join(computed) or 'none'}")
+        extra = [n for n in computed if n not in expected]
+        if extra:
+            raise self.fail("metrics", f"'{extra[0]}' is not in metric_names ({', '.join(expected) or 'empty'}): "
+                                       "recipes could not monitor it")
+        with torch.no_grad():
             with self.step("decode(outputs, batch)"):
                 answers = task.decode(outputs, batch)
         if not isinstance(answers, (list, tuple)) or len(answers) != self.batch_size:
@@ -869,12 +879,21 @@ class _Checker:
             got = len(answers) if isinstance(answers, list) else _shape(answers)
             raise self.fail("predict", f"a list of {len(inputs)} inputs gave {got} answers, expected {len(inputs)}")
         self.check_answers("decode", answers)
+        # The shortest input is the one the batch pads: alone it must get the same answer.
+        padded = 0
+        if not self.cls.regroups_examples:
+            lengths = [loaded.task.feature_length(f) for f in loaded.features(loaded._examples(inputs))]
+            padded = min(range(len(inputs)), key=lengths.__getitem__)
+            if len(inputs) > 1 and lengths[padded] == max(lengths):
+                raise ValueError(f"check_task: the predict inputs all encode to {lengths[0]} tokens; give inputs of "
+                                 f"different lengths, so that the batch is really padded")
         with self.step("predict(a single input)"):
-            single = loaded.predict(inputs[0])
+            single = loaded.predict(inputs[padded])
         self.check_answers("decode", [single])
-        if not _close(single, answers[0]):
-            raise self.fail("predict", f"input 1 alone is answered {single!r} but {answers[0]!r} in a batch of "
-                                       f"{len(inputs)}: padding must not change answers (pass the attention mask)")
+        if not _close(single, answers[padded]):
+            raise self.fail("predict", f"input {padded + 1} alone is answered {single!r} but {answers[padded]!r} in a "
+                                       f"padded batch of {len(inputs)}: padding must not change answers (pass the "
+                                       f"attention mask)")
 
         with self.step("evaluate(validation file)"):
             scores = loaded.evaluate(self.files["validation"])

@@ -1,39 +1,47 @@
-"""A thin wrapper over the ``tokenizers`` library: load, train, save, encode.
+"""A thin wrapper over the ``tokenizers`` library: load, train, save, encode, decode.
 
 The wrapper adds what the library leaves to its users: which token plays which
 role (padding, classification, separator, begin/end of sequence), the maximum
 length, and the Hugging Face-style ``tokenizer_config.json`` that records both,
-so a saved folder is read back by nlpkit and by ``transformers`` alike.
+so a saved folder is read back by nlpkit and by ``transformers`` alike. Tasks
+encode through its methods (one text, pairs, pre-split words, windows over a
+long second text, with or without the special-token template) and never touch
+the ``tokenizers`` object, so the wrapper alone decides how truncation is set
+and restored around each call.
 
 :func:`from_pretrained` reads the tokenizer of a Hugging Face-format folder:
 its ``tokenizer.json`` when there is one, otherwise the older per-family files
 (``vocab.txt``, ``vocab.json`` + ``merges.txt``, SentencePiece models), which
 it rebuilds as the ``tokenizers`` pipeline that ``transformers`` would use, so
 every tokenizer nlpkit holds is a ``tokenizers.Tokenizer`` and saves as one
-``tokenizer.json``.
+``tokenizer.json``. The file reading lives in ``nlpkit._tokenizer_folders``.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from nlpkit._tokenizer_folders import (
+    MODEL_CONFIG_FILE,
+    SPECIAL_TOKEN_ROLES,
+    SPECIAL_TOKENS_MAP_FILE,
+    TARGET_FOLDER,
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+    TokenizerParts,
+    read_folder,
+    read_tokenizer_file,
+)
 from nlpkit.errors import NlpkitError
 
-__all__ = ["Tokenizer", "from_pretrained", "SPECIAL_TOKEN_ROLES", "TOKENIZER_FILE", "TOKENIZER_CONFIG_FILE"]
-
-
-TOKENIZER_FILE = "tokenizer.json"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
-MODEL_CONFIG_FILE = "config.json"
-# Where save() puts the target-side tokenizer of a translation pair (Marian), beside the source one.
-TARGET_FOLDER = "target"
-SPECIAL_TOKEN_ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
+__all__ = ["Tokenizer", "from_pretrained", "SPECIAL_TOKEN_ROLES", "TOKENIZER_FILE", "TOKENIZER_CONFIG_FILE",
+           "SPECIAL_TOKENS_MAP_FILE", "MODEL_CONFIG_FILE", "TARGET_FOLDER"]
 
 # The special tokens of a trained tokenizer, by kind; BERT's and RoBERTa's conventions.
 _TRAINED_SPECIALS = {
@@ -42,23 +50,27 @@ _TRAINED_SPECIALS = {
     # Character-level language models (nanoGPT's shakespeare-char): GPT-2's end-of-text token.
     "char": {"pad": "<pad>", "unk": "<unk>", "eos": "<|endoftext|>"},
 }
-# Names looked for when a tokenizer.json comes without a tokenizer_config.json.
-_WELL_KNOWN = {
-    "pad": ["[PAD]", "<pad>", "<|pad|>"],
-    "unk": ["[UNK]", "<unk>"],
-    "cls": ["[CLS]", "<s>"],
-    "sep": ["[SEP]", "</s>"],
-    "mask": ["[MASK]", "<mask>"],
-    "bos": ["<s>", "<|begin_of_text|>", "<|endoftext|>"],
-    "eos": ["</s>", "<|end_of_text|>", "<|endoftext|>"],
-}
 
 
 class Tokenizer:
     """A ``tokenizers.Tokenizer`` with named special tokens and a maximum length.
 
+    ============================================  ==========================================================
+    call                                          gives
+    ============================================  ==========================================================
+    ``encode(text, pair=None)``                   one ``tokenizers.Encoding``
+    ``encode_batch(texts, pairs=None)``           texts or pairs of texts, truncated to ``max_length``
+    ``encode_words(texts)``                       pre-split words; ``Encoding.word_ids``: each token's word
+    ``encode_windows(texts, pairs, stride=N)``    every window of a long second text, with character offsets
+    ``add_special_tokens=False``                  (any encode call) leave out the template's special tokens
+    ``set_template(False)``                       no special tokens from now on, and in the saved tokenizer
+    ``decode(ids)``                               text
+    ``token_id(role)``, ``pad_token_id``          ids of the special tokens by role
+    ============================================  ==========================================================
+
     Args:
-        backend: the ``tokenizers`` object (kept as ``.backend``).
+        backend: the ``tokenizers`` object (kept as ``.backend``, for reading;
+            encode through the methods, which set truncation per call).
         special_tokens: role -> token text, roles from ``SPECIAL_TOKEN_ROLES``.
         max_length: encodings are truncated to this many tokens.
         target: for a translation pair whose two languages are segmented
@@ -81,6 +93,8 @@ class Tokenizer:
             if backend.token_to_id(token) is None:
                 raise NlpkitError(f"tokenizer: the {role} token '{token}' is not in the vocabulary")
         self.max_length = max_length
+        # Where set_template(False) keeps the template, for set_template(True).
+        self._template_set_aside: processors.PostProcessor | None = None
         backend.no_padding()
         backend.enable_truncation(max_length)
 
@@ -183,28 +197,12 @@ class Tokenizer:
         beside the file; a role neither names is looked up among well-known
         token names (``[PAD]``, ``<pad>`` ...). A role set to null stays unset.
         """
-        path = Path(path)
-        try:
-            backend = tokenizers.Tokenizer.from_file(str(path))
-        except Exception as error:  # the Rust library raises a plain Exception for bad files
-            raise NlpkitError(f"{path}: cannot read tokenizer: {str(error).splitlines()[0]}") from None
-        config = _read_json(path.parent / TOKENIZER_CONFIG_FILE)
-        named = {**_read_json(path.parent / SPECIAL_TOKENS_MAP_FILE), **config}
-        special_tokens = {}
-        for role in SPECIAL_TOKEN_ROLES:
-            key = f"{role}_token"
-            token = named.get(key)
-            if isinstance(token, dict):
-                token = token.get("content")
-            if key not in named:
-                token = next((t for t in _WELL_KNOWN[role] if backend.token_to_id(t) is not None), None)
-            if token is not None:
-                special_tokens[role] = token
-        if max_length is None:
-            configured = config.get("model_max_length")
-            # transformers writes a huge sentinel (1e30) when the length is unknown.
-            max_length = int(configured) if isinstance(configured, (int, float)) and configured < 1e9 else 512
-        return cls(backend, special_tokens, max_length)
+        return cls._from_parts(read_tokenizer_file(Path(path), max_length))
+
+    @classmethod
+    def _from_parts(cls, parts: TokenizerParts) -> Tokenizer:
+        target = None if parts.target is None else cls._from_parts(parts.target)
+        return cls(parts.backend, parts.special_tokens, parts.max_length, target=target)
 
     @classmethod
     def load(cls, folder: str | Path) -> Tokenizer:
@@ -245,6 +243,12 @@ class Tokenizer:
         pad_id = self.token_id("pad")
         return 0 if pad_id is None else pad_id
 
+    def encode(
+        self, text: str, pair: str | None = None, *, add_special_tokens: bool = True, truncation: bool = True
+    ) -> tokenizers.Encoding:
+        """Encode one text, or one pair of texts; see :meth:`encode_batch`."""
+        return self.encode_batch([text], None if pair is None else [pair], add_special_tokens, truncation)[0]
+
     def encode_batch(
         self,
         texts: Sequence[str],
@@ -254,21 +258,166 @@ class Tokenizer:
     ) -> list[tokenizers.Encoding]:
         """Encode texts (or text pairs), truncated to ``max_length``; no padding.
 
-        ``truncation=False`` keeps every token: language-model documents are
-        cut into blocks later, and a prompt too long for the model must be
-        reported rather than silently shortened.
+        A pair goes into the template's pair form (BERT: ``[CLS] A [SEP] B
+        [SEP]``, type ids 0 then 1); truncation takes tokens from the longer
+        text first. ``truncation=False`` keeps every token: language-model
+        documents are cut into blocks later, and a prompt too long for the
+        model must be reported rather than silently shortened.
+
+        Args:
+            texts: the texts, or the first text of each pair.
+            pairs: the second text of each pair, as many as ``texts``; None for single texts.
+            add_special_tokens: put the template's special tokens around the text(s).
+            truncation: cut each encoding to ``max_length`` tokens.
+
+        Returns:
+            One ``tokenizers.Encoding`` per text: ``ids``, ``tokens``,
+            ``type_ids``, ``offsets`` (each token's ``(start, end)`` character
+            offsets into the text it comes from; ``(0, 0)`` for a special
+            token) and ``sequence_ids`` (0 or 1: the first or second text of
+            a pair; None for a special token).
         """
         inputs: list[Any] = list(texts) if pairs is None else list(zip(texts, pairs))
-        if truncation:
+        with self._truncation(truncation):
             return self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
-        self.backend.no_truncation()
-        try:
-            return self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
-        finally:
-            self.backend.enable_truncation(self.max_length)
+
+    def encode_words(
+        self, texts: Sequence[Sequence[str]], *, add_special_tokens: bool = True, truncation: bool = True
+    ) -> list[tokenizers.Encoding]:
+        """Encode texts given as pre-split words, keeping track of the word each token comes from.
+
+        Each word is still normalised and split as the tokenizer splits text
+        (BERT cuts ``U.S.`` into ``u . s .``); what pre-splitting adds is that
+        no token straddles two words.
+
+        Args:
+            texts: each text's words.
+            add_special_tokens: put the template's special tokens around each text.
+            truncation: cut each encoding to ``max_length`` tokens.
+
+        Returns:
+            One ``tokenizers.Encoding`` per text. Its ``word_ids`` give each
+            token's word (an index into the text's words; None for a special
+            token), and its ``offsets`` are character offsets inside that
+            word (the ``tokenizers`` convention for pre-split input). A word
+            the tokenizer drops entirely (empty, or only a zero-width
+            character) has no tokens.
+        """
+        with self._truncation(truncation):
+            return self.backend.encode_batch(
+                [list(words) for words in texts], is_pretokenized=True, add_special_tokens=add_special_tokens
+            )
+
+    def encode_windows(
+        self,
+        texts: Sequence[str],
+        pairs: Sequence[str],
+        *,
+        stride: int,
+        max_length: int | None = None,
+        add_special_tokens: bool = True,
+    ) -> list[list[tokenizers.Encoding]]:
+        """Encode pairs whose second text may be long (a question and a context) as all the windows covering it.
+
+        Each window holds the whole first text and a stretch of the second,
+        at most ``max_length`` tokens with the template; consecutive windows
+        share ``stride`` tokens of the second text, so that an answer cut by
+        one window's edge lies whole in the next (BERT's SQuAD windows,
+        ``doc_stride``). Plain truncation would keep only the first window.
+        This is ``tokenizers``' truncation with ``stride`` and
+        ``strategy="only_second"``, whose overflowing encodings are the
+        windows after the first.
+
+        Args:
+            texts: the first text of each pair, kept whole in every window.
+            pairs: the second text of each pair, cut into windows.
+            stride: tokens of the second text that consecutive windows share (>= 0).
+            max_length: the longest window; the tokenizer's ``max_length`` by default.
+            add_special_tokens: put the template's special tokens into each window.
+
+        Returns:
+            For each pair, its windows in order (one when the pair fits), each
+            a ``tokenizers.Encoding`` whose ``sequence_ids`` say which text
+            each token belongs to (0 the first, 1 the second, None a special
+            token) and whose ``offsets`` are character offsets into that
+            text, so that a span of tokens maps back to characters of the
+            original context.
+
+        Raises:
+            NlpkitError: ``stride`` is negative, or a first text leaves no
+                room for more than ``stride`` tokens of the second.
+
+        Example:
+            >>> windows = tokenizer.encode_windows(["Who visited?"], [context], stride=32)[0]
+            >>> start, end = windows[1].offsets[7]   # context[start:end] is the 8th token's text
+        """
+        length = self.max_length if max_length is None else max_length
+        if stride < 0:
+            raise NlpkitError(f"stride: expected an integer >= 0, got {stride}")
+        specials = self.backend.num_special_tokens_to_add(is_pair=True) if add_special_tokens else 0
+        # tokenizers fails (or panics, for the stride) on a first text that leaves too little room: say why instead.
+        firsts = self.encode_batch(texts, add_special_tokens=False, truncation=False)
+        for number, first in enumerate(firsts):
+            room = length - specials - len(first.ids)
+            if room <= stride:
+                raise NlpkitError(
+                    f"text {number + 1}: its {len(first.ids)} tokens leave {max(room, 0)} of the {length} tokens of a "
+                    f"window for the second text, which needs more than the stride ({stride})"
+                )
+        with self._truncation(True, length, stride=stride, strategy="only_second"):
+            encodings = self.backend.encode_batch(list(zip(texts, pairs, strict=True)),
+                                                  add_special_tokens=add_special_tokens)
+        return [[encoding, *encoding.overflowing] for encoding in encodings]
+
+    @property
+    def has_template(self) -> bool:
+        """Whether ``add_special_tokens=True`` puts special tokens around a text (``[CLS] A [SEP]`` ...)."""
+        return self.backend.post_processor is not None
+
+    def set_template(self, enabled: bool) -> None:
+        """Turn the special-token template on or off for every later encoding, and in the saved tokenizer.
+
+        Off, encoding adds no special tokens whatever ``add_special_tokens``
+        says. A task that marks sequences itself (a language model ends each
+        document with its end-of-text token) turns it off once; the run
+        folder and its export keep it off, so text is encoded for prediction
+        as it was for training. To leave out the special tokens of one call
+        only, pass ``add_special_tokens=False`` instead.
+
+        Raises:
+            NlpkitError: turning on a template this tokenizer never had (one
+                saved or loaded without it).
+        """
+        if not enabled and self.backend.post_processor is not None:
+            self._template_set_aside = self.backend.post_processor
+            self.backend.post_processor = None
+        elif enabled and self.backend.post_processor is None:
+            if self._template_set_aside is None:
+                raise NlpkitError("tokenizer: it has no special-token template to turn on")
+            self.backend.post_processor = self._template_set_aside
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """The text of token ids: the decoder joins subwords (``##``, ``Ġ``, ``▁``) back into words.
+
+        Args:
+            ids: token ids, as an encoding's ``ids``.
+            skip_special_tokens: leave out special tokens (``[CLS]``, ``</s>`` ...).
+        """
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    @contextmanager
+    def _truncation(
+        self, enabled: bool, max_length: int | None = None, stride: int = 0, strategy: str = "longest_first"
+    ) -> Iterator[None]:
+        # The backend holds one truncation setting for every call: set this call's, then the default again.
+        if enabled:
+            self.backend.enable_truncation(max_length or self.max_length, stride=stride, strategy=strategy)
+        else:
+            self.backend.no_truncation()
+        try:
+            yield
+        finally:
+            self.backend.enable_truncation(self.max_length)
 
 
 def from_pretrained(path: str | Path, max_length: int | None = None) -> Tokenizer:
@@ -322,16 +471,5 @@ def from_pretrained(path: str | Path, max_length: int | None = None) -> Tokenize
         >>> tokenizer = from_pretrained("models/all-minilm-l6-v2")
         >>> tokenizer.encode_batch(["a sentence"])[0].ids
     """
-    from nlpkit._tokenizer_folders import load_folder
+    return Tokenizer._from_parts(read_folder(Path(path), max_length))
 
-    return load_folder(Path(path), max_length)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise NlpkitError(f"{path}: not valid JSON: {error}") from None
-    return data if isinstance(data, dict) else {}

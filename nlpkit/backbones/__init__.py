@@ -19,6 +19,7 @@ from nlpkit.backbones.encoder import Encoder
 from nlpkit.backbones.encoder_decoder import EncoderDecoder
 from nlpkit.backbones.cache import BackboneOutput, KVCache
 from nlpkit.backbones.checkpoints import from_pretrained
+from nlpkit.backbones.cpu import pack_for_cpu_inference
 from nlpkit.backbones.presets import PRESETS
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "KVCache",
     "build_backbone",
     "from_pretrained",
+    "pack_for_cpu_inference",
 ]
 
 KINDS: dict[str, type[nn.Module]] = {

@@ -29,9 +29,10 @@ stored value and are resolved by the `resolved_*` properties, so that
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from nlpkit.schema import Context, build, check_fields
 
 __all__ = ["BackboneConfig"]
 
@@ -148,10 +149,7 @@ class BackboneConfig:
     def __post_init__(self) -> None:
         # Types first: a YAML typo like `num_heads: "12"` should name the field,
         # not fail later inside torch with an unrelated message.
-        hints = typing.get_type_hints(type(self))
-        for field in dataclasses.fields(self):
-            _check_type(field.name, getattr(self, field.name), hints[field.name])
-
+        check_fields(self)
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                      "max_positions", "relative_attention_num_buckets", "relative_attention_max_distance"):
             if getattr(self, name) <= 0:
@@ -215,47 +213,20 @@ class BackboneConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BackboneConfig:
-        """Builds a config from a dict as written by `to_dict`.
+    def from_dict(cls, d: dict[str, Any], source: str | None = "backbone config") -> BackboneConfig:
+        """Builds a config from a dict as written by `to_dict` (or read from a file), checking every field.
 
         Args:
             d: Field names to values; missing fields take their defaults.
+            source: Names where `d` comes from in messages (a file); None for
+                messages that start at the field (the caller names the file).
 
         Returns:
             The validated config.
 
         Raises:
-            ValueError: On an unknown key or an invalid value (the message
-                names the field).
+            NlpkitError: On an unknown key (with the closest known one), a value
+                of the wrong type or out of range (the message names the field).
         """
-        known = {field.name for field in dataclasses.fields(cls)}
-        for key in d:
-            if key not in known:
-                raise ValueError(f"unknown backbone config key {key!r}; known: {', '.join(sorted(known))}")
-        if "kind" not in d:
-            raise ValueError("kind is required: one of 'encoder', 'decoder', 'encoder-decoder'")
-        return cls(**d)
+        return build(cls, d, (), Context(source) if source else Context("", template="{key}: {message}"))
 
-
-def _check_type(name: str, value: Any, hint: Any) -> None:
-    """Raises ValueError naming `name` unless `value` fits the annotation `hint`."""
-    if value is None and type(None) in typing.get_args(hint):
-        return
-    if typing.get_origin(hint) is Literal:
-        if value not in typing.get_args(hint):
-            choices = ", ".join(repr(choice) for choice in typing.get_args(hint))
-            raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-        return
-    # `int | None` and friends: check against the non-None member.
-    members = [member for member in typing.get_args(hint) if member is not type(None)] or [hint]
-    expected = members[0]
-    if expected is bool:
-        ok = isinstance(value, bool)
-    elif expected is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif expected is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:
-        ok = True
-    if not ok:
-        raise ValueError(f"{name} must be of type {expected.__name__}, got {value!r}")

@@ -16,7 +16,7 @@ from typing_extensions import override
 from nlpkit.recipe import OptimizationSection
 from nlpkit.runs import SAMPLES_FILE
 from nlpkit.tasks import Task, TaskModel
-from nlpkit.training.finetuning import parameter_groups
+from nlpkit.finetuning import parameter_groups
 
 __all__ = ["TaskModule", "schedule_factor"]
 
@@ -77,9 +77,20 @@ class TaskModule(pl.LightningModule):
         metrics = {"val": self.val_metrics, "test": self.test_metrics}.get(stage)
         if metrics is not None:
             metrics.update(*self.task.evaluate_batch(self.model, batch, outputs))
-            # Logging the Metric objects lets Lightning compute, sync across processes and reset them per epoch.
-            self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
         return loss
+
+    def _log_metrics(self, metrics: MetricCollection | None) -> None:
+        """Log an epoch's metrics: each scalar, and each entry of a metric that computes a dict.
+
+        The collection computes (synchronised across processes) rather than
+        Lightning, which takes only scalar metrics: torchmetrics' ``SQuAD``
+        computes ``{"exact_match", "f1"}``, logged as ``val_exact_match`` and
+        ``val_f1`` (MetricCollection flattens the dict under its prefix).
+        """
+        if metrics is None or not any(metric.update_count for metric in metrics.values()):
+            return  # no batch this epoch (a validation split of a few rows, limited batches)
+        self.log_dict(metrics.compute(), prog_bar=True, sync_dist=False)
+        metrics.reset()
 
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -95,6 +106,7 @@ class TaskModule(pl.LightningModule):
 
     @override
     def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics)
         # Samples cost generation time: not during Lightning's sanity check, and in one process only.
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
@@ -107,6 +119,10 @@ class TaskModule(pl.LightningModule):
         if folder.is_dir():
             with (folder / SAMPLES_FILE).open("a", encoding="utf-8") as handle:
                 handle.write(f"step {self.global_step}\n" + "".join(f"  {line}\n" for line in lines))
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics)
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

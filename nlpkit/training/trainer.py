@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -11,29 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nlpkit.assembly import build_model, prepare_inputs
 from nlpkit.errors import NlpkitError
 from nlpkit.plugins import PluginSet, load_plugins
 from nlpkit.recipe import Recipe, load_recipe, recipe_to_dict
-from nlpkit.registry import Registries
-from nlpkit.runs import (
-    BACKBONE_FILE,
-    LAST_CHECKPOINT,
-    METRICS_FILE,
-    RUN_FILE,
-    SOURCE_CHECKPOINT_FILE,
-    TASK_STATE_FILE,
-    RunFolder,
-)
-from nlpkit.tasks import Task, TaskModel
-from nlpkit import tokenization
-from nlpkit.tokenization import Tokenizer
+from nlpkit.runs import LAST_CHECKPOINT, METRICS_FILE, RUN_FILE, SOURCE_CHECKPOINT_FILE, RunFolder
 
 __all__ = [
     "RunResult",
     "run",
     "train",
-    "prepare_inputs",
-    "build_backbone_config",
     "checkpoint_to_resume",
     "quiet_lightning",
     "resolve_precision",
@@ -57,145 +43,6 @@ class RunResult:
     run_dir: Path
     metrics: dict[str, float]
     primary: bool = True
-
-
-@dataclass
-class PreparedInputs:
-    """Everything built from the recipe and the data before any training."""
-
-    task: Task
-    splits: Any
-    tokenizer: Tokenizer
-    backbone_config: Any
-
-
-def build_backbone_config(recipe: Recipe, registries: Registries, tokenizer: Tokenizer) -> Any:
-    """The recipe's backbone config, sized to the tokenizer's vocabulary and padding id."""
-    from nlpkit.backbones.config import BackboneConfig
-
-    section = recipe.backbone
-    if section.pretrained:
-        from nlpkit.backbones.checkpoints import checkpoint_config
-
-        config = checkpoint_config(section.pretrained).config
-        if tokenizer.vocab_size > config.vocab_size:
-            raise NlpkitError(f"{recipe.source}: tokenizer: {tokenizer.vocab_size} tokens, but {section.pretrained} "
-                              f"embeds only {config.vocab_size}")
-        _check_length(recipe, config)
-        return config
-    base = registries.backbone_presets.get(section.preset)().to_dict() if section.preset else {}
-    if section.kind:
-        base["kind"] = section.kind
-    config = BackboneConfig.from_dict({**base, **section.config})
-    _check_length(recipe, config)
-    return dataclasses.replace(config, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id)
-
-
-def _check_length(recipe: Recipe, config: Any) -> None:
-    if recipe.tokenizer.max_length > config.max_positions:
-        raise NlpkitError(
-            f"{recipe.source}: tokenizer.max_length: {recipe.tokenizer.max_length} is longer than the backbone's "
-            f"max_positions ({config.max_positions})"
-        )
-
-
-def build_model(recipe: Recipe, registries: Registries, task: Task, config: Any) -> tuple[TaskModel, dict[str, Any] | None]:
-    """The backbone (with its pretrained weights when the recipe names a folder), the task head, frozen parts.
-
-    Returns:
-        The model, and for a pretrained backbone what the run folder records of
-        its source (folder, family, config.json), for export; else None.
-    """
-    from nlpkit.training.finetuning import checkpoint_layers, freeze
-
-    section = recipe.backbone
-    source = None
-    if section.pretrained:
-        from nlpkit.backbones.checkpoints import build_from_checkpoint, load_checkpoint
-
-        loaded = load_checkpoint(section.pretrained)
-        # from_pretrained hands back an inference-ready module (eval mode); training wants dropout on.
-        model = TaskModel(build_from_checkpoint(loaded).train(), task.build_head(config))
-        _initialise_head(task, model, loaded.family, loaded.extra_state)
-        source = {"folder": section.pretrained, "family": loaded.family, "config": loaded.hf_config}
-    else:
-        model = TaskModel(registries.backbone_kinds.get(config.kind)(config), task.build_head(config))
-    if section.gradient_checkpointing:
-        checkpoint_layers(model.backbone)
-    frozen = freeze(model.backbone, section.freeze_embeddings, section.freeze_layers, section.freeze)
-    if frozen:
-        log.info("frozen: %d of %d backbone parameters", frozen, sum(p.numel() for p in model.backbone.parameters()))
-    return model, source
-
-
-def _initialise_head(task: Task, model: TaskModel, family: str, checkpoint_state: dict[str, Any]) -> None:
-    """Start the task head from the checkpoint's matching head weights (BERT's pooler ...), where shapes agree."""
-    spec = task.hf_head(family)
-    if spec is None:
-        return
-    import torch
-
-    head_state = model.head.state_dict()
-    taken = []
-    with torch.no_grad():
-        for name, checkpoint_name in spec.weights.items():
-            tensor = checkpoint_state.get(checkpoint_name)
-            if tensor is not None and name in head_state and head_state[name].shape == tensor.shape:
-                head_state[name].copy_(tensor)
-                taken.append(checkpoint_name)
-    if taken:
-        log.info("task head starts from the checkpoint's %s", ", ".join(taken))
-
-
-def _train_tokenizer(recipe: Recipe, train_split: Any, columns: list[str]) -> Tokenizer:
-    def texts():
-        for batch in train_split.iter(batch_size=1000):
-            for column in columns:
-                # A list of pre-split words (NER's tokens) is text too: its words joined by spaces.
-                yield from (" ".join(map(str, t)) if isinstance(t, list) else str(t) for t in batch[column])
-
-    tok = recipe.tokenizer
-    return Tokenizer.train(
-        texts(), tok.train, tok.vocab_size, tok.min_frequency, tok.lowercase, tok.max_length,
-        length=len(train_split) * len(columns),
-    )
-
-
-def prepare_inputs(recipe: Recipe, registries: Registries, run: RunFolder | None = None) -> PreparedInputs:
-    """Load and check the data, build the tokenizer, set up the task and size the backbone.
-
-    ``nlpkit check`` stops here; ``nlpkit run`` goes on to train. Given an
-    existing ``run`` folder (a resumed run, or another process of a
-    multi-process run), the tokenizer, task state and backbone config come from
-    it instead of being learnt again, so every process trains the same model.
-    """
-    from nlpkit.backbones.config import BackboneConfig
-    from nlpkit.data import describe_split, load_splits, select_columns
-
-    task_cls = registries.tasks.get(recipe.task)
-    raw = load_splits(recipe.data, registries.data_formats)
-    splits = select_columns(
-        raw, recipe.data, [*task_cls.input_columns, *task_cls.target_columns], task_cls.optional_columns,
-        text=[*task_cls.input_columns, *task_cls.optional_columns],
-    )
-    if run is not None:
-        tokenizer = Tokenizer.load(run.path)
-    elif recipe.tokenizer.file is not None:
-        tokenizer = Tokenizer.from_file(recipe.tokenizer.file, max_length=recipe.tokenizer.max_length)
-    elif recipe.backbone.pretrained is not None:
-        tokenizer = tokenization.from_pretrained(recipe.backbone.pretrained, max_length=recipe.tokenizer.max_length)
-    else:
-        tokenizer = _train_tokenizer(recipe, splits["train"], task_cls.text_columns(splits["train"].column_names))
-    task = task_cls(recipe.task_options, tokenizer)
-    if run is not None:
-        task.load_state(run.read_json(TASK_STATE_FILE))
-        config = BackboneConfig.from_dict(run.read_json(BACKBONE_FILE))
-    else:
-        task.setup(dict(splits))
-        config = build_backbone_config(recipe, registries, tokenizer)
-    for name, dataset in splits.items():
-        task.check_split(f"data.{name} ({describe_split(recipe.data, name)})", dataset)
-    return PreparedInputs(task, splits, tokenizer, config)
 
 
 def resolve_precision(precision: str, accelerator: str = "auto") -> str:
@@ -350,21 +197,35 @@ RUN_DIR_ENV = "NLPKIT_RUN_DIR"
 JOIN_TIMEOUT_S = 600
 
 
-def _is_first_process() -> bool:
-    """Whether this process is global rank 0, read from the launchers' environment variables."""
-    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
-    return int(rank) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
+def _is_global_zero(recipe: Recipe) -> bool:
+    """Whether this process is the run's first (global rank 0), as Lightning's cluster environment says.
+
+    Asked before the run folder (which the real Trainer writes into) exists, so
+    of a Trainer built on the recipe's hardware settings alone, which
+    reads the launcher's variables (SLURM, torchelastic, Lightning's own
+    NODE_RANK / LOCAL_RANK) the way the real one will.
+    """
+    import pytorch_lightning as pl
+
+    quiet = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    level, quiet.level = quiet.level, logging.WARNING  # its "GPU available" lines come with the real Trainer
+    try:
+        probe = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                           enable_model_summary=False, **recipe.trainer)
+    finally:
+        quiet.setLevel(level)
+    return probe.is_global_zero
 
 
-def _shared_run_folder() -> RunFolder | None:
-    """The run folder named by NLPKIT_RUN_DIR: joined, or created by the first process; None if unset."""
+def _shared_run_folder(recipe: Recipe) -> RunFolder | None:
+    """The run folder named by NLPKIT_RUN_DIR: joined, or None for the first process, which creates it there."""
     import time
 
     path = os.environ.get(RUN_DIR_ENV)
     if not path:
         return None
     started = (Path(path) / RUN_FILE).is_file()
-    if started or not _is_first_process():
+    if started or not _is_global_zero(recipe):
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         # The first process writes run.json last of the set-up files (see train()).
         while not (Path(path) / RUN_FILE).is_file():
@@ -397,7 +258,7 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
     quiet_lightning()
     registries = plugin_set.registries
     pl.seed_everything(recipe.training.seed, verbose=False)
-    run = RunFolder.open_unfinished(resume) if resume else _shared_run_folder()
+    run = RunFolder.open_unfinished(resume) if resume else _shared_run_folder(recipe)
     if recipe.training.precision == "auto":
         # A resumed or joined run keeps the precision it started with, whatever this machine has.
         started = run.read_recipe()["training"]["precision"] if run is not None else None
@@ -447,7 +308,7 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
             run.write_json(METRICS_FILE, metrics)
             run.mark_finished()
     except BaseException as error:
-        if created and _is_first_process():
+        if created:  # the process that made the folder; the others of a multi-process run joined it
             _abandon(run, error)
         raise
     finally:

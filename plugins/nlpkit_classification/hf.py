@@ -21,8 +21,8 @@ def sequence_classification_head(family: str, labels: list[str], multi_label: bo
     if family not in _HEADS or pooling != "cls":
         return None
     architecture, dense, output = _HEADS[family]
-    weights = {f"0.{p}": f"{dense}.{p}" for p in ("weight", "bias")}
-    weights.update({f"3.{p}": f"{output}.{p}" for p in ("weight", "bias")})
+    weights = {f"dense.{p}": f"{dense}.{p}" for p in ("weight", "bias")}
+    weights.update({f"out.{p}": f"{output}.{p}" for p in ("weight", "bias")})
     config = {
         "num_labels": len(labels),
         "id2label": dict(enumerate(labels)),

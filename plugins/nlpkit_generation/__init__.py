@@ -46,7 +46,7 @@ from torch import nn
 
 import nlpkit
 from nlpkit.generation import generate, resolve_options
-from nlpkit.tasks import HFHead, NlpkitError, Task, pad
+from nlpkit.tasks import GeneratesText, HFHead, NlpkitError, Task, pad
 
 IGNORE = -100  # label of a token the loss does not count (cross_entropy's ignore_index)
 
@@ -82,7 +82,7 @@ class Perplexity(torchmetrics.MeanMetric):
         return super().compute().exp()
 
 
-class LanguageModeling(Task):
+class LanguageModeling(GeneratesText, Task):
     name = "generation"
     backbone_kinds = ("decoder",)
     config_class = LanguageModelingOptions
@@ -92,7 +92,6 @@ class LanguageModeling(Task):
     metric_names = ("perplexity", "token_loss")
     lower_is_better = ("perplexity", "token_loss")
     regroups_examples = True
-    generates = True
     validations = 0  # validation passes seen, for sample_every
 
     @property
@@ -111,7 +110,7 @@ class LanguageModeling(Task):
         self.end_of_text  # fail before training, not in the middle of data preparation
         # Text is encoded without the tokenizer's template (<s> A </s>): the task marks document ends itself.
         # The run keeps the tokenizer that way, so its exported folder encodes prompts as training did.
-        self.tokenizer.backend.post_processor = None
+        self.tokenizer.set_template(False)
 
     def state(self):
         # Saved in every checkpoint too: a resumed run samples at the validations the whole run would.

@@ -8,10 +8,12 @@ A minimal recipe (CoNLL column files; see ``data.py`` for the formats)::
     ner: {scheme: iob2}
 
 Training rows are ``{"tokens": [...], "tags": [...]}``; ``predict`` takes raw
-text, splits it into words as BERT's pre-tokenizer does, and answers
-``{"entities": [{"label", "text", "start", "end", "score"}]}`` with character
-offsets into the input (a pre-split row is answered with offsets into its
-words joined by single spaces).
+text, cuts it into words where treebank-style corpora cut (``data.split_words``
+says why: the model is then read where it was trained to be read, so the
+answer does not depend on how the text happens to be spaced or punctuated),
+and answers ``{"entities": [{"label", "text", "start", "end", "score"}]}``
+with character offsets into the input (a pre-split row is answered with
+offsets into its words joined by single spaces).
 
 The model reads subwords: each word's first subword carries its tag (or every
 subword, ``label_all_subwords``), the others are ignored by the loss. A
@@ -31,7 +33,6 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import tokenizers
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,10 +82,6 @@ class Ner(Task):
             raise NlpkitError(f"tokenizer.max_length: {tokenizer.max_length} leaves no room for words")
         unk = tokenizer.token_id("unk")
         self.unk_id = tokenizer.pad_token_id if unk is None else unk
-        # A copy that never truncates: long sentences become windows here instead of losing their ends.
-        self.subwords = tokenizers.Tokenizer.from_str(tokenizer.backend.to_str())
-        self.subwords.no_truncation()
-        self.subwords.no_padding()
 
     # -- labels -----------------------------------------------------------------
 
@@ -139,7 +136,7 @@ class Ner(Task):
     # -- features -----------------------------------------------------------------
 
     def _words(self, item: Any) -> tuple[list[str], list[list[int]], str]:
-        if isinstance(item, str):  # raw text (prediction)
+        if isinstance(item, str):  # raw text (prediction): cut where the corpora cut, so read where training read
             words, offsets = split_words(item)
             return words, offsets, item
         words = [str(w) for w in item]
@@ -153,7 +150,8 @@ class Ner(Task):
 
     def encode(self, examples):
         words, offsets, texts = zip(*(self._words(item) for item in examples["tokens"])) if examples["tokens"] else ((), (), ())
-        encodings = self.subwords.encode_batch([w or [""] for w in words], is_pretokenized=True, add_special_tokens=False)
+        # Untruncated and without special tokens: a long sentence becomes windows below instead of losing its end.
+        encodings = self.tokenizer.encode_words([w or [""] for w in words], add_special_tokens=False, truncation=False)
         gold = examples.get("tags")
         features: dict[str, list[Any]] = {k: [] for k in ("input_ids", "word_window", "word_token", "text", "word_offsets")}
         if gold is not None:

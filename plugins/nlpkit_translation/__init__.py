@@ -36,7 +36,7 @@ from torchmetrics.text import CHRFScore, SacreBLEUScore
 
 import nlpkit
 from nlpkit import generation
-from nlpkit.tasks import NlpkitError, Task, pad
+from nlpkit.tasks import GeneratesText, NlpkitError, Task, pad
 
 IGNORE_INDEX = -100
 
@@ -83,14 +83,13 @@ class CHRF(CHRFScore):
         return super().compute() * 100
 
 
-class Translation(Task):
+class Translation(GeneratesText, Task):
     name = "translation"
     backbone_kinds = ("encoder-decoder",)
     config_class = TranslationOptions
     input_columns = ("source",)
     target_columns = ("target",)
     metric_names = ("bleu", "chrf")
-    generates = True
 
     def __init__(self, config, tokenizer):
         super().__init__(config, tokenizer)

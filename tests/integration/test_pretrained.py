@@ -14,7 +14,7 @@ from nlpkit.backbones.checkpoints import checkpoint_config
 from nlpkit.plugins import load_plugins
 from nlpkit.recipe import load_recipe
 from nlpkit.tokenization import Tokenizer
-from nlpkit.training.trainer import build_model
+from nlpkit.assembly import build_model
 from tests.helpers import sentiment_rows, tiny_recipe, write_csv
 
 transformers = pytest.importorskip("transformers")

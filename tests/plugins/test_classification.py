@@ -109,3 +109,36 @@ def test_multi_label_from_csv_with_separator(tmp_path):
     recipe = tiny_recipe(tmp_path, data=data, classification={"multi_label": True, "label_separator": "|"}, training={"epochs": 1})
     result = nlpkit.run(recipe)
     assert json.loads((result.run_dir / "task_state.json").read_text()) == {"labels": ["neg", "none", "pos"]}
+
+
+def test_run_folders_from_before_the_head_had_names_still_load_and_resume(sentiment_recipe, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    result = nlpkit.run(sentiment_recipe, ["training.epochs=1"])
+    texts = ["a great lovely film", "a dreadful grim story", "the plot"]
+    expected = nlpkit.load(result.run_dir).predict(texts)
+    old = tmp_path / "old-run"
+    shutil.copytree(result.run_dir, old)
+    # What an nlpkit of before wrote: the head an nn.Sequential, its layers named by index.
+    renames = {"head.dense.": "head.0.", "head.out.": "head.3."}
+
+    def to_old(name: str, prefix: str = "") -> str:
+        for new, before in renames.items():
+            if name.startswith(prefix + new):
+                return prefix + before + name[len(prefix + new):]
+        return name
+
+    weights = load_file(old / "model.safetensors")
+    assert {"head.dense.weight", "head.out.bias"} <= set(weights)  # the names this nlpkit writes
+    save_file({to_old(name): tensor for name, tensor in weights.items()}, old / "model.safetensors")
+    for checkpoint_file in (old / "checkpoints").glob("*.ckpt"):
+        checkpoint = torch.load(checkpoint_file, weights_only=True)
+        checkpoint["state_dict"] = {to_old(k, "model."): v for k, v in checkpoint["state_dict"].items()}
+        torch.save(checkpoint, checkpoint_file)
+
+    assert nlpkit.load(old).predict(texts) == expected
+    resumed = nlpkit.run(sentiment_recipe, ["training.epochs=2"], resume=old)  # the checkpoints load too
+    assert resumed.metrics["val_accuracy"] >= 0.5

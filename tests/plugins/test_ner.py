@@ -134,6 +134,35 @@ def test_predicted_offsets_slice_the_input_exactly(trained_run):
             assert all(text[e["start"]:e["end"]] == e["text"] and e["text"].strip() == e["text"] for e in answer["entities"])
 
 
+# Raw text as people write it, and the same words pre-split as CoNLL writes them.
+WRITTEN = [
+    ("Angela Merkel visited the U.S. today.", ["Angela", "Merkel", "visited", "the", "U.S.", "today", "."]),
+    ("(Reuters) Merkel's visit to Paris, then São-Paulo.",
+     ["(", "Reuters", ")", "Merkel", "'s", "visit", "to", "Paris", ",", "then", "São-Paulo", "."]),
+]
+
+
+def test_raw_text_gives_the_spans_of_the_same_words_pre_split(trained_run):
+    model = nlpkit.load(trained_run)
+
+    def answer_words(words):  # pre-split words, read as evaluate reads them
+        batch = model.task.collate(model.features({"tokens": [words]}))
+        return model.task.decode(model.task.forward(model.model, batch), batch)[0]
+
+    def spans(answer):
+        return [(e["label"], e["text"], round(e["score"], 5)) for e in answer["entities"]]
+
+    for forced in (None, "B-PER"):  # the trained model as it is; every word an entity, so each cut shows
+        if forced:
+            force_tag(model, forced)
+        for text, words in WRITTEN:
+            raw, pre_split = model.predict(text), answer_words(words)
+            assert spans(raw) == spans(pre_split)
+            assert all(text[e["start"]:e["end"]] == e["text"] for e in raw["entities"])
+        if forced:
+            assert [e["text"] for e in model.predict(WRITTEN[0][0])["entities"]] == WRITTEN[0][1]
+
+
 def long_sentence(words: int = 120) -> dict[str, list[str]]:
     rng = random.Random(5)
     tokens, tags = [], []

@@ -10,7 +10,16 @@ import pytest
 
 from nlpkit import NlpkitError
 from nlpkit_ner.alignment import place_words, word_windows
-from nlpkit_ner.data import char_spans, join_words, load_conll, load_entity_spans, read_conll, split_words, word_spans
+from nlpkit_ner.data import (
+    char_spans,
+    join_words,
+    load_conll,
+    load_entity_spans,
+    read_conll,
+    split_at_punctuation,
+    split_words,
+    word_spans,
+)
 from nlpkit_ner.metrics import EntityScore
 from nlpkit_ner.schemes import (
     SCHEMES, check_tags, chunks, scheme_tags, spans, strict_spans, tags_from_spans, transitions,
@@ -221,7 +230,39 @@ def test_raw_text_words_keep_exact_offsets():
     text = "Zoë  met\tJosé 🎉 in São-Paulo,  naïve!"
     words, offsets = split_words(text)
     assert [text[s:e] for s, e in offsets] == words
+    assert words == ["Zoë", "met", "José", "🎉", "in", "São-Paulo", ",", "naïve", "!"]
+    # Training data given as character spans is cut at every punctuation mark (BERT's pre-tokenizer).
+    words, offsets = split_at_punctuation(text)
+    assert [text[s:e] for s, e in offsets] == words
     assert words == ["Zoë", "met", "José", "🎉", "in", "São", "-", "Paulo", ",", "naïve", "!"]
+
+
+@pytest.mark.parametrize("text, words", [
+    ("Angela Merkel visited the U.S. today.", ["Angela", "Merkel", "visited", "the", "U.S.", "today", "."]),
+    ("(Reuters) Merkel's visit to Paris, Berlin and St. Louis...",
+     ["(", "Reuters", ")", "Merkel", "'s", "visit", "to", "Paris", ",", "Berlin", "and", "St.", "Louis", "..."]),
+    ('J. Smith said "no" to a 3.5% rise in aid-U.N. talks; they don\'t.',
+     ["J.", "Smith", "said", '"', "no", '"', "to", "a", "3.5", "%", "rise", "in", "aid-U.N.", "talks", ";", "they",
+      "do", "n't", "."]),
+    ("Acme Corp. and the EU. Ph.D. students !!", ["Acme", "Corp", ".", "and", "the", "EU", ".", "Ph.D.", "students", "!!"]),
+])
+def test_raw_text_is_cut_where_treebanks_cut(text, words):
+    # Punctuation at the edges of a word is a word, except the full stop of an abbreviation; clitics too.
+    found, offsets = split_words(text)
+    assert found == words
+    assert [text[s:e] for s, e in offsets] == words
+
+
+@pytest.mark.skipif(not CONLL_VALID.is_file(), reason="needs ../shared/data/conll2003/valid.txt")
+def test_conll_sentences_written_as_spaced_text_are_cut_into_their_own_words():
+    # What makes predict on raw text answer as evaluate does on CoNLL's words: the same words are read.
+    kept = total = 0
+    for tokens in read_conll(CONLL_VALID)["tokens"]:
+        text, offsets = join_words(tokens)
+        cuts = set(map(tuple, split_words(text)[1]))
+        kept += sum(tuple(offset) in cuts for offset in offsets)
+        total += len(tokens)
+    assert kept / total > 0.99  # the others: "1." in ranked lists, ".496" averages, "Corp."
 
 
 def test_windows_cover_every_word_within_the_budget():

@@ -17,8 +17,8 @@ from nlpkit.backbones import PRESETS, BackboneConfig, build_backbone
 from nlpkit.plugins import load_plugins
 from nlpkit.recipe import load_recipe
 from nlpkit.tasks import TaskModel
-from nlpkit.training.finetuning import freeze, layer_depths, parameter_groups
-from nlpkit.training.trainer import build_model
+from nlpkit.finetuning import freeze, layer_depths, parameter_groups
+from nlpkit.assembly import build_model
 
 
 def tiny(kind: str) -> nn.Module:
@@ -86,7 +86,7 @@ def test_frozen_parameters_do_not_change_in_training(sentiment_recipe):
 
 @pytest.mark.parametrize("kind", ["encoder", "decoder", "encoder-decoder"])
 def test_gradient_checkpointing_gives_the_same_gradients(kind):
-    from nlpkit.training.finetuning import checkpoint_layers
+    from nlpkit.finetuning import checkpoint_layers
 
     torch.manual_seed(0)
     plain = tiny(kind)

@@ -27,6 +27,7 @@ PRESETS = {
     f"{kind}-{size}" for kind in ("encoder", "decoder", "encoder-decoder") for size in ("tiny", "small", "base")
 }
 DATA_FORMATS = {"csv", "tsv", "json", "jsonl", "parquet", "text"}
+CHECKPOINT_FAMILIES = ["bart", "bert", "distilbert", "gpt2", "llama", "marian", "mistral", "qwen2", "roberta", "t5"]
 # The task plugins that ship with nlpkit (entry points of the nlpkit distribution).
 BUILTIN_TASKS = ["classification", "generation", "ner", "translation"]
 
@@ -92,6 +93,7 @@ def test_defaults_fill_every_registry_and_remember_the_owner():
         (registries.backbone_kinds, BACKBONE_KINDS),
         (registries.backbone_presets, PRESETS),
         (registries.data_formats, DATA_FORMATS),
+        (registries.checkpoint_families, set(CHECKPOINT_FAMILIES)),
     ):
         assert expected <= set(table.names()), table.kind
         assert {table.owner(name) for name in expected} == {"core"}, table.kind
@@ -106,6 +108,7 @@ def test_plugin_info_lists_what_each_plugin_registered():
     assert set(core["backbone_kinds"]) == BACKBONE_KINDS
     assert set(core["backbone_presets"]) == PRESETS
     assert set(core["data_formats"]) == DATA_FORMATS
+    assert sorted(core["checkpoint_families"]) == CHECKPOINT_FAMILIES
 
 
 # -- --plugin ------------------------------------------------------------------
@@ -241,7 +244,7 @@ def test_hook_asking_for_a_parameter_the_spec_lacks_is_an_error(asset_plugins):
         load_plugins(plugins=["toy_bad_argument"])
     message = str(error.value)
     assert "plugin 'toy_bad_argument'" in message
-    assert "nlpkit_detect_checkpoint" in message
+    assert "nlpkit_register_checkpoint_families" in message
     assert "device" in message
 
 
@@ -298,6 +301,7 @@ def test_plugins_verb_lists_provenance_and_registered_names(capsys):
     assert listing["classification"][1] == {"tasks": ["classification"]}
     assert set(listing["core"][1]["backbone kinds"]) == BACKBONE_KINDS
     assert set(listing["core"][1]["backbone presets"]) == PRESETS
+    assert sorted(listing["core"][1]["checkpoint families"]) == CHECKPOINT_FAMILIES
 
 
 def test_plugins_verb_honours_plugin_and_no_plugin(asset_plugins, capsys):
@@ -338,3 +342,187 @@ def test_task_names_and_metric_names_that_collide_with_the_recipe_are_refused(tm
         load_plugins(plugins=["toy_sections"])
     with pytest.raises(NlpkitError, match=r"task 'scored' has a metric named 'loss'"):
         load_plugins(plugins=["toy_loss_metric"])
+
+
+def test_reserved_task_names_are_the_recipe_sections():
+    # plugins.py spells them out rather than import the recipe module (which imports it).
+    from nlpkit.plugins import RESERVED_TASK_NAMES
+    from nlpkit.recipe import RESERVED_TASK_NAMES as RECIPE_SECTIONS
+
+    assert RESERVED_TASK_NAMES == RECIPE_SECTIONS
+
+
+def test_registration_hooks_are_called_through_pluggy():
+    from nlpkit.plugins import _fill_registries
+
+    calls: list[str] = []
+    plugin_set = load_plugins(autoload=False)
+    # The registries filled again on the same manager, watched by pluggy's call monitor: a hook
+    # implementation called directly, around pluggy, would not show up.
+    undo = plugin_set.manager.add_hookcall_monitoring(lambda name, impls, kwargs: calls.append(name),
+                                                      lambda outcome, name, impls, kwargs: None)
+    try:
+        _fill_registries(plugin_set.manager, {info.name: PluginInfo(info.name, info.module, None, None)
+                                              for info in plugin_set.plugins})
+    finally:
+        undo()
+    assert calls.count("nlpkit_register_checkpoint_families") == 1  # the core plugin only
+    assert calls.count("nlpkit_register_tasks") == len(BUILTIN_TASKS)  # one call per task plugin
+
+
+# -- checkpoint families from a plugin -----------------------------------------------
+
+# A BERT-shaped encoder, small enough to build in milliseconds.
+TOY_BERT = {"kind": "encoder", "vocab_size": 300, "hidden_size": 32, "num_layers": 2, "num_heads": 4,
+            "intermediate_size": 48, "max_positions": 40, "type_vocab_size": 2, "norm_position": "post",
+            "embedding_norm": True, "final_norm": False, "norm_eps": 1e-12}
+# What tests/assets/plugins/toy_family.py calls BERT's config fields and weights, written out
+# independently of its rules so that a wrong rule shows.
+TOY_CONFIG_KEYS = {"vocab_size": "vocab", "hidden_size": "width", "num_hidden_layers": "depth",
+                   "num_attention_heads": "heads", "intermediate_size": "ffn", "max_position_embeddings": "context",
+                   "type_vocab_size": "segments", "layer_norm_eps": "eps", "pad_token_id": "pad"}
+TOY_WEIGHT_NAMES = {
+    "embeddings.word_embeddings": "tok", "embeddings.position_embeddings": "pos",
+    "embeddings.token_type_embeddings": "seg", "embeddings.LayerNorm": "tok_norm",
+    "attention.self.query": "q", "attention.self.key": "k", "attention.self.value": "v",
+    "attention.output.dense": "o", "attention.output.LayerNorm": "attn_norm", "intermediate.dense": "fc_in",
+    "output.dense": "fc_out", "output.LayerNorm": "ffn_norm",
+}
+
+
+def _toy_name(bert_name: str) -> str:
+    """``encoder.layer.1.attention.self.query.weight`` -> ``blocks.1.q.weight``."""
+    module, parameter = bert_name.rsplit(".", 1)
+    if module.startswith("encoder.layer."):
+        layer, rest = module.removeprefix("encoder.layer.").split(".", 1)
+        return f"blocks.{layer}.{TOY_WEIGHT_NAMES[rest]}.{parameter}"
+    return f"{TOY_WEIGHT_NAMES[module]}.{parameter}"
+
+
+@pytest.fixture
+def toy_folders(tmp_path):
+    """A random BERT saved by nlpkit, and the same weights written by hand as a ``toybert`` folder."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from nlpkit.backbones import BackboneConfig, build_backbone
+    from nlpkit.backbones.checkpoints import save_pretrained
+    from nlpkit.tokenization import Tokenizer
+
+    torch.manual_seed(0)
+    bert = save_pretrained(build_backbone(BackboneConfig(**TOY_BERT)), tmp_path / "bert", family="bert")
+    toy = tmp_path / "toybert"
+    toy.mkdir()
+    bert_config = json.loads((bert / "config.json").read_text())
+    toy_config = {"model_type": "toybert", **{ours: bert_config[theirs] for theirs, ours in TOY_CONFIG_KEYS.items()}}
+    (toy / "config.json").write_text(json.dumps(toy_config))
+    save_file({_toy_name(key): value for key, value in load_file(bert / "model.safetensors").items()},
+              toy / "model.safetensors")
+    texts = ["a toy model of bert", "the same weights under other names"] * 8
+    Tokenizer.train(texts, "wordpiece", vocab_size=TOY_BERT["vocab_size"], min_frequency=1, max_length=16).save(toy)
+    return bert, toy
+
+
+def _hidden(backbone):
+    import torch
+
+    ids = torch.tensor([[2, 17, 5, 9, 3], [2, 11, 4, 3, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])
+    with torch.no_grad():
+        return backbone(ids, attention_mask=mask).last_hidden_state
+
+
+def test_a_plugin_family_loads_a_folder_of_its_model_type(asset_plugins, toy_folders):
+    import torch
+
+    from nlpkit.backbones import from_pretrained
+    from nlpkit.backbones.checkpoints import checkpoint_config
+
+    bert, toy = toy_folders
+    plugin_set = load_plugins(plugins=["toy_family"], autoload=False)
+    families = plugin_set.registries.checkpoint_families
+
+    assert families.owner("toybert") == "toy_family"
+    assert _plugin(plugin_set, "toy_family").registered == {"checkpoint_families": ["toybert"]}
+    described = checkpoint_config(toy, registries=plugin_set.registries)
+    assert (described.family, described.config) == ("toybert", checkpoint_config(bert).config)
+    # The same weights under other names: the same encoder, to the last bit.
+    torch.testing.assert_close(_hidden(from_pretrained(toy, registries=plugin_set.registries)),
+                               _hidden(from_pretrained(bert)), rtol=0, atol=0)
+
+
+def test_a_plugin_family_saves_under_its_own_names(asset_plugins, toy_folders, tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from nlpkit.backbones import from_pretrained
+    from nlpkit.backbones.checkpoints import infer_family, save_pretrained
+
+    bert, toy = toy_folders
+    registries = load_plugins(plugins=["toy_family"], autoload=False).registries
+    backbone = from_pretrained(bert)
+
+    # Without a family named, nlpkit's own comes first: a folder that transformers loads.
+    assert infer_family(backbone.config, registries=registries) == "bert"
+    out = save_pretrained(backbone, tmp_path / "saved", family="toybert", registries=registries)
+    assert set(load_file(out / "model.safetensors")) == set(load_file(toy / "model.safetensors"))
+    written = json.loads((out / "config.json").read_text())
+    assert {key: written[key] for key in TOY_CONFIG_KEYS.values()} == {
+        key: value for key, value in json.loads((toy / "config.json").read_text()).items() if key != "model_type"
+    }
+    assert (written["model_type"], written["architectures"]) == ("toybert", ["ToyBertModel"])
+
+
+def test_without_the_plugin_its_model_type_is_refused_in_one_line(asset_plugins, toy_folders, capsys):
+    from nlpkit.backbones import from_pretrained
+
+    _, toy = toy_folders
+    supported = f"supported: {', '.join(CHECKPOINT_FAMILIES)}"
+    for registries in (None, load_plugins(autoload=False).registries):  # the installed plugins' and a set's
+        with pytest.raises(NlpkitError) as error:
+            from_pretrained(toy, registries=registries)
+        message = str(error.value)
+        assert message == f"{toy / 'config.json'}: unsupported model_type 'toybert'; {supported}"
+
+    assert main(["generate", str(toy), "a prompt"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("nlpkit: error:") and f"unsupported model_type 'toybert'; {supported}" in line
+
+
+def test_an_installed_family_plugin_is_used_without_naming_it(asset_plugins, toy_folders, tmp_path, monkeypatch):
+    import torch
+
+    from nlpkit.backbones import from_pretrained
+
+    bert, toy = toy_folders
+    site = tmp_path / "site"
+    site.mkdir()
+    _fake_distribution(site, monkeypatch, entry_point="toy_family")
+
+    expected = _hidden(from_pretrained(bert))
+    torch.testing.assert_close(_hidden(from_pretrained(toy)), expected, rtol=0, atol=0)
+    model = nlpkit.load(toy)  # a pretrained folder: nlpkit.load reads it with the installed plugins too
+    # nlpkit.load packs the weights for oneDNN, whose products round a little differently.
+    torch.testing.assert_close(_hidden(model.backbone), expected)
+    assert model.embed("a toy model").shape == (TOY_BERT["hidden_size"],)
+
+
+@pytest.mark.parametrize(
+    ("families", "message"),
+    [
+        ("{'half': object()}", r"plugin 'toy_half': checkpoint family 'half' \(.*\) has no ARCHITECTURES, PREFIXES"),
+        ("{'bert': bert}", r"checkpoint family 'bert' is registered by both plugin '\w+' and plugin '\w+'"),
+    ],
+    ids=["incomplete", "taken"],
+)
+def test_a_bad_family_is_refused_when_plugins_load(tmp_path, monkeypatch, families, message):
+    (tmp_path / "toy_half.py").write_text(
+        "import nlpkit\nfrom nlpkit.backbones.checkpoints import bert\n\n"
+        f"@nlpkit.hookimpl\ndef nlpkit_register_checkpoint_families():\n    return {families}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(NlpkitError, match=message):
+        load_plugins(plugins=["toy_half"], autoload=False)

@@ -122,7 +122,7 @@ def test_task_needs_a_compatible_backbone_kind(sentiment_recipe):
 def test_tokenizer_length_must_fit_the_backbone(sentiment_recipe):
     from nlpkit.plugins import load_plugins
     from nlpkit.tokenization import Tokenizer
-    from nlpkit.training.trainer import build_backbone_config
+    from nlpkit.assembly import build_backbone_config
 
     plugin_set = load_plugins()
     recipe = load_recipe(sentiment_recipe, ["tokenizer.max_length=4096"], plugin_set.registries)

@@ -140,6 +140,7 @@ def test_each_table_names_its_kind_in_messages():
         "backbone_kinds": "backbone kind",
         "backbone_presets": "backbone preset",
         "data_formats": "data format",
+        "checkpoint_families": "checkpoint family",
     }
     with pytest.raises(NlpkitError, match=r"^unknown backbone preset 'x'"):
         tables["backbone_presets"].get("x")

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 import torch.nn.functional as F
+import torchmetrics
 import torchmetrics.classification as tmc
 
 import nlpkit
+from nlpkit import NlpkitError
 from nlpkit.backbones import PRESETS
 from nlpkit.plugins import load_plugins
 from nlpkit.recipe import load_recipe
@@ -33,7 +35,7 @@ from nlpkit.testing import (
     tiny_tokenizer,
     write_rows,
 )
-from nlpkit_classification import Classification
+from nlpkit_classification import Classification, ClassificationOptions
 
 KINDS = ["encoder", "decoder", "encoder-decoder"]
 
@@ -205,6 +207,74 @@ class IgnoresPadding(Classification):
         return model.head(hidden.mean(1))
 
 
+class PoolsPadding(Classification):
+    """Passes the mask to the backbone, then averages every position, the padding's included."""
+
+    name = "pools-padding"
+
+    def forward(self, model, batch):
+        hidden = model.backbone(batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        return model.head(hidden.mean(1))
+
+
+class AccuracyAndErrorRate(torchmetrics.Metric):
+    """One metric that computes two numbers, as torchmetrics' SQuAD computes exact_match and f1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("right", default=torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, logits, labels):
+        self.right += (logits.argmax(-1) == labels).sum()
+        self.total += labels.numel()
+
+    def compute(self):
+        accuracy = self.right.float() / self.total
+        return {"accuracy": accuracy, "error_rate": 1 - accuracy}
+
+
+class DictMetric(Classification):
+    name = "dict-metric"
+    metric_names = ("accuracy", "error_rate")
+    lower_is_better = ("error_rate",)
+
+    def metrics(self):
+        return {"both": AccuracyAndErrorRate()}
+
+
+@dataclass
+class WindowOptions(ClassificationOptions):
+    stride: int = 8
+
+
+class TokenizerBoundOption(Classification):
+    """An option only the tokenizer can judge: a stride must stay below tokenizer.max_length."""
+
+    name = "tokenizer-bound"
+    config_class = WindowOptions
+
+    def check_options(self):
+        if self.config.stride >= self.tokenizer.max_length:
+            raise NlpkitError(f"stride: {self.config.stride} is not below tokenizer.max_length "
+                              f"({self.tokenizer.max_length})")
+
+
+class EchoesText(Classification):
+    """Keeps the raw text beside the tensors, through collate to decode."""
+
+    name = "echoes-text"
+
+    def encode(self, examples):
+        return {**super().encode(examples), "text": list(examples["text"])}
+
+    def collate(self, features):
+        return {**super().collate(features), "text": [f["text"] for f in features]}
+
+    def decode(self, logits, batch):
+        return [{**answer, "text": text} for answer, text in zip(super().decode(logits, batch), batch["text"])]
+
+
 @dataclass
 class SetOptions:
     stopwords: set[str] = field(default_factory=set)  # a recipe holds lists, never sets
@@ -220,7 +290,8 @@ class NeverRegistered(Classification):
 
 
 BROKEN = [VectorLoss, MissingMetric, ShortDecode, DetachedBackbone, KindTypo, KindsWithoutComma, SetState,
-          TensorAnswers, EncodeNeedsLabels, IgnoresPadding, SetOptionsTask]
+          TensorAnswers, EncodeNeedsLabels, IgnoresPadding, PoolsPadding, SetOptionsTask, DictMetric,
+          TokenizerBoundOption, EchoesText]
 
 
 @nlpkit.hookimpl
@@ -241,11 +312,13 @@ FAILURES = [
     (SetState, "SetState.state", ["expected JSON-serialisable data"]),
     (VectorLoss, "VectorLoss.loss", ["expected a finite scalar tensor, got shape (4,)"]),
     (DetachedBackbone, "DetachedBackbone.forward", ["no gradient reaches the backbone"]),
-    (MissingMetric, "MissingMetric.metrics", ["missing 'macro_f1' (metric_names: accuracy, macro_f1); got: accuracy"]),
+    (MissingMetric, "MissingMetric.metrics", ["missing 'macro_f1' (metric_names: accuracy, macro_f1); "
+                                              "the metrics compute: accuracy"]),
     (ShortDecode, "ShortDecode.decode", ["expected a list of 4 answers (one per example), got 1"]),
     (TensorAnswers, "TensorAnswers.decode", ["answer 1 is not JSON-serialisable", "Tensor"]),
     (EncodeNeedsLabels, "EncodeNeedsLabels.encode", ["raised KeyError: 'label'", "during predict(a list of 4 inputs)"]),
-    (IgnoresPadding, "IgnoresPadding: predict", ["input 1 alone is answered", "padding must not change answers"]),
+    (IgnoresPadding, "IgnoresPadding: predict", ["alone is answered", "padding must not change answers"]),
+    (PoolsPadding, "PoolsPadding: predict", ["alone is answered", "in a padded batch", "pass the attention mask"]),
 ]
 
 
@@ -261,6 +334,35 @@ def test_a_broken_task_fails_naming_the_part(task_cls, part, words, tmp_path):
     assert message.startswith(f"{part}: "), message
     for word in words:
         assert word in message, message
+
+
+def test_a_metric_that_computes_a_dict_is_spread_over_metric_names(tmp_path):
+    result = _check(DictMetric, tmp_path)
+    assert {"val_accuracy", "val_error_rate"} <= set(result.metrics)
+    assert result.metrics["val_accuracy"] + result.metrics["val_error_rate"] == pytest.approx(1.0)
+    # A recipe may monitor either, the error rate at its lowest.
+    recipe = load_recipe(tiny_recipe("dict-metric", {"train": "x.csv", "validation": "x.csv"}, tmp_path), [
+        "training.monitor=val_error_rate"], load_plugins(plugins=[__name__]).registries, check_files=False)
+    assert recipe.training.monitor_mode == "min"
+
+
+def test_plain_values_in_a_batch_reach_decode(tmp_path):
+    result = _check(EchoesText, tmp_path)
+    rows = tiny_classification_rows(8, seed=1)
+    assert [answer["text"] for answer in result.answers] == [row["text"] for row in rows[: len(result.answers)]]
+
+
+def test_an_option_that_depends_on_the_tokenizer_fails_nlpkit_check(tmp_path, capsys):
+    data = tiny_classification_data(tmp_path / "data")
+    recipe = tiny_recipe("tokenizer-bound", data, tmp_path / "runs", options={"stride": 64})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(json.dumps(recipe))  # JSON is YAML
+    from nlpkit.cli import main
+
+    assert main(["check", "--plugin", __name__, str(path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"nlpkit: error: {path}: tokenizer-bound.stride: 64 is not below tokenizer.max_length (32)"]
+    assert main(["check", "--plugin", __name__, str(path), "tokenizer-bound.stride=8"]) == 0
 
 
 def test_an_unregistered_task_is_reported_with_the_hook_to_write(tmp_path):

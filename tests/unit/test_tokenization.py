@@ -199,6 +199,95 @@ def test_bpe_pair_uses_roberta_template(bpe: Tokenizer) -> None:
     assert ids(bpe, ["the cat"], ["a dog"])[0] == [bos, *a, eos, eos, *b, eos]
 
 
+# -- one text, pre-split words, windows, the template -----------------------------------------------------------
+
+
+def test_encode_one_text_or_pair_is_the_batch_of_one(trained: Tokenizer) -> None:
+    assert trained.encode(SENTENCES[0]).ids == ids(trained, [SENTENCES[0]])[0]
+    assert trained.encode("the cat", "a dog").ids == ids(trained, ["the cat"], ["a dog"])[0]
+    assert len(trained.encode(LONG_TEXT).ids) == trained.max_length
+    assert len(trained.encode(LONG_TEXT, truncation=False).ids) > trained.max_length
+
+
+def test_pre_split_words_say_which_word_each_token_comes_from(wordpiece: Tokenizer) -> None:
+    words = ["The", "café", "owner", "visited", "Zürich,", "unknownwordthatisverylong", ""]
+    (encoded,) = wordpiece.encode_words([words], add_special_tokens=False, truncation=False)
+    # The same tokens as the words joined by spaces; none straddles two words, an empty word has none.
+    assert encoded.ids == wordpiece.encode(" ".join(words), add_special_tokens=False).ids
+    assert sorted(set(encoded.word_ids)) == list(range(len(words) - 1))
+    assert encoded.word_ids == sorted(encoded.word_ids)
+    # Offsets are inside each word: its tokens tile it from its first character to its last.
+    for index, word in enumerate(words[:-1]):
+        spans = [offset for w, offset in zip(encoded.word_ids, encoded.offsets) if w == index]
+        assert spans[0][0] == 0 and spans[-1][1] == len(word)
+        assert all(end == start for (_, end), (start, _) in zip(spans, spans[1:]))
+    with_specials = wordpiece.encode_words([words])[0]
+    assert with_specials.word_ids[0] is None and with_specials.word_ids[-1] is None
+    assert with_specials.ids[1:-1] == encoded.ids[: wordpiece.max_length - 2]
+
+
+@pytest.mark.parametrize("stride", [0, 3, 8])
+def test_windows_cover_the_whole_second_text(trained: Tokenizer, stride: int) -> None:
+    question, context = "who found the apples?", MEDIUM_TEXT
+    windows = trained.encode_windows([question, "a dog"], [context, "the cat"], stride=stride)
+    # The windows' truncation does not stay behind in the tokenizer (nor in the tokenizer.json save() writes).
+    assert trained.backend.truncation == {"max_length": trained.max_length, "stride": 0, "strategy": "longest_first",
+                                          "direction": "right"}
+    assert len(windows[1]) == 1 and windows[1][0].ids == ids(trained, ["a dog"], ["the cat"])[0]
+    whole = trained.encode(context, add_special_tokens=False, truncation=False)
+    asked = trained.encode(question, add_special_tokens=False).ids
+    pieces = []
+    for window in windows[0]:
+        assert len(window.ids) <= trained.max_length
+        first = [t for t, seq in zip(window.ids, window.sequence_ids) if seq == 0]
+        assert first == asked  # every window asks the whole question
+        pieces.append([(t, o) for t, o, seq in zip(window.ids, window.offsets, window.sequence_ids) if seq == 1])
+    assert len(pieces) > 2
+    for before, after in zip(pieces, pieces[1:]):
+        assert before[len(before) - stride :] == after[:stride]  # consecutive windows share `stride` tokens
+    covered = pieces[0] + [token for piece in pieces[1:] for token in piece[stride:]]
+    assert covered == list(zip(whole.ids, whole.offsets))  # nothing lost, offsets into the original context
+
+
+def test_windows_equal_transformers_overflowing_tokens(wordpiece: Tokenizer, tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    wordpiece.save(tmp_path)
+    hf = transformers.PreTrainedTokenizerFast.from_pretrained(str(tmp_path), local_files_only=True)
+    questions, contexts = ["who found the apples?", "where?"], [MEDIUM_TEXT, SENTENCES[2]]
+    expected = hf(questions, contexts, truncation="only_second", max_length=24, stride=5,
+                  return_overflowing_tokens=True, return_offsets_mapping=True)
+    ours = [w for pair in wordpiece.encode_windows(questions, contexts, stride=5, max_length=24) for w in pair]
+    assert [w.ids for w in ours] == expected["input_ids"]
+    assert [w.offsets for w in ours] == [[tuple(o) for o in row] for row in expected["offset_mapping"]]
+    assert [w.sequence_ids for w in ours] == [expected.sequence_ids(i) for i in range(len(ours))]
+
+
+def test_windows_refuse_a_first_text_that_leaves_no_room(wordpiece: Tokenizer) -> None:
+    with pytest.raises(NlpkitError, match=r"text 2: .* leave 0 of the 32 tokens .* more than the stride \(4\)"):
+        wordpiece.encode_windows(["who?", LONG_TEXT], ["a dog", "a dog"], stride=4)
+    with pytest.raises(NlpkitError, match=r"more than the stride \(8\)"):
+        wordpiece.encode_windows(["the old teacher remembered the mountain yesterday"], [MEDIUM_TEXT], stride=8,
+                                 max_length=16)
+    with pytest.raises(NlpkitError, match="stride: expected an integer >= 0"):
+        wordpiece.encode_windows(["who?"], ["a dog"], stride=-1)
+
+
+def test_the_template_turns_off_and_on_and_is_saved_off(tmp_path: Path) -> None:
+    tokenizer = train("bpe")
+    bare = tokenizer.encode("the cat", add_special_tokens=False).ids
+    assert tokenizer.has_template and tokenizer.encode("the cat").ids == [tokenizer.token_id("bos"), *bare,
+                                                                          tokenizer.token_id("eos")]
+    tokenizer.set_template(False)
+    assert not tokenizer.has_template and tokenizer.encode("the cat").ids == bare
+    tokenizer.save(tmp_path)
+    loaded = Tokenizer.load(tmp_path)  # a run folder keeps it off
+    assert ids(loaded, SENTENCES) == [e.ids for e in tokenizer.encode_batch(SENTENCES, add_special_tokens=False)]
+    with pytest.raises(NlpkitError, match="no special-token template to turn on"):
+        loaded.set_template(True)
+    tokenizer.set_template(True)
+    assert tokenizer.encode("the cat").ids == [tokenizer.token_id("bos"), *bare, tokenizer.token_id("eos")]
+
+
 # -- lower-casing -----------------------------------------------------------------------------------------------------
 
 

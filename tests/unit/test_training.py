@@ -271,7 +271,7 @@ def test_average_checkpoints_makes_the_run_model_the_mean_of_the_last_epochs(sen
 @pytest.mark.parametrize("kind", ["encoder", "decoder", "encoder-decoder"])
 def test_gradient_checkpointing_keeps_fewer_activations_for_the_same_gradients(kind):
     from nlpkit.testing import tiny_backbone
-    from nlpkit.training.finetuning import checkpoint_layers
+    from nlpkit.finetuning import checkpoint_layers
 
     ids = torch.randint(1, 50, (2, 16), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)

@@ -9,9 +9,12 @@ built on it) loads a model nlpkit trained.
 
 One small file per family holds its name rules and config translation
 (`bert.py`, `distilbert.py`, `gpt2.py`, `llama.py`, `bart.py`, `t5.py`);
-`_common.py` holds what they share. Correctness is measured, not assumed:
-`tests/parity/` compares hidden states and logits with `transformers` for
-every family.
+`_common.py` holds what they share. This file knows none of them: families
+are registered by plugins (`nlpkit_register_checkpoint_families`; nlpkit's
+own by the core plugin, `nlpkit/core.py`) and looked up by `model_type` in
+the registries of a plugin set, as is the module class of the config's
+`kind`. Correctness is measured, not assumed: `tests/parity/` compares hidden
+states and logits with `transformers` for every family.
 
 References:
     - `transformers/modeling_utils.py` (`from_pretrained`, `save_pretrained`):
@@ -33,7 +36,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nlpkit.backbones.checkpoints import bart, bert, distilbert, gpt2, llama, t5
+from nlpkit._files import file_mode
 from nlpkit.backbones.checkpoints._common import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -52,18 +55,18 @@ from nlpkit.backbones.checkpoints._common import (
     read_config,
     read_weights,
 )
-from nlpkit._files import file_mode
 from nlpkit.backbones.config import BackboneConfig
 from nlpkit.errors import NlpkitError
+from nlpkit.registry import Registries
 
 __all__ = [
-    "FAMILIES",
     "CheckpointConfig",
     "LoadedCheckpoint",
     "checkpoint_config",
     "detect_family",
     "from_pretrained",
     "generation_defaults",
+    "infer_family",
     "load_checkpoint",
     "save_pretrained",
 ]
@@ -72,18 +75,9 @@ logger = logging.getLogger(__name__)
 
 GENERATION_CONFIG_FILE = "generation_config.json"
 
-# model_type -> family file. The core plugin will route detection through the
-# `nlpkit_detect_checkpoint` hook; until then this table is the whole registry.
-_FAMILY_FILES: tuple[Family, ...] = (bert, distilbert, gpt2, llama, bart, t5)
-FAMILIES: dict[str, Family] = {model_type: module for module in _FAMILY_FILES for model_type in module.MODEL_TYPES}
-
-# Old configs without `model_type` still name their class; `DistilBertModel`
-# must not read as BERT, nor `Qwen2MoeForCausalLM` as Qwen2.
-_ARCHITECTURES = {
-    "Bert": "bert", "Roberta": "roberta", "DistilBert": "distilbert", "GPT2": "gpt2", "Llama": "llama",
-    "Mistral": "mistral", "Qwen2": "qwen2", "Bart": "bart", "Marian": "marian", "T5": "t5",
-}
-_ARCHITECTURE = re.compile(rf"({'|'.join(_ARCHITECTURES)})(Model|LMHeadModel|MTModel|For[A-Z]\w*)")
+# A `transformers` class name: the architecture's stem, then a base or head class suffix
+# (`BertModel`, `GPT2LMHeadModel`, `MarianMTModel`, `DistilBertForMaskedLM`).
+_CLASS_NAME = re.compile(r"(\w+?)(Model|LMHeadModel|MTModel|For[A-Z]\w*)")
 
 # nlpkit weights that may be absent: an untied LM head of a folder saved from
 # a base class (it starts fresh), and BART's bias (zeros, as `transformers` does).
@@ -102,7 +96,7 @@ class CheckpointConfig:
 
     Attributes:
         folder: The checkpoint folder.
-        family: The detected `model_type` (a key of `FAMILIES`).
+        family: The detected `model_type` (a registered checkpoint family).
         config: The backbone config translated from `config.json`.
         hf_config: The raw `config.json`.
     """
@@ -119,7 +113,7 @@ class LoadedCheckpoint:
 
     Attributes:
         config: The backbone config translated from `config.json`.
-        family: The detected `model_type` (a key of `FAMILIES`).
+        family: The detected `model_type` (a registered checkpoint family).
         backbone_state: The backbone's weights under nlpkit names, ready for
             `load_state_dict` (a tied LM head is not repeated).
         extra_state: Checkpoint tensors that are not backbone weights (the
@@ -127,6 +121,9 @@ class LoadedCheckpoint:
             under their checkpoint names with the base-model prefix
             (`bert.`, `model.`, ...) removed.
         hf_config: The raw `config.json`.
+        backbone_class: The module class registered for `config.kind`, from
+            the registries the folder was read with, so that
+            `build_from_checkpoint` builds what the weights were mapped onto.
         fresh: Backbone weights the folder lacks, left at their initial
             values (an untied LM head of a folder saved from a base class).
     """
@@ -136,39 +133,84 @@ class LoadedCheckpoint:
     backbone_state: dict[str, Tensor]
     extra_state: dict[str, Tensor]
     hf_config: dict[str, Any]
+    backbone_class: Callable[[BackboneConfig], nn.Module]
     fresh: list[str] = field(default_factory=list)
 
 
-def detect_family(config_json: Mapping[str, Any]) -> str:
+def _registries(registries: Registries | None, knows: Callable[[Registries], bool]) -> Registries:
+    """The registries to look families and kinds up in: those given, else the installed plugins'.
+
+    `from_pretrained(path)` and the other functions here take no plugin set, so
+    without one they answer as the installed plugins would (the set
+    `nlpkit.load` loads when it is given none). The core plugin is asked
+    alone first: a set of it builds in milliseconds, where importing the
+    task plugins takes seconds, and its answer is the installed plugins'
+    answer, since no other plugin can register its names (a name registered
+    twice is an error) and it cannot be blocked.
+
+    Args:
+        registries: The registries of a loaded plugin set, or None.
+        knows: Whether a set of registries can answer the question at hand
+            (it holds the folder's model type, or a family for the backbone).
+    """
+    if registries is not None:
+        return registries
+    from nlpkit.plugins import load_plugins
+
+    core = load_plugins(entry_points=False).registries
+    return core if knows(core) else load_plugins().registries
+
+
+def _model_type(config_json: Mapping[str, Any], registries: Registries) -> str | None:
+    """The registered family a `config.json` names, or None: its `model_type`, else its class name."""
+    families = registries.checkpoint_families
+    model_type = config_json.get("model_type")
+    if model_type is not None:
+        return model_type if isinstance(model_type, str) and model_type in families else None
+    # Old configs without `model_type` still name their class. Comparing stems, not prefixes, keeps
+    # `DistilBertModel` from reading as BERT and `Qwen2MoeForCausalLM` as Qwen2.
+    stems = {}
+    for name, family in families.items():
+        if found := _CLASS_NAME.fullmatch(family.ARCHITECTURES[name]):
+            stems.setdefault(found.group(1), name)
+    for architecture in config_json.get("architectures") or ():
+        if (found := _CLASS_NAME.fullmatch(str(architecture))) and found.group(1) in stems:
+            return stems[found.group(1)]
+    return None
+
+
+def detect_family(config_json: Mapping[str, Any], *, registries: Registries | None = None) -> str:
     """The family of a checkpoint from its `config.json`: its `model_type`.
 
     Args:
         config_json: The parsed `config.json`.
+        registries: Where families are registered (`load_plugins(...).registries`);
+            None: the installed plugins' (see `from_pretrained`).
 
     Returns:
-        A key of `FAMILIES`.
+        A registered checkpoint family.
 
     Raises:
-        NlpkitError: If the model type is not supported (the message lists
-            the supported ones).
+        NlpkitError: If the model type is not registered (the message lists
+            the registered ones).
     """
-    supported = ", ".join(sorted(FAMILIES))
-    model_type = config_json.get("model_type")
-    if model_type is None:
-        for architecture in config_json.get("architectures") or ():
-            if found := _ARCHITECTURE.fullmatch(str(architecture)):
-                return _ARCHITECTURES[found.group(1)]
+    registries = _registries(registries, lambda found: _model_type(config_json, found) is not None)
+    model_type = _model_type(config_json, registries)
+    if model_type is not None:
+        return model_type
+    supported = ", ".join(registries.checkpoint_families.names())
+    if config_json.get("model_type") is None:
         raise NlpkitError(f"config.json names no model_type (nor a known architecture); supported: {supported}")
-    if model_type not in FAMILIES:
-        raise NlpkitError(f"unsupported model_type {model_type!r}; supported: {supported}")
-    return str(model_type)
+    raise NlpkitError(f"unsupported model_type {config_json['model_type']!r}; supported: {supported}")
 
 
-def checkpoint_config(path: str | Path) -> CheckpointConfig:
+def checkpoint_config(path: str | Path, *, registries: Registries | None = None) -> CheckpointConfig:
     """Reads and translates a checkpoint folder's `config.json`, without its weights.
 
     Args:
         path: A local folder holding `config.json` and the weights.
+        registries: Where families are registered; None: the installed
+            plugins' (see `from_pretrained`).
 
     Returns:
         The folder, its family and its backbone config.
@@ -178,72 +220,96 @@ def checkpoint_config(path: str | Path) -> CheckpointConfig:
             included: nlpkit never downloads), an unsupported model type, or
             a config the backbones cannot express (naming the field).
     """
+    return _describe(path, registries)[0]
+
+
+def _describe(path: str | Path, registries: Registries | None) -> tuple[CheckpointConfig, Registries]:
+    """`checkpoint_config`, and the registries its family came from (for the weights and the module)."""
     folder = check_folder(path)
     hf_config = read_config(folder)
+    found = _registries(registries, lambda candidate: _model_type(hf_config, candidate) is not None)
     try:
-        model_type = detect_family(hf_config)
-        config = FAMILIES[model_type].config_from_hf(hf_config, model_type)
+        model_type = detect_family(hf_config, registries=found)
+        config = found.checkpoint_families.get(model_type).config_from_hf(hf_config, model_type)
     except NlpkitError as error:
         raise NlpkitError(f"{folder / CONFIG_FILE}: {error}") from None
-    return CheckpointConfig(folder=folder, family=model_type, config=config, hf_config=hf_config)
+    return CheckpointConfig(folder=folder, family=model_type, config=config, hf_config=hf_config), found
 
 
-def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+def load_checkpoint(path: str | Path, *, registries: Registries | None = None) -> LoadedCheckpoint:
     """Reads a checkpoint folder and maps it onto nlpkit's backbone names.
 
     Args:
         path: A local folder holding `config.json` and the weights.
+        registries: Where families and backbone kinds are registered; None:
+            the installed plugins' (see `from_pretrained`).
 
     Returns:
         The translated config, the mapped backbone weights and the rest.
 
     Raises:
         NlpkitError: As `checkpoint_config`, or on an unreadable weights
-            file, or a missing or misshapen weight.
+            file, a missing or misshapen weight, or a config whose kind no
+            plugin registers.
     """
-    described = checkpoint_config(path)
-    family = FAMILIES[described.family]
+    described, found = _describe(path, registries)
+    family = found.checkpoint_families.get(described.family)
+    try:
+        backbone_class = found.backbone_kinds.get(described.config.kind)
+    except NlpkitError as error:
+        raise NlpkitError(f"{described.folder / CONFIG_FILE}: {error}") from None
     hf_state = {_modern_name(key): value for key, value in read_weights(described.folder).items()}
     if hasattr(family, "state_from_hf"):
         hf_state = family.state_from_hf(hf_state)
-    return _map_state(family, described, hf_state)
+    return _map_state(family, described, hf_state, backbone_class)
 
 
-def from_pretrained(path: str | Path, dtype: torch.dtype | str | None = None) -> nn.Module:
+def from_pretrained(path: str | Path, dtype: torch.dtype | str | None = None, *,
+                    registries: Registries | None = None) -> nn.Module:
     """Builds the backbone a checkpoint folder describes, with its weights.
 
     The LM head of a decoder or encoder-decoder comes with it (tied where the
     checkpoint ties it). The module is returned in eval mode, as
     `transformers` does; training code switches it back.
 
+    The folder's `model_type` is looked up among the checkpoint families
+    plugins register, and its config's `kind` among the backbone kinds.
+    Without `registries` those are the installed plugins' (nlpkit's own, and
+    third-party ones unless `NLPKIT_DISABLE_PLUGIN_AUTOLOAD` is set), the
+    plugins `nlpkit.load` loads when given none; a folder of one of nlpkit's
+    own families is read without importing any task plugin.
+
     Args:
         path: A local folder holding `config.json` and the weights.
         dtype: Parameter dtype (`torch.bfloat16` or `"bfloat16"`); None means
             the default float dtype (float32), `"auto"` the dtype recorded in
             `config.json`.
+        registries: The registries of a loaded plugin set, for a family of a
+            plugin that is not installed
+            (`nlpkit.plugins.load_plugins(["my_plugin"]).registries`).
 
     Returns:
-        An `Encoder`, `Decoder` or `EncoderDecoder`; called as
-        `backbone(input_ids, attention_mask=mask)` (the encoder-decoder also
-        with `decoder_input_ids=...`) it returns a `BackboneOutput` whose
-        `last_hidden_state` equals that of `transformers.AutoModel`.
+        An `Encoder`, `Decoder` or `EncoderDecoder` (or a plugin's kind);
+        called as `backbone(input_ids, attention_mask=mask)` (the
+        encoder-decoder also with `decoder_input_ids=...`) it returns a
+        `BackboneOutput` whose `last_hidden_state` equals that of
+        `transformers.AutoModel`.
 
     Raises:
-        NlpkitError: As `load_checkpoint`, or on an unknown dtype.
+        NlpkitError: As `load_checkpoint`, or on an unknown dtype. An
+            unregistered model type is one line listing the registered ones.
 
     Example:
         >>> decoder = from_pretrained("checkpoints/tiny-llama")
         >>> logits = decoder.logits(decoder(input_ids).last_hidden_state)
     """
-    return build_from_checkpoint(load_checkpoint(path), dtype)
+    return build_from_checkpoint(load_checkpoint(path, registries=registries), dtype)
 
 
 def build_from_checkpoint(loaded: LoadedCheckpoint, dtype: torch.dtype | str | None = None) -> nn.Module:
     """The backbone module of a checkpoint already read with `load_checkpoint` (see `from_pretrained`)."""
-    from nlpkit.backbones import build_backbone
-
     target = _resolve_dtype(dtype, loaded.hf_config)
-    backbone = build_backbone(loaded.config).to(target)
+    backbone = loaded.backbone_class(loaded.config).to(target)
     state = {name: tensor.to(target) for name, tensor in loaded.backbone_state.items()}
     # assign=True adopts the loaded tensors instead of copying them: one copy in memory, not two.
     result = backbone.load_state_dict(state, strict=False, assign=True)
@@ -291,6 +357,8 @@ def save_pretrained(
     family: str | None = None,
     extra_state: Mapping[str, Tensor] | None = None,
     hf_config: Mapping[str, Any] | None = None,
+    *,
+    registries: Registries | None = None,
 ) -> Path:
     """Writes a backbone as a Hugging Face-format folder (`config.json` + `model.safetensors`).
 
@@ -310,6 +378,8 @@ def save_pretrained(
         hf_config: A `config.json` to start from (the original one, keeping
             token ids, labels and `architectures`); the fields that describe
             the backbone are overwritten from its config.
+        registries: Where families are registered; None: the installed
+            plugins' (see `from_pretrained`).
 
     Returns:
         The folder.
@@ -324,10 +394,14 @@ def save_pretrained(
     if not isinstance(config, BackboneConfig):
         raise NlpkitError(f"save_pretrained needs an nlpkit backbone (with a BackboneConfig), "
                           f"got {type(backbone).__name__}")
-    model_type = family or infer_family(config)
-    if model_type not in FAMILIES:
-        raise NlpkitError(f"unsupported model_type {model_type!r}; supported: {', '.join(sorted(FAMILIES))}")
-    module = FAMILIES[model_type]
+    if family is None:
+        model_type, registries = _inferred(config, registries)
+    else:
+        model_type, registries = family, _registries(registries, lambda found: family in found.checkpoint_families)
+    families = registries.checkpoint_families
+    if model_type not in families:
+        raise NlpkitError(f"unsupported model_type {model_type!r}; supported: {', '.join(families.names())}")
+    module = families.get(model_type)
     dtype = next(backbone.parameters()).dtype
     fields = {key: value for key, value in (hf_config or {}).items() if key != "torch_dtype"}
     fields.update(module.config_to_hf(config, model_type))
@@ -374,12 +448,10 @@ def _modern_name(key: str) -> str:
     return key
 
 
-def _skeleton(config: BackboneConfig) -> dict[str, torch.Size]:
+def _skeleton(config: BackboneConfig, backbone_class: Callable[[BackboneConfig], nn.Module]) -> dict[str, torch.Size]:
     """Names and shapes of the backbone's state, from a module built on the meta device (no memory)."""
-    from nlpkit.backbones import build_backbone
-
     with torch.device("meta"):
-        return {name: tensor.shape for name, tensor in build_backbone(config).state_dict().items()}
+        return {name: tensor.shape for name, tensor in backbone_class(config).state_dict().items()}
 
 
 def _detect_prefix(hf_state: Mapping[str, Tensor], prefixes: tuple[str, ...], body: list[str]) -> str:
@@ -393,11 +465,12 @@ def _detect_prefix(hf_state: Mapping[str, Tensor], prefixes: tuple[str, ...], bo
     return max(("", *prefixes), key=hits)
 
 
-def _map_state(family: Family, described: CheckpointConfig, hf_state: dict[str, Tensor]) -> LoadedCheckpoint:
+def _map_state(family: Family, described: CheckpointConfig, hf_state: dict[str, Tensor],
+               backbone_class: Callable[[BackboneConfig], nn.Module]) -> LoadedCheckpoint:
     """Looks every backbone weight up in the checkpoint, checks its shape and sorts the rest."""
     config, folder = described.config, described.folder
     rules: list[Rule] = family.rules(config)
-    shapes = _skeleton(config)
+    shapes = _skeleton(config, backbone_class)
     names = {name: hf_names(name, rules) for name in shapes}
     prefix = _detect_prefix(hf_state, family.PREFIXES,
                             [hf for candidates in names.values() for hf in candidates if not hf.startswith("/")])
@@ -444,7 +517,8 @@ def _map_state(family: Family, described: CheckpointConfig, hf_state: dict[str, 
         if key not in consumed and not any(pattern.fullmatch(key.removeprefix(prefix)) for pattern in ignored)
     }
     return LoadedCheckpoint(config=config, family=described.family, backbone_state=backbone_state,
-                            extra_state=extra_state, hf_config=described.hf_config, fresh=fresh)
+                            extra_state=extra_state, hf_config=described.hf_config, fresh=fresh,
+                            backbone_class=backbone_class)
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None, hf_config: Mapping[str, Any]) -> torch.dtype:
@@ -505,19 +579,56 @@ def _mismatch(family: Family, model_type: str, fields: Mapping[str, Any], config
     return None
 
 
-def infer_family(config: BackboneConfig) -> str:
-    """The first family that can express `config` exactly; NlpkitError listing why none can."""
+def infer_family(config: BackboneConfig, *, registries: Registries | None = None) -> str:
+    """The first family that can express `config` exactly; NlpkitError listing why none can.
+
+    nlpkit's own families are tried first, in the order the core plugin
+    registers them (BERT before RoBERTa), then those of other plugins: a
+    backbone saved without a family should become a folder `transformers`
+    loads, not a plugin's model type.
+
+    Args:
+        config: The backbone config to save.
+        registries: Where families are registered; None: the installed
+            plugins' (see `from_pretrained`).
+
+    Returns:
+        A registered checkpoint family.
+
+    Raises:
+        NlpkitError: No registered family can express `config` (naming, per
+            family, the field it cannot).
+    """
+    return _inferred(config, registries)[0]
+
+
+def _inferred(config: BackboneConfig, registries: Registries | None) -> tuple[str, Registries]:
+    """`infer_family`, and the registries the family came from."""
+    found = _registries(registries, lambda candidate: _expressing(config, candidate)[0] is not None)
+    model_type, reasons = _expressing(config, found)
+    if model_type is None:
+        raise NlpkitError(f"no checkpoint family can express this {config.kind} backbone; {'; '.join(reasons)}")
+    return model_type, found
+
+
+def _expressing(config: BackboneConfig, registries: Registries) -> tuple[str | None, list[str]]:
+    """The first family that expresses `config` (see `infer_family`), or None and why each cannot."""
+    from nlpkit.plugins import ESSENTIAL_PLUGINS
+
+    families = registries.checkpoint_families
+    # A stable sort keeps each plugin's own order among its families.
+    ordered = sorted(families.items(), key=lambda item: families.owner(item[0]) not in ESSENTIAL_PLUGINS)
     reasons = []
-    for model_type, family in FAMILIES.items():
+    for model_type, family in ordered:
         probe = family.config_from_hf({}, model_type)
         if probe.kind != config.kind:
             continue
         fields = family.config_to_hf(config, model_type)
         reason = _mismatch(family, model_type, fields, config)
         if reason is None:
-            return model_type
+            return model_type, reasons
         reasons.append(f"{model_type}: {reason}")
-    raise NlpkitError(f"no checkpoint family can express this {config.kind} backbone; {'; '.join(reasons)}")
+    return None, reasons
 
 
 def _unshared(state: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -315,10 +315,5 @@ def token_id(value: Any, vocab_size: int) -> int | None:
 
 
 def make_config(**fields: Any) -> BackboneConfig:
-    """Builds a BackboneConfig, turning its ValueError into NlpkitError."""
-    try:
-        return BackboneConfig(**fields)
-    except NlpkitError:
-        raise
-    except (ValueError, TypeError) as error:
-        raise NlpkitError(str(error)) from None
+    """Builds a BackboneConfig from translated `config.json` fields, checking their types and ranges."""
+    return BackboneConfig.from_dict(fields, source=None)  # the caller names config.json

@@ -6,5 +6,5 @@ import nlpkit
 
 
 @nlpkit.hookimpl
-def nlpkit_detect_checkpoint(path, device):
+def nlpkit_register_checkpoint_families(device):
     return None

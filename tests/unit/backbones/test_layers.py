@@ -1,9 +1,9 @@
-"""The CPU training path of the shared layers: dropout, attention with dropout, dropped all-ones masks.
+"""The CPU fast paths of the shared layers (`cpu.py`) and the dropped all-ones masks.
 
 These replace torch's own implementations for speed only, so each test pins
 them to the formula they stand in for: `F.dropout`'s distribution and
-scaling, SDPA's math path given the same dropout mask, and "no mask" for a
-mask of ones.
+scaling, SDPA's math path given the same dropout mask, `nn.Linear` for any
+row count, packed or not, and "no mask" for a mask of ones.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nlpkit.backbones import BackboneConfig, Encoder, layers
+from nlpkit.backbones import BackboneConfig, Encoder, cpu, layers
 
 
 @pytest.mark.parametrize("serial", [True, False])
 def test_dropout_matches_torch_distribution_and_scaling(serial: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(layers, "_bernoulli_is_serial", lambda: serial)
+    monkeypatch.setattr(cpu, "_bernoulli_is_serial", lambda: serial)
     torch.manual_seed(0)
-    dropout = layers.Dropout(0.1).train()
+    dropout = cpu.Dropout(0.1).train()
     x = torch.randn(1000, 1000, requires_grad=True)
     y = dropout(x)
     kept = y != 0
@@ -32,7 +32,7 @@ def test_dropout_matches_torch_distribution_and_scaling(serial: bool, monkeypatc
 
 
 def test_dropout_follows_the_torch_seed() -> None:
-    dropout = layers.Dropout(0.5).train()
+    dropout = cpu.Dropout(0.5).train()
     x = torch.ones(64, 64)
     torch.manual_seed(3)
     first = dropout(x)
@@ -55,9 +55,9 @@ def test_attention_with_dropout_is_sdpa_math_given_the_mask(
     mask[1, ..., 5:] = torch.finfo(mask.dtype).min
     mask = mask if masked else None
     keep = torch.rand(batch, heads, length, length) >= p
-    monkeypatch.setattr(layers, "_keep_mask", lambda shape, p, device: keep)
+    monkeypatch.setattr(cpu, "_keep_mask", lambda shape, p, device: keep)
 
-    y = layers._attention_with_dropout(q, k, v, mask, causal, 0.5, p)
+    y = cpu.attention_with_dropout(q, k, v, mask, causal, 0.5, p)
 
     # Reference: SDPA's math path written out in float64, dropping the same weights.
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
@@ -80,9 +80,9 @@ def test_attention_with_dropout_is_sdpa_math_given_the_mask(
 def test_attention_with_dropout_computes_half_precision_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 4, 7, 8) for _ in range(3))
-    monkeypatch.setattr(layers, "_keep_mask", lambda shape, p, device: torch.ones(shape, dtype=torch.bool))
+    monkeypatch.setattr(cpu, "_keep_mask", lambda shape, p, device: torch.ones(shape, dtype=torch.bool))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = layers._attention_with_dropout(q.bfloat16(), k.bfloat16(), v.bfloat16(), None, False, None, 0.5)
+        y = cpu.attention_with_dropout(q.bfloat16(), k.bfloat16(), v.bfloat16(), None, False, None, 0.5)
     assert y.dtype == torch.bfloat16
     # Keeping everything, dropout only scales by 1 / (1 - p).
     expected = F.scaled_dot_product_attention(q.bfloat16().float(), k.bfloat16().float(), v.bfloat16().float()) * 2
@@ -122,7 +122,7 @@ def test_encoder_trains_the_same_with_a_mask_of_ones() -> None:
 def test_linear_equals_nn_linear_for_any_row_count(rows: int, shape: tuple[int, int], bias: bool) -> None:
     # The weight-first product for few rows is the same function as nn.Linear, batch dims and all.
     torch.manual_seed(0)
-    ours = layers.Linear(*shape, bias=bias)
+    ours = cpu.Linear(*shape, bias=bias)
     reference = torch.nn.Linear(*shape, bias=bias)
     reference.load_state_dict(ours.state_dict())
     x = torch.randn(rows, 1, shape[0])
@@ -135,7 +135,7 @@ def test_linear_equals_nn_linear_for_any_row_count(rows: int, shape: tuple[int, 
 
 def test_linear_trains_like_nn_linear_through_the_few_rows_path() -> None:
     torch.manual_seed(0)
-    ours, reference = layers.Linear(16, 24), torch.nn.Linear(16, 24)
+    ours, reference = cpu.Linear(16, 24), torch.nn.Linear(16, 24)
     reference.load_state_dict(ours.state_dict())
     x = torch.randn(3, 16)
     ours(x).square().sum().backward()
@@ -144,7 +144,7 @@ def test_linear_trains_like_nn_linear_through_the_few_rows_path() -> None:
     torch.testing.assert_close(ours.bias.grad, reference.bias.grad)
 
 
-needs_onednn = pytest.mark.skipif(not layers._onednn_linear_available(), reason="torch built without oneDNN")
+needs_onednn = pytest.mark.skipif(not cpu._onednn_linear_available(), reason="torch built without oneDNN")
 
 
 @needs_onednn
@@ -152,7 +152,7 @@ needs_onednn = pytest.mark.skipif(not layers._onednn_linear_available(), reason=
 @pytest.mark.parametrize("bias", [True, False])
 def test_packed_linear_equals_nn_linear_in_inference(rows: int, bias: bool) -> None:
     torch.manual_seed(0)
-    ours, reference = layers.Linear(48, 200, bias=bias), torch.nn.Linear(48, 200, bias=bias)
+    ours, reference = cpu.Linear(48, 200, bias=bias), torch.nn.Linear(48, 200, bias=bias)
     reference.load_state_dict(ours.state_dict())
     assert ours.pack()
     x = torch.randn(rows, 2, 48)
@@ -164,7 +164,7 @@ def test_packed_linear_equals_nn_linear_in_inference(rows: int, bias: bool) -> N
 @needs_onednn
 def test_packed_linear_drops_a_stale_copy_when_the_weight_changes() -> None:
     torch.manual_seed(0)
-    ours = layers.Linear(16, 24)
+    ours = cpu.Linear(16, 24)
     assert ours.pack()
     x = torch.randn(3, 16)
     optimizer = torch.optim.SGD(ours.parameters(), lr=0.5)
@@ -179,8 +179,8 @@ def test_packed_linear_drops_a_stale_copy_when_the_weight_changes() -> None:
 
 
 def test_only_float32_cpu_weights_are_packed() -> None:
-    model = torch.nn.Sequential(layers.Linear(8, 8), layers.Linear(8, 8).to(torch.bfloat16), torch.nn.Linear(8, 8))
-    assert layers.pack_for_cpu_inference(model) == (1 if layers._onednn_linear_available() else 0)
+    model = torch.nn.Sequential(cpu.Linear(8, 8), cpu.Linear(8, 8).to(torch.bfloat16), torch.nn.Linear(8, 8))
+    assert cpu.pack_for_cpu_inference(model) == (1 if cpu._onednn_linear_available() else 0)
 
 
 @needs_onednn
@@ -189,8 +189,8 @@ def test_a_packed_model_can_be_copied_and_saved_whole() -> None:
     import io
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(layers.Linear(16, 24), torch.nn.ReLU(), layers.Linear(24, 4))
-    assert layers.pack_for_cpu_inference(model) == 2
+    model = torch.nn.Sequential(cpu.Linear(16, 24), torch.nn.ReLU(), cpu.Linear(24, 4))
+    assert cpu.pack_for_cpu_inference(model) == 2
     buffer = io.BytesIO()
     torch.save(model, buffer)
     buffer.seek(0)
@@ -199,3 +199,24 @@ def test_a_packed_model_can_be_copied_and_saved_whole() -> None:
         assert other[0]._packed is None  # copies start unpacked
         with torch.no_grad():
             torch.testing.assert_close(other(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_linear_has_exactly_the_parameters_and_state_dict_of_nn_linear(packed: bool) -> None:
+    # Checkpoints map onto nn.Linear names and shapes; the packed copy is no parameter, buffer or state.
+    ours, reference = cpu.Linear(16, 24), torch.nn.Linear(16, 24)
+    if packed:
+        cpu.pack_for_cpu_inference(ours)
+    assert [(name, p.shape) for name, p in ours.named_parameters()] == \
+        [(name, p.shape) for name, p in reference.named_parameters()]
+    assert list(ours.buffers()) == []
+    assert {name: t.shape for name, t in ours.state_dict().items()} == \
+        {name: t.shape for name, t in reference.state_dict().items()}
+    assert isinstance(ours, torch.nn.Linear) and isinstance(cpu.Dropout(0.1), torch.nn.Dropout)
+
+
+def test_moved_names_are_still_importable_from_layers() -> None:
+    # Callers outside the backbones still import these from `layers` (see the re-export there).
+    assert layers.Linear is cpu.Linear and layers.Dropout is cpu.Dropout
+    assert layers.pack_for_cpu_inference is cpu.pack_for_cpu_inference
+    assert layers._onednn_linear_available is cpu._onednn_linear_available

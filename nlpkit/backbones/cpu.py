@@ -1,0 +1,260 @@
+"""CPU fast paths of the shared layers: the same maths as torch's own modules, in fewer passes.
+
+`layers.py` builds the Transformer from `Linear` and `Dropout` and calls
+`attention_with_dropout`; this module is why those are not simply
+`nn.Linear`, `nn.Dropout` and SDPA. Each replaces torch's implementation on
+the CPU, for speed only, and is pinned to the formula it stands in for by
+`tests/unit/backbones/test_layers.py`:
+
+- `Dropout` keeps a 1-byte boolean mask for backward instead of torch's
+  float noise and, on CPUs where `bernoulli_` runs serially, draws it with
+  `torch.rand` (`_keep_mask`).
+- `attention_with_dropout` is SDPA's CPU `math` path (the only one with
+  dropout) with both scales inside the matmuls, a plain softmax and the same
+  boolean dropout mask.
+- `Linear` runs float32 inference with a oneDNN-packed copy of its weight
+  when asked (`pack_for_cpu_inference`, which `nlpkit.load` calls), else
+  multiplies a few rows weight-first, where the CPU BLAS is slow on the few
+  rows decoding feeds per step (measurements above `Linear`).
+
+Other devices, and the cases each docstring names, use torch's own kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Dropout", "Linear", "attention_with_dropout", "pack_for_cpu_inference"]
+
+
+# ---------------------------------------------------------------------------
+# Dropout
+# ---------------------------------------------------------------------------
+
+
+@functools.cache
+def _bernoulli_is_serial() -> bool:
+    """Whether `Tensor.bernoulli_(p)` runs on one thread on this CPU.
+
+    torch samples `bernoulli_` with MKL (in parallel) only on Intel CPUs;
+    elsewhere it draws a double per element on one thread
+    (`bernoulli_scalar_kernel` in `ATen/native/cpu/DistributionKernels.cpp`),
+    about twice the cost of `torch.rand`. Dropout draws one number per
+    activation, so on such CPUs (AMD, ARM) the draw alone is ~10% of a BERT
+    training step on two cores.
+    """
+    if not torch.backends.mkl.is_available():
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "GenuineIntel" not in f.read(4096)
+    except OSError:
+        return "intel" not in platform.processor().lower()
+
+
+def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
+    """Boolean mask, True with probability `1 - p`, from the default generator."""
+    if device.type == "cpu" and _bernoulli_is_serial():
+        # float32 uniforms have 24 random bits, the resolution of CUDA's own dropout.
+        return torch.rand(shape, device=device) >= p
+    return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1.0 - p)
+
+
+class Dropout(nn.Dropout):
+    """`nn.Dropout` that keeps a boolean mask on CPU.
+
+    Same distribution and scaling as `F.dropout` (zero with probability `p`,
+    the rest multiplied by `1 / (1 - p)`), but backward keeps a 1-byte mask
+    per element instead of torch's 4-byte float noise, and the mask comes from
+    `_keep_mask` (faster where `bernoulli_` is serial). Other devices use
+    torch's fused kernels.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p in (0.0, 1.0) or self.inplace or x.device.type != "cpu":
+            return super().forward(x)
+        keep = _keep_mask(x.shape, self.p, x.device)
+        return torch.where(keep, x, 0.0).mul_(1.0 / (1.0 - self.p))  # where's backward needs only `keep`
+
+
+# ---------------------------------------------------------------------------
+# Attention with dropout
+# ---------------------------------------------------------------------------
+
+
+def attention_with_dropout(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, scale: float | None, dropout_p: float
+) -> Tensor:
+    """SDPA's CPU `math` path with dropout, in fewer passes over the scores.
+
+    torch's CPU flash kernel has no dropout, so in training SDPA runs
+    `_scaled_dot_product_attention_math`: it scales q and k, adds the mask,
+    takes a "safe" softmax (three extra passes that turn fully `-inf` rows
+    into zeros; nlpkit masks with `finfo.min`, so it has none), draws float
+    dropout noise with `bernoulli_` and multiplies by it. Here both scales go
+    into the matmuls' `alpha`, the softmax is plain, and the dropout keeps a
+    boolean mask. Like the math path, half-precision inputs are computed in
+    float32 and the result is cast back.
+
+    Args:
+        q: `(batch, heads, queries, head_dim)`.
+        k: `(batch, kv_heads, keys, head_dim)`; `heads` must be a multiple of `kv_heads`.
+        v: Same shape as `k`.
+        mask: Additive mask broadcastable to `(batch, heads, queries, keys)`, or None.
+        is_causal: Mask keys after each query (top-left aligned, as SDPA).
+        scale: Multiplier of the dot products; None means `head_dim ** -0.5`.
+        dropout_p: Probability of dropping an attention weight.
+
+    Returns:
+        `(batch, heads, queries, head_dim)` in the dtype of `q`.
+    """
+    dtype = q.dtype
+    batch, heads, queries, head_dim = q.shape
+    keys = k.shape[2]
+    if k.shape[1] != heads:  # grouped-query attention: query head h reads kv head h // group
+        k = k.repeat_interleave(heads // k.shape[1], dim=1)
+        v = v.repeat_interleave(heads // v.shape[1], dim=1)
+    # Like the math path, half precision is computed in float32.
+    compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    with torch.autocast(q.device.type, enabled=False):
+        # One pass each into contiguous (batch * heads, seq, head_dim) rows: the cast writes them
+        # contiguous, and without a cast `to` returns its input and `reshape` copies.
+        q3, k3, v3 = (
+            t.to(compute, memory_format=torch.contiguous_format).reshape(batch * heads, t.shape[2], head_dim)
+            for t in (q, k, v)
+        )
+        scale = head_dim**-0.5 if scale is None else scale
+        # beta=0: the (empty) input is ignored; the scale is applied inside the GEMM.
+        scores = torch.baddbmm(q3.new_empty(()), q3, k3.transpose(1, 2), beta=0.0, alpha=scale)
+        scores = scores.view(batch, heads, queries, keys)  # (batch, heads, queries, keys)
+        # In place: baddbmm's backward needs its inputs, not its output.
+        if mask is not None:
+            scores.add_(mask.to(compute))
+        if is_causal:
+            scores.masked_fill_(torch.ones(queries, keys, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        weights = torch.where(_keep_mask(weights.shape, dropout_p, weights.device), weights, 0.0)
+        y = torch.baddbmm(
+            v3.new_empty(()), weights.view(batch * heads, queries, keys), v3, beta=0.0, alpha=1.0 / (1.0 - dropout_p)
+        )  # (batch * heads, queries, head_dim); alpha is the dropout's 1 / (1 - p)
+    # A cast back to half precision writes (batch, queries, heads, head_dim) rows, so that the
+    # caller's `transpose(1, 2).reshape(...)` is a view rather than a second copy.
+    y = y.view(batch, heads, queries, head_dim).transpose(1, 2)
+    return y.to(dtype, memory_format=torch.contiguous_format).transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------
+# Linear layers
+# ---------------------------------------------------------------------------
+
+# Measured with torch 2.13's CPU build on a 2-core AMD EPYC, float32, weights streamed from memory as
+# in decoding, milliseconds per product (768 -> 50257 is GPT-2's LM head; oneDNN weights packed for
+# 64 rows, 3072 -> 768's for the row count shown):
+#                          rows   x @ W.T (MKL)   (W @ x.T).T (MKL)   oneDNN, packed weight
+#   768 -> 50257              1          11.9           6.0 (as 2 rows)          5.8
+#                             8          23.6          14.7                      5.8
+#                            32          35.3          27.2                     13.2
+#                           128         112            74                       49
+#   768 -> 3072               1           0.72          0.30 (as 2 rows)         0.40
+#                             8           0.87          0.86                     0.46
+#   3072 -> 768               1           0.56          0.67                     0.38
+#                             8           0.81          1.00                     0.40
+# MKL's single-row and few-row float32 paths run far below memory bandwidth. A packed weight (oneDNN's
+# blocked layout, what torch.compile's CPU backend uses) is fastest, but it is a second copy of the
+# weight, so models are packed on request (`pack_for_cpu_inference`, which `nlpkit.load` calls).
+# Unpacked, few rows go weight-first, except through a narrowing layer (a down projection) under 32
+# rows. Past a few hundred rows (training batches) both MKL orders reach the same GEMM speed. bfloat16
+# already goes through oneDNN, where the usual order is as fast or faster, so it keeps it.
+_WEIGHT_FIRST_MAX_ROWS = 128
+_NARROWING_MIN_ROWS = 32
+_PACKED_ROWS_HINT = 64  # oneDNN picks the blocking for this many rows; 64 measured best for 1-128 rows
+
+
+@functools.cache
+def _onednn_linear_available() -> bool:
+    """Whether this torch build has oneDNN's packed linear kernels (private ops, as torch.compile uses them)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        return bool(torch.ops.mkldnn._reorder_linear_weight and torch.ops.mkldnn._linear_pointwise)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` with faster float32 inference on the CPU, same parameters and state dict.
+
+    Decoding feeds one row per sequence or beam through every layer, and
+    there the CPU BLAS computes `x @ W.T` (what `F.linear` asks for) far
+    below memory bandwidth (measurements above). Two remedies, both exact
+    up to float32 rounding:
+
+    - `pack()` keeps a copy of the weight in oneDNN's blocked layout, used
+      for float32 CPU inputs whenever gradients are off (inference); a
+      weight changed after packing (an optimizer step, `load_state_dict`)
+      drops the stale copy and falls back.
+    - Without a packed copy, up to 128 rows are multiplied weight-first,
+      `(W @ x.T).T`, a lone row doubled so BLAS takes its matrix-matrix path.
+
+    Other devices, dtypes and row counts call `F.linear`.
+    """
+
+    _packed: tuple[Tensor, int, int] | None = None  # (blocked weight, weight version, weight data pointer)
+
+    def pack(self) -> bool:
+        """Keeps a oneDNN-blocked copy of a float32 CPU weight for inference; whether one was made."""
+        weight = self.weight
+        if weight.dtype != torch.float32 or weight.device.type != "cpu" or not _onednn_linear_available():
+            return False
+        with torch.no_grad():
+            blocked = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _PACKED_ROWS_HINT)
+        self._packed = (blocked, weight._version, weight.data_ptr())
+        return True
+
+    def __getstate__(self) -> dict:
+        # The packed copy is an opaque oneDNN tensor that cannot be pickled or deep-copied; a copy of
+        # the module starts unpacked (`pack()` it again).
+        state = self.__dict__.copy()
+        state.pop("_packed", None)
+        return state
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32 \
+                or torch.is_autocast_enabled("cpu"):
+            return super().forward(x)
+        if self._packed is not None and not torch.is_grad_enabled():
+            blocked, version, pointer = self._packed
+            if self.weight._version == version and self.weight.data_ptr() == pointer:
+                return torch.ops.mkldnn._linear_pointwise(x.contiguous(), blocked, self.bias, "none", [], "")
+            self._packed = None  # the weight changed since it was packed
+        rows = x.numel() // self.in_features
+        if rows > _WEIGHT_FIRST_MAX_ROWS or (self.out_features < self.in_features and rows < _NARROWING_MIN_ROWS):
+            return super().forward(x)
+        flat = x.reshape(rows, self.in_features)
+        columns = (flat if rows > 1 else flat.repeat(2, 1)).t()  # 2 rows: BLAS's matrix-matrix path
+        if self.bias is None:
+            y = torch.mm(self.weight, columns)
+        else:
+            y = torch.addmm(self.bias[:, None], self.weight, columns)  # (out_features, rows)
+        return y[:, :rows].t().contiguous().view(*x.shape[:-1], self.out_features)
+
+
+def pack_for_cpu_inference(model: nn.Module) -> int:
+    """Packs every float32 CPU `Linear` of `model` for inference (see `Linear.pack`).
+
+    Costs a second copy of those weights in memory; float32 decoding on the
+    CPU runs 1.2-2x faster than unpacked (GPT-2 small: 1.4x `transformers`
+    greedy at batch 1, 2.5x at batch 8, 2.8x in beam search; see
+    benchmarks/README.md). Training is unaffected: with
+    gradients on, the dense weights are used, and a weight that changes
+    drops its packed copy.
+
+    Returns:
+        How many layers were packed (0 on other devices or dtypes, or a
+        torch build without oneDNN).
+    """
+    return sum(module.pack() for module in model.modules() if isinstance(module, Linear))
