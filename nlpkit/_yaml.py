@@ -21,11 +21,17 @@ MAX_YAML_DEPTH = 32
 MAX_YAML_NODES = 100_000
 
 
+def _line(event: yaml.Event) -> str:
+    """``line N: `` of where an event starts (the parser always marks it)."""
+    mark = event.start_mark
+    return f"line {mark.line + 1}: " if mark is not None else ""
+
+
 def _check_yaml_size(text: str, source: str) -> None:
     """Walk the YAML events once: nesting depth, and nodes counted as their aliases expand them."""
     if len(text) > MAX_YAML_BYTES:
         raise NlpkitError(f"{source}: {len(text)} characters; a recipe is at most {MAX_YAML_BYTES} (1 MiB)")
-    sizes: dict[str, int] = {}  # anchor -> nodes it expands to
+    sizes: dict[str | None, int] = {}  # anchor -> nodes it expands to (an alias's anchor is typed optional)
     open_nodes: list[tuple[str | None, int]] = []  # (anchor, node count when it opened)
     total = 0
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
@@ -33,7 +39,7 @@ def _check_yaml_size(text: str, source: str) -> None:
             total += 1
             open_nodes.append((event.anchor, total))
             if len(open_nodes) > MAX_YAML_DEPTH:
-                raise NlpkitError(f"{source}: line {event.start_mark.line + 1}: nested more than {MAX_YAML_DEPTH} "
+                raise NlpkitError(f"{source}: {_line(event)}nested more than {MAX_YAML_DEPTH} "
                                   f"levels deep; a recipe is a few levels of sections")
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             anchor, opened = open_nodes.pop()
@@ -46,7 +52,7 @@ def _check_yaml_size(text: str, source: str) -> None:
         elif isinstance(event, yaml.AliasEvent):
             total += sizes.get(event.anchor, 1)
         if total > MAX_YAML_NODES:
-            raise NlpkitError(f"{source}: line {event.start_mark.line + 1}: more than {MAX_YAML_NODES} values once "
+            raise NlpkitError(f"{source}: {_line(event)}more than {MAX_YAML_NODES} values once "
                               f"its aliases are expanded; a recipe this large is refused")
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ from nlpkit.recipe import Recipe, load_recipe
 from nlpkit.registry import Registries
 from nlpkit.schema import Context, validation_error
 from nlpkit.runs import BACKBONE_FILE, TASK_STATE_FILE, RunFolder
-from nlpkit.tasks import ExportsToTransformers, Task, TaskModel
+from nlpkit.tasks import ExportsToTransformers, Task, TaskModel, TaskTokenizer
 from nlpkit.tokenization import Tokenizer
 
 __all__ = ["PreparedInputs", "Restored", "prepare_inputs", "build_backbone_config", "build_model", "restore",
@@ -46,7 +47,7 @@ class PreparedInputs:
 
     task: Task
     splits: Any
-    tokenizer: Tokenizer
+    tokenizer: TaskTokenizer
     backbone_config: Any
 
 
@@ -130,13 +131,15 @@ def _initialise_head(task: Task, model: TaskModel, family: str, checkpoint_state
 
 
 def _train_tokenizer(recipe: Recipe, train_split: Any, columns: list[str]) -> Tokenizer:
-    def texts():
+    def texts() -> Iterator[str]:
         for batch in train_split.iter(batch_size=1000):
             for column in columns:
                 # A list of pre-split words (NER's tokens) is text too: its words joined by spaces.
                 yield from (" ".join(map(str, t)) if isinstance(t, list) else str(t) for t in batch[column])
 
     tok = recipe.tokenizer
+    if tok.train is None:  # load_recipe sets it when no file or pretrained folder gives the tokenizer
+        raise NlpkitError("tokenizer.train: not set, and no tokenizer.file or backbone.pretrained to load one from")
     return Tokenizer.train(
         texts(), tok.train, tok.vocab_size, tok.min_frequency, tok.lowercase, tok.max_length,
         length=len(train_split) * len(columns),

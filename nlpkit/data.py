@@ -225,6 +225,8 @@ def load_splits(data: DataSection, formats: Registry[Any]) -> datasets.DatasetDi
             elif split != "test":
                 raise NlpkitError(f"data.{split}: hub dataset '{data.hub}' has no split '{name}'; found: {', '.join(loaded)}")
         return datasets.DatasetDict(splits)
+    if data.format is None:  # load_recipe sets it from the training file's extension
+        raise NlpkitError("data.format: no format given, and none taken from a file extension")
     loader = formats.get(data.format)
     # One call per file: splits may differ in extra columns (a test file with an id
     # column) or in inferred types, which one multi-file builder refuses.

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from nlpkit.backbones.config import config_of
 from nlpkit.errors import NlpkitError
+
+if TYPE_CHECKING:
+    from nlpkit.tasks import TaskModel
 
 __all__ = ["freeze", "layer_depths", "parameter_groups", "checkpoint_layers"]
 
@@ -29,10 +33,10 @@ def _stack_offset(name: str, num_encoder_layers: int) -> int:
 
 def layer_depths(backbone: nn.Module) -> dict[str, int]:
     """Depth of each backbone parameter: 0 for embeddings, i + 1 for layer i, top + 1 for the rest."""
-    config = backbone.config
+    config = config_of(backbone)
     encoder_layers = config.num_layers
     total = encoder_layers + (config.resolved_num_decoder_layers if config.kind == "encoder-decoder" else 0)
-    depths = {}
+    depths: dict[str, int] = {}
     for name, _ in backbone.named_parameters():
         if _EMBEDDING.search(name):
             depths[name] = 0
@@ -52,8 +56,9 @@ def freeze(backbone: nn.Module, embeddings: bool = False, layers: int = 0, whole
     Raises:
         NlpkitError: ``layers`` is more than the backbone has.
     """
-    if layers > backbone.config.num_layers:
-        raise NlpkitError(f"backbone.freeze_layers: {layers} is more than the backbone's {backbone.config.num_layers} layers")
+    num_layers = config_of(backbone).num_layers
+    if layers > num_layers:
+        raise NlpkitError(f"backbone.freeze_layers: {layers} is more than the backbone's {num_layers} layers")
     frozen = 0
     for name, parameter in backbone.named_parameters():
         match = _LAYER.search(name)
@@ -64,7 +69,7 @@ def freeze(backbone: nn.Module, embeddings: bool = False, layers: int = 0, whole
     return frozen
 
 
-def parameter_groups(model: nn.Module, lr: float, weight_decay: float, layer_lr_decay: float = 1.0) -> list[dict[str, Any]]:
+def parameter_groups(model: TaskModel, lr: float, weight_decay: float, layer_lr_decay: float = 1.0) -> list[dict[str, Any]]:
     """AdamW parameter groups: no weight decay on vectors, learning rates decayed towards the embeddings.
 
     With ``layer_lr_decay`` d < 1 (ELECTRA, Clark et al. 2020; BEiT), a

@@ -52,7 +52,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +63,8 @@ from nlpkit.errors import NlpkitError
 from nlpkit.registry import suggest
 
 if TYPE_CHECKING:
-    from nlpkit.tokenization import Tokenizer
+    from nlpkit.backbones import Decoder, EncoderDecoder
+    from nlpkit.tasks import TaskTokenizer
 
 __all__ = ["GenerationOptions", "OPTION_NAMES", "resolve_options", "generate_ids", "generate"]
 
@@ -350,13 +351,15 @@ class _DecoderSteps:
     is the plain cached forward pass.
     """
 
-    def __init__(self, model: nn.Module, ids: Tensor, mask: Tensor, capacity: int) -> None:
+    def __init__(self, model: Decoder, ids: Tensor, mask: Tensor, capacity: int) -> None:
         from nlpkit.backbones import KVCache
 
         self.model = model
         self.ids = ids
         self.padded = bool((mask == 0).any())
-        self.mask = self.position = None
+        # Set exactly when the batch is padded.
+        self.mask: Tensor | None = None
+        self.position: Tensor | None = None
         if self.padded:
             self.mask = torch.zeros(ids.shape[0], capacity, dtype=torch.long, device=ids.device)
             self.mask[:, : ids.shape[1]] = mask
@@ -368,7 +371,7 @@ class _DecoderSteps:
     def prefill(self) -> Tensor:
         """Runs the prompt; the `(batch, vocab)` logits of its last position."""
         length = self.ids.shape[1]
-        if self.padded:
+        if self.mask is not None:  # padded
             hidden = self.model(self.ids, attention_mask=self.mask[:, :length], position_ids=self.prompt_positions,
                                 past_key_values=self.cache, use_cache=True).last_hidden_state
         else:
@@ -377,7 +380,7 @@ class _DecoderSteps:
 
     def step(self, tokens: Tensor) -> Tensor:
         """Feeds `(rows,)` tokens; the `(rows, vocab)` logits of the next position."""
-        if self.padded:
+        if self.mask is not None and self.position is not None:  # padded
             total = self.cache.length + 1
             self.mask[:, total - 1] = 1
             hidden = self.model(tokens[:, None], attention_mask=self.mask[:, :total], position_ids=self.position,
@@ -390,7 +393,7 @@ class _DecoderSteps:
     def expand(self, index: Tensor) -> None:
         """Copies rows `index` of the prompt pass (one per beam or sample)."""
         self.cache.reorder(index)
-        if self.padded:
+        if self.mask is not None and self.position is not None:  # padded
             self.mask, self.position = self.mask[index], self.position[index]
 
     def reorder(self, index: Tensor) -> None:
@@ -404,12 +407,13 @@ class _DecoderSteps:
 class _EncoderDecoderSteps:
     """An encoder-decoder: the source is encoded once; the decoder runs from its start token."""
 
-    def __init__(self, model: nn.Module, source: Tensor, source_mask: Tensor, start: int, capacity: int) -> None:
+    def __init__(self, model: EncoderDecoder, source: Tensor, source_mask: Tensor, start: int, capacity: int) -> None:
         from nlpkit.backbones import KVCache
 
         self.model = model
         self.source_mask = None if bool(source_mask.all()) else source_mask
-        self.memory = model.encode(source, self.source_mask).last_hidden_state  # (batch, source, hidden)
+        # (batch, source, hidden); None after the prompt pass
+        self.memory: Tensor | None = model.encode(source, self.source_mask).last_hidden_state
         self.start = torch.full((source.shape[0], 1), start, dtype=torch.long, device=source.device)
         self.cache = KVCache.allocate(model.config, source.shape[0], capacity, dtype=_cache_dtype(model, source.device),
                                       device=source.device)
@@ -651,11 +655,13 @@ def generate_ids(
         NlpkitError: an input longer than the model's context window, an
             empty input, or an encoder-decoder without a decoder start token.
     """
+    from nlpkit.backbones.config import config_of
+
     kind = _kind(model)
     if not inputs:
         return []
     o = options
-    config = model.config
+    config = config_of(model)
     device = next(model.parameters()).device
     window = config.max_positions
     for i, row in enumerate(inputs):
@@ -690,10 +696,11 @@ def generate_ids(
         return [[[] for _ in range(o.num_return_sequences)] for _ in inputs]
     max_length = prompt_length + new_tokens
 
+    # _kind checked the kind and the LM head; a backbone of a kind offers what nlpkit's class of that kind does.
     if kind == "decoder":
-        steps: Any = _DecoderSteps(model, prompt, mask, max_length)
+        steps: Any = _DecoderSteps(cast("Decoder", model), prompt, mask, max_length)
     else:
-        steps = _EncoderDecoderSteps(model, source, source_mask, int(prompt[0, 0]), max_length)
+        steps = _EncoderDecoderSteps(cast("EncoderDecoder", model), source, source_mask, int(prompt[0, 0]), max_length)
     logits = steps.prefill()
     processors = _Processors(o, logits.shape[-1], prompt, mask if kind == "decoder" else None, prompt_length,
                              max_length, o.num_beams)
@@ -722,7 +729,7 @@ def generate_ids(
 class _StopStrings:
     """Which rows' generated text contains a stop string (decoded with the tokenizer)."""
 
-    def __init__(self, tokenizer: Tokenizer, strings: list[str]) -> None:
+    def __init__(self, tokenizer: TaskTokenizer, strings: list[str]) -> None:
         self.tokenizer = tokenizer
         self.strings = strings
 
@@ -734,7 +741,7 @@ class _StopStrings:
 class _Printer:
     """Streams row 0's text as its tokens come: decodes all so far and emits the new part."""
 
-    def __init__(self, tokenizer: Tokenizer, eos: list[int], stop: list[str], emit: Callable[[str], None]) -> None:
+    def __init__(self, tokenizer: TaskTokenizer, eos: list[int], stop: list[str], emit: Callable[[str], None]) -> None:
         self.tokenizer, self.eos, self.stop, self.emit = tokenizer, set(eos), stop, emit
         self.ids: list[int] = []
         self.shown = 0
@@ -760,7 +767,7 @@ class _Printer:
 
 def generate(
     model: nn.Module,
-    tokenizer: Tokenizer,
+    tokenizer: TaskTokenizer,
     prompts: str | Sequence[str],
     *,
     encode: Callable[[list[str]], list[list[int]]] | None = None,
@@ -795,7 +802,7 @@ def generate(
     o = resolve_options(options, defaults)
     kind = _kind(model)
     single = isinstance(prompts, str)
-    texts = [prompts] if single else list(prompts)
+    texts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not texts:
         return []
     if encode is None:
@@ -805,7 +812,7 @@ def generate(
         ids = encode(texts)
     if kind == "decoder":
         # An empty prompt starts from BOS (transformers' rule), else from the end of a previous text.
-        start = o.bos_token_id if o.bos_token_id is not None else (o.eos_ids or [None])[0]
+        start = o.bos_token_id if o.bos_token_id is not None else (o.eos_ids[0] if o.eos_ids else None)
         for row in ids:
             if not row and start is not None:
                 row.append(start)
@@ -817,7 +824,7 @@ def generate(
         printer = _Printer(output_tokenizer, o.eos_ids, o.stop, stream)
     found = generate_ids(model, ids, o, stop=stop, on_tokens=printer)
     eos = set(o.eos_ids)
-    answers = []
+    answers: list[list[str]] = []  # per prompt, its num_return_sequences texts
     for rows in found:
         texts_out = []
         for row in rows:
@@ -826,5 +833,8 @@ def generate(
             text = output_tokenizer.decode(row, skip_special_tokens=True)
             cut = min((i for i in (text.find(s) for s in o.stop) if i >= 0), default=len(text))
             texts_out.append(text[:cut])
-        answers.append(texts_out if o.num_return_sequences > 1 else texts_out[0])
-    return answers[0] if single else answers
+        answers.append(texts_out)
+    if o.num_return_sequences > 1:
+        return answers[0] if single else answers
+    firsts = [texts_out[0] for texts_out in answers]
+    return firsts[0] if single else firsts

@@ -69,7 +69,7 @@ def nlpkit_addhooks(pluginmanager: pluggy.PluginManager) -> None:
 
 
 @hookspec
-def nlpkit_register_tasks() -> list[type[Task]]:
+def nlpkit_register_tasks() -> list[type[Task]] | None:
     """Register task classes (subclasses of :class:`nlpkit.tasks.Task`).
 
     Called once per plugin when the registries are built, after every plugin is
@@ -84,7 +84,7 @@ def nlpkit_register_tasks() -> list[type[Task]]:
 
 
 @hookspec
-def nlpkit_register_backbone_kinds() -> dict[str, Callable[..., Any]]:
+def nlpkit_register_backbone_kinds() -> dict[str, Callable[..., Any]] | None:
     """Register backbone kinds: name -> module class built from a ``BackboneConfig``.
 
     Called once per plugin when the registries are built. nlpkit's core plugin
@@ -99,7 +99,7 @@ def nlpkit_register_backbone_kinds() -> dict[str, Callable[..., Any]]:
 
 
 @hookspec
-def nlpkit_register_backbone_presets() -> dict[str, Callable[[], Any]]:
+def nlpkit_register_backbone_presets() -> dict[str, Callable[[], Any]] | None:
     """Register named backbone presets (``encoder-tiny``, ``decoder-base`` ...).
 
     Called once per plugin when the registries are built; a recipe's
@@ -112,7 +112,7 @@ def nlpkit_register_backbone_presets() -> dict[str, Callable[[], Any]]:
 
 
 @hookspec
-def nlpkit_register_data_formats() -> dict[str, Callable[..., Any]]:
+def nlpkit_register_data_formats() -> dict[str, Callable[..., Any]] | None:
     """Register data formats that a recipe's ``data.format`` may name.
 
     Called once per plugin when the registries are built. Neither firstresult
@@ -127,7 +127,7 @@ def nlpkit_register_data_formats() -> dict[str, Callable[..., Any]]:
 
 
 @hookspec
-def nlpkit_register_checkpoint_families() -> dict[str, Family]:
+def nlpkit_register_checkpoint_families() -> dict[str, Family] | None:
     """Register checkpoint families: the ``model_type`` of a ``config.json`` -> the code that translates it.
 
     Called once per plugin when the registries are built. Neither firstresult

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from nlpkit._files import staged_folder
+from nlpkit.backbones.config import config_of
 from nlpkit.backbones.cpu import pack_for_cpu_inference
 from nlpkit.errors import NlpkitError
 from nlpkit.plugins import PluginSet, load_plugins
@@ -248,7 +249,7 @@ class PretrainedModel:
         loaded = load_checkpoint(path, registries=registries)
         self.backbone = build_from_checkpoint(loaded, dtype)
         pack_for_cpu_inference(self.backbone)
-        self.has_lm_head = self.backbone.config.kind != "encoder" and "lm_head.weight" not in loaded.fresh
+        self.has_lm_head = config_of(self.backbone).kind != "encoder" and "lm_head.weight" not in loaded.fresh
         self.pooling = read_sentence_pooling(path)
         self.tokenizer = tokenization.from_pretrained(path, max_length=self.pooling.max_length)
 
@@ -268,7 +269,7 @@ class PretrainedModel:
         from nlpkit.generation import generate
 
         if not self.has_lm_head:
-            what = "an encoder" if self.backbone.config.kind == "encoder" else "no LM head weights (saved from a base class)"
+            what = "an encoder" if config_of(self.backbone).kind == "encoder" else "no LM head weights (saved from a base class)"
             raise NlpkitError(f"generate needs a decoder or encoder-decoder with an LM head; {self.path} holds {what}")
         defaults = generation_defaults(self.path)
         for key, role in (("eos_token_id", "eos"), ("pad_token_id", "pad"), ("bos_token_id", "bos")):
@@ -287,8 +288,8 @@ class PretrainedModel:
         Raises:
             NlpkitError: the folder holds no encoder-decoder with an LM head.
         """
-        if self.backbone.config.kind != "encoder-decoder":
-            raise NlpkitError(f"translate needs an encoder-decoder; {self.path} holds a {self.backbone.config.kind}")
+        if config_of(self.backbone).kind != "encoder-decoder":
+            raise NlpkitError(f"translate needs an encoder-decoder; {self.path} holds a {config_of(self.backbone).kind}")
         return _in_batches(self.generate, texts, batch_size, options)
 
     @torch.inference_mode()
@@ -307,10 +308,10 @@ class PretrainedModel:
         """
         from nlpkit.tasks import pad
 
-        if self.backbone.config.kind != "encoder":
-            raise NlpkitError(f"embed needs an encoder; {self.path} holds a {self.backbone.config.kind}")
+        if config_of(self.backbone).kind != "encoder":
+            raise NlpkitError(f"embed needs an encoder; {self.path} holds a {config_of(self.backbone).kind}")
         single = isinstance(texts, str)
-        items = [texts] if single else list(texts)
+        items = [texts] if isinstance(texts, str) else list(texts)
         pad_id = self.tokenizer.pad_token_id
         chunks = []
         for start in range(0, len(items), batch_size):
@@ -319,7 +320,7 @@ class PretrainedModel:
             mask = pad([[1] * len(e.ids) for e in encodings], 0)
             hidden = self.backbone(ids, attention_mask=mask).last_hidden_state.float()
             chunks.append(self._pool(hidden, mask))
-        embeddings = torch.cat(chunks) if chunks else torch.empty(0, self.backbone.config.hidden_size)
+        embeddings = torch.cat(chunks) if chunks else torch.empty(0, config_of(self.backbone).hidden_size)
         if self.pooling.normalize:
             embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=-1)
         return embeddings[0] if single else embeddings

@@ -213,6 +213,8 @@ def _fill_registries(manager: pluggy.PluginManager, infos: dict[str, PluginInfo]
         for impl in reversed(getattr(manager.hook, hook_name).get_hookimpls()):
             alone = manager.subset_hook_caller(hook_name, remove_plugins=everyone - {impl.plugin})
             for result in alone():  # pluggy drops None: [] or [this plugin's answer]
+                # A plugin's names are unchecked until register and _check_task_class check them.
+                items: list[tuple[Any, Any]]
                 if table_name == "tasks":
                     items = [(getattr(task, "name", None), task) for task in result]
                     for name, task in items:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
@@ -26,6 +26,9 @@ from nlpkit._yaml import load_yaml
 from nlpkit.errors import NlpkitError
 from nlpkit.registry import Registries, suggest
 from nlpkit.schema import Context, build, describe
+
+if TYPE_CHECKING:
+    from nlpkit.tasks import Task
 
 __all__ = [
     "Recipe",
@@ -374,13 +377,13 @@ def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
     return yaml.safe_load(yaml.safe_dump(raw)) if raw else {}
 
 
-def _check_backbone(recipe: Recipe, task_cls: type, registries: Registries, ctx: Context, recipe_dir: Path,
+def _check_backbone(recipe: Recipe, task_cls: type[Task], registries: Registries, ctx: Context, recipe_dir: Path,
                     check_files: bool) -> None:
     from nlpkit.backbones.config import BackboneConfig
 
     section = recipe.backbone
     if section.pretrained is not None:
-        _check_pretrained(recipe, task_cls, registries, ctx, recipe_dir, check_files)
+        _check_pretrained(recipe, section.pretrained, task_cls, registries, ctx, recipe_dir, check_files)
         return
     if section.preset is None and section.kind is None:
         raise ctx.error(("backbone",), f"expected 'preset' (one of: {', '.join(registries.backbone_presets)}) or 'kind' with 'config'")
@@ -409,15 +412,15 @@ def _check_backbone(recipe: Recipe, task_cls: type, registries: Registries, ctx:
         )
 
 
-def _check_pretrained(recipe: Recipe, task_cls: type, registries: Registries, ctx: Context, recipe_dir: Path,
-                      check_files: bool) -> None:
+def _check_pretrained(recipe: Recipe, given: str, task_cls: type[Task], registries: Registries, ctx: Context,
+                      recipe_dir: Path, check_files: bool) -> None:
     section = recipe.backbone
     for key in ("preset", "kind"):
         if getattr(section, key) is not None:
             raise ctx.error(("backbone", key), "cannot be combined with backbone.pretrained (the folder's config.json says what it is)")
     if section.config:
         raise ctx.error(("backbone", "config"), "a pretrained backbone's architecture comes from its config.json and cannot change")
-    given, resolved = section.pretrained, _resolve_path(section.pretrained, recipe_dir)
+    resolved = _resolve_path(given, recipe_dir)
     section.pretrained = str(resolved)
     if not check_files:
         return
@@ -438,7 +441,7 @@ def _check_pretrained(recipe: Recipe, task_cls: type, registries: Registries, ct
         raise ctx.error(("backbone", "freeze_layers"), f"{section.freeze_layers} is more than the backbone's {config.num_layers} layers")
 
 
-def _check_data(recipe: Recipe, task_cls: type, registries: Registries, recipe_dir: Path, ctx: Context,
+def _check_data(recipe: Recipe, task_cls: type[Task], registries: Registries, recipe_dir: Path, ctx: Context,
                 check_files: bool) -> None:
     data = recipe.data
     fields = [*task_cls.input_columns, *task_cls.optional_columns, *task_cls.target_columns]
@@ -465,7 +468,7 @@ def _check_data(recipe: Recipe, task_cls: type, registries: Registries, recipe_d
             if check_files and not path.is_file():
                 raise ctx.error(("data", split), f"file '{value}' does not exist (looked for {path})")
             setattr(data, split, str(path))
-        if data.format is None:
+        if data.format is None and data.train is not None:  # data.train is set: checked above
             data.format = Path(data.train).suffix.lstrip(".").lower() or "(none)"
             if data.format not in registries.data_formats:
                 names = registries.data_formats.names()
@@ -494,7 +497,7 @@ def _check_tokenizer(recipe: Recipe, recipe_dir: Path, ctx: Context, check_files
         tok.file = str(path)
 
 
-def _check_training(recipe: Recipe, task_cls: type, ctx: Context) -> None:
+def _check_training(recipe: Recipe, task_cls: type[Task], ctx: Context) -> None:
     training = recipe.training
     if training.max_tokens is not None and recipe.data.group_by_length:
         raise ctx.error(("training", "max_tokens"), "already groups examples by length; drop data.group_by_length")
@@ -536,6 +539,8 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
         if f.name in ("task_options", "source"):
             continue
         value = getattr(recipe, f.name)
-        out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a section (an instance, not a class)
+            value = dataclasses.asdict(value)
+        out[f.name] = value
     out[recipe.task] = dataclasses.asdict(recipe.task_options)
     return out

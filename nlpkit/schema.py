@@ -111,7 +111,7 @@ def _coerce(value: Any, hint: Any, path: tuple[str, ...], ctx: Context) -> Any:
         if len(errors) == 1:
             raise errors[0]
         raise ctx.error(path, f"expected {type_name(hint)}, got {describe(value)}")
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):  # a dataclass hint, not an instance
         return value if isinstance(value, hint) else build(hint, value, path, ctx)
     if hint is bool:
         if isinstance(value, bool):

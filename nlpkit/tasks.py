@@ -36,6 +36,8 @@ from nlpkit.errors import NlpkitError
 from nlpkit.backbones.config import BackboneConfig
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import datasets
     import torchmetrics
 
@@ -97,6 +99,16 @@ class Backbone(Protocol):
     def logits(self, hidden_states: torch.Tensor) -> torch.Tensor: ...
 
 
+if TYPE_CHECKING:
+    class BackboneModule(Backbone, nn.Module):
+        """The type of ``TaskModel.backbone``: an ``nn.Module`` that offers the :class:`Backbone` protocol.
+
+        For type checkers only (Python has no intersection types): tasks see the
+        protocol, and nlpkit hands the same object to functions that take a
+        module (``generate``, ``save_pretrained``, the fine-tuning controls).
+        """
+
+
 class TaskTokenizer(Protocol):
     """All a task may rely on of its tokenizer (``nlpkit.tokenization.Tokenizer``; README: Tokenizers).
 
@@ -136,6 +148,15 @@ class TaskTokenizer(Protocol):
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
 
+    @property
+    def target(self) -> TaskTokenizer | None:
+        """A translation pair's target-side tokenizer (Marian), None when one tokenizer serves both sides."""
+        ...
+
+    def save(self, folder: str | Path) -> None:
+        """Write the tokenizer's files into ``folder`` (nlpkit keeps a run's tokenizer in its folder)."""
+        ...
+
 
 class TaskModel(nn.Module):
     """A backbone and a task head; the module that is trained and saved.
@@ -148,7 +169,7 @@ class TaskModel(nn.Module):
             checkpoints saved before a rename still load.
     """
 
-    backbone: Backbone
+    backbone: BackboneModule
 
     def __init__(self, backbone: nn.Module, head: nn.Module, renamed_weights: dict[str, str] | None = None) -> None:
         super().__init__()
@@ -185,6 +206,14 @@ def pad(sequences: Sequence[Sequence[int]], value: int, side: str = "right") -> 
     return out
 
 
+def _stacked(values: list[Any]) -> torch.Tensor | list[Any]:
+    """A tensor of numbers or of equal-length lists of numbers; other values stay a list."""
+    try:
+        return torch.tensor(values)
+    except (TypeError, ValueError, RuntimeError):  # strings, None, ragged lists
+        return values
+
+
 class Task:
     """Base class of task plugins: the contract plus a few defaults.
 
@@ -206,6 +235,11 @@ class Task:
         regroups_examples: ``prepare`` joins or cuts examples into feature
             rows (language-model blocks), so features do not correspond one
             to one with examples.
+        learnt_attributes: instance attributes ``setup`` learns from the
+            training data (a label list), saved and restored by the default
+            ``state`` and ``load_state``; JSON-serialisable values.
+        padded_features: features the default ``collate`` pads as token
+            sequences besides ``input_ids``, with the value each is padded with.
         renamed_weights: old name prefixes of the model's weights (``head.0.``)
             mapped to new ones (``head.dense.``) after a change of the head, so
             that run folders written before it still load.
@@ -226,6 +260,8 @@ class Task:
     lower_is_better: ClassVar[tuple[str, ...]] = ()
     regroups_examples: ClassVar[bool] = False
     renamed_weights: ClassVar[dict[str, str]] = {}
+    padded_features: ClassVar[dict[str, int]] = {"token_type_ids": 0}
+    learnt_attributes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any, tokenizer: TaskTokenizer) -> None:
         self.config = config
@@ -270,11 +306,16 @@ class Task:
         """
 
     def state(self) -> dict[str, Any]:
-        """What ``setup`` learnt, as JSON-serialisable data saved in the run folder."""
-        return {}
+        """What ``setup`` learnt, as JSON-serialisable data saved in the run folder.
+
+        The default saves the attributes named in ``learnt_attributes``.
+        """
+        return {name: getattr(self, name) for name in self.learnt_attributes}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Restore what ``state`` returned (when a run folder is loaded)."""
+        """Restore what ``state`` returned (when a run folder is loaded); the default sets the attributes back."""
+        for name in self.learnt_attributes:
+            setattr(self, name, state[name])
 
     def encode(self, examples: dict[str, list[Any]]) -> dict[str, list[Any]]:
         """Turn a batch of examples (column -> values) into features (batched map function).
@@ -297,8 +338,26 @@ class Task:
         return len(features["input_ids"])
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        """Pad a list of features into a batch of tensors."""
-        raise NotImplementedError
+        """Pad a list of features into a batch.
+
+        The default suits one token sequence per example: ``input_ids`` padded
+        with the tokenizer's pad id, with its ``attention_mask``; the other
+        ``padded_features`` padded with their values; every other feature
+        stacked into a tensor where its values are numbers or equal-length
+        lists of numbers (labels), and left a list where not (strings,
+        offsets: a batch may carry plain values).
+        """
+        batch: dict[str, Any] = {}
+        for key in features[0]:
+            values = [f[key] for f in features]
+            if key == "input_ids":
+                batch[key] = pad(values, self.tokenizer.pad_token_id)
+                batch["attention_mask"] = pad([[1] * len(v) for v in values], 0)
+            elif key in self.padded_features:
+                batch[key] = pad(values, self.padded_features[key])
+            else:
+                batch[key] = _stacked(values)
+        return batch
 
     # -- model ----------------------------------------------------------------
 

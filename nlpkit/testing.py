@@ -860,10 +860,12 @@ class _Checker:
                                      f"the same data {state}: setup must depend on the data only")
 
     def check_load_and_predict(self, run_dir: Path) -> list[Any]:
-        from nlpkit.inference import load
+        from nlpkit.inference import LoadedModel, load
 
         with self.step("nlpkit.load"):
             loaded = load(run_dir, plugins=[self.plugin])
+        if not isinstance(loaded, LoadedModel):  # a run folder loads as a run, never as a pretrained folder
+            raise self.fail("nlpkit.load", f"expected a run, got a {type(loaded).__name__}")
         if type(loaded.task) is not self.cls:
             raise self.fail("nlpkit.load", f"expected a {self.name} task, got {type(loaded.task).__name__}")
 

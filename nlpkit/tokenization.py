@@ -136,6 +136,7 @@ class Tokenizer:
         ordered = list(dict.fromkeys(specials.values()))
         if kind == "char":
             return cls._train_characters(texts, specials, min_frequency, lowercase, max_length)
+        trainer: trainers.Trainer
         if kind == "wordpiece":
             backend = tokenizers.Tokenizer(models.WordPiece(unk_token=specials["unk"]))
             backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase or None)

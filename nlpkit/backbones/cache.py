@@ -168,7 +168,7 @@ class KVCache:
                     store[i] = old.index_select(0, index)
         if not cross:
             return
-        for store in (self.cross_keys, self.cross_values):
-            for i, old in enumerate(store):
-                if old is not None:
-                    store[i] = old.index_select(0, index)
+        for cross_store in (self.cross_keys, self.cross_values):
+            for i, cached in enumerate(cross_store):
+                if cached is not None:
+                    cross_store[i] = cached.index_select(0, index)

@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from nlpkit.schema import Context, build, check_fields
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["BackboneConfig"]
 
@@ -230,3 +233,12 @@ class BackboneConfig:
         """
         return build(cls, d, (), Context(source) if source else Context("", template="{key}: {message}"))
 
+
+def config_of(backbone: nn.Module) -> BackboneConfig:
+    """The config of a backbone module: every registered kind keeps its `BackboneConfig` as `config`.
+
+    `nn.Module` types the attributes it does not declare as tensors or
+    modules, so code that holds a backbone as an `nn.Module` reads the config
+    through this one typed accessor.
+    """
+    return cast(BackboneConfig, backbone.config)

@@ -73,7 +73,10 @@ class Decoder(nn.Module):
 
     def get_input_embeddings(self) -> nn.Embedding:
         """The token embedding table."""
-        return self.embeddings.token
+        token = self.embeddings.token
+        if token is None:  # never: these embeddings are built with their token table
+            raise RuntimeError("the embeddings have no token table")
+        return token
 
     def logits(self, hidden_states: Tensor) -> Tensor:
         """Applies the LM head: `(..., hidden)` -> `(..., vocab_size)`."""

@@ -65,7 +65,10 @@ class Encoder(nn.Module):
 
     def get_input_embeddings(self) -> nn.Embedding:
         """The token embedding table."""
-        return self.embeddings.token
+        token = self.embeddings.token
+        if token is None:  # never: these embeddings are built with their token table
+            raise RuntimeError("the embeddings have no token table")
+        return token
 
     def _position_ids(self, input_ids: Tensor) -> Tensor:
         """`(batch or 1, seq)` positions before `position_offset` is added."""
@@ -73,7 +76,10 @@ class Encoder(nn.Module):
         if self.config.position_offset > 0 and self.embeddings.position is not None:
             # RoBERTa counts only real tokens: the k-th real token gets offset + k
             # and every pad gets offset - 1 (its padding_idx), whatever the padding side.
-            not_pad = (input_ids != self.config.pad_token_id).long()
+            pad_token_id = self.config.pad_token_id
+            if pad_token_id is None:  # never: BackboneConfig requires it for these positions
+                raise ValueError("pad_token_id is needed by an encoder with position_offset > 0 (RoBERTa positions)")
+            not_pad = (input_ids != pad_token_id).long()
             return torch.cumsum(not_pad, dim=1) * not_pad - 1
         return torch.arange(length, device=input_ids.device)[None]
 

@@ -118,6 +118,8 @@ class SinusoidalPositions(nn.Module):
     the state dict.
     """
 
+    table: Tensor  # (positions, dim), a buffer
+
     def __init__(self, num_positions: int, dim: int) -> None:
         super().__init__()
         half = (dim + 1) // 2  # Marian's "sentinel": the sine half gets the odd column
@@ -251,10 +253,17 @@ class Embeddings(nn.Module):
 
         `position_ids` are the positions before `position_offset` is added.
         """
-        x = self.token(input_ids) if inputs_embeds is None else inputs_embeds
+        if inputs_embeds is not None:
+            x = inputs_embeds
+        elif self.token is not None and input_ids is not None:
+            x = self.token(input_ids)
+        else:
+            raise ValueError("embeddings need input_ids (and a token table) or inputs_embeds")
         if self.scale != 1.0:
             x = x * self.scale
         if self.position is not None:
+            if position_ids is None:
+                raise ValueError("learned and sinusoidal positions need position_ids")
             x = x + self.position(position_ids + self.config.position_offset)
         if self.token_type is not None:
             # No ids means segment 0 everywhere, as in BERT.
@@ -417,8 +426,10 @@ class Attention(nn.Module):
         q = self.query(x).view(batch, length, self.num_heads, self.head_dim)
         q = q.transpose(1, 2)  # (batch, heads, seq, head_dim)
         if self.cross:
-            if cache is not None and cache.cross_keys[self.layer_index] is not None:
-                k, v = cache.cross_keys[self.layer_index], cache.cross_values[self.layer_index]
+            cached_k = cache.cross_keys[self.layer_index] if cache is not None else None
+            cached_v = cache.cross_values[self.layer_index] if cache is not None else None
+            if cached_k is not None and cached_v is not None:  # keys and values are filled together
+                k, v = cached_k, cached_v
             else:
                 if memory is None:
                     raise ValueError("cross-attention needs encoder outputs when the cache holds none")
@@ -507,9 +518,10 @@ class TransformerLayer(nn.Module):
     ) -> Tensor:
         """Runs one layer on `(batch, seq, hidden)` and returns the same shape."""
         x = self._residual(x, self.attention_norm, lambda h: self.attention(h, mask, is_causal, rotary, cache))
-        if self.cross_attention is not None:
+        cross_attention, cross_attention_norm = self.cross_attention, self.cross_attention_norm
+        if cross_attention is not None and cross_attention_norm is not None:  # set together in __init__
             x = self._residual(
-                x, self.cross_attention_norm, lambda h: self.cross_attention(h, memory_mask, cache=cache, memory=memory)
+                x, cross_attention_norm, lambda h: cross_attention(h, memory_mask, cache=cache, memory=memory)
             )
         return self._residual(x, self.mlp_norm, self.mlp)
 
@@ -529,8 +541,9 @@ def init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
     elif isinstance(module, (nn.LayerNorm, RMSNorm)):
         nn.init.ones_(module.weight)
-        if getattr(module, "bias", None) is not None:
-            nn.init.zeros_(module.bias)
+        bias = getattr(module, "bias", None)
+        if bias is not None:
+            nn.init.zeros_(bias)
 
 
 def tie_lm_head(model: nn.Module, head_name: str, token_name: str) -> None:
@@ -551,13 +564,15 @@ def tie_lm_head(model: nn.Module, head_name: str, token_name: str) -> None:
     """
     model.get_submodule(head_name).weight = model.get_submodule(token_name).weight
     if getattr(model, "_tied_lm_head", None) is None:
-        model._tied_lm_head = (head_name, token_name)
+        # A plain attribute, set and read with setattr/getattr: nn.Module types the ones it does not declare as
+        # tensors or modules.
+        setattr(model, "_tied_lm_head", (head_name, token_name))
         model.register_load_state_dict_pre_hook(_fill_tied_weight)
         model.register_load_state_dict_post_hook(_retie_lm_head)
 
 
 def _fill_tied_weight(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: object) -> None:
-    head_key, token_key = (f"{prefix}{name}.weight" for name in module._tied_lm_head)
+    head_key, token_key = (f"{prefix}{name}.weight" for name in getattr(module, "_tied_lm_head"))
     if head_key not in state_dict and token_key in state_dict:
         state_dict[head_key] = state_dict[token_key]
     elif token_key not in state_dict and head_key in state_dict:
@@ -565,5 +580,5 @@ def _fill_tied_weight(module: nn.Module, state_dict: dict[str, Tensor], prefix: 
 
 
 def _retie_lm_head(module: nn.Module, incompatible_keys: object) -> None:
-    head_name, token_name = module._tied_lm_head
+    head_name, token_name = getattr(module, "_tied_lm_head")
     module.get_submodule(head_name).weight = module.get_submodule(token_name).weight

@@ -21,6 +21,7 @@ tokenizer's size via `dataclasses.replace(config, vocab_size=...)`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypedDict
 
 from nlpkit.backbones.config import BackboneConfig
 
@@ -37,10 +38,19 @@ __all__ = [
     "encoder_tiny",
 ]
 
-_SIZES = {
-    "tiny": dict(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512),
-    "small": dict(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024),
-    "base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
+class _Size(TypedDict):
+    """The fields a size sets (a TypedDict, so that `**_SIZES[size]` is checked field by field)."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    intermediate_size: int
+
+
+_SIZES: dict[str, _Size] = {
+    "tiny": _Size(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512),
+    "small": _Size(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024),
+    "base": _Size(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
 }
 
 

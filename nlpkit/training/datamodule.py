@@ -49,7 +49,8 @@ class TaskDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         features = self.features[split]
-        batch_size: int | None = self.training.batch_size if train else (self.training.eval_batch_size or self.training.batch_size)
+        size = self.training.batch_size if train else (self.training.eval_batch_size or self.training.batch_size)
+        batch_size: int | None = size
         sampler = None
         if train and self.training.max_tokens is not None:
             lengths = [self.task.feature_length(f) for f in features]
@@ -61,9 +62,9 @@ class TaskDataModule(pl.LightningDataModule):
         elif train:
             if self.group_by_length:
                 lengths = [self.task.feature_length(f) for f in features]
-                sampler = LengthGroupedSampler(lengths, batch_size, seed=self.training.seed)
+                sampler = LengthGroupedSampler(lengths, size, seed=self.training.seed)
             else:
-                sampler = EpochSampler(len(features), batch_size, seed=self.training.seed)
+                sampler = EpochSampler(len(features), size, seed=self.training.seed)
             if self._resume is not None:
                 sampler.resume(self._resume["epoch"], self._resume["batches"])
         return DataLoader(
@@ -84,7 +85,8 @@ class TaskDataModule(pl.LightningDataModule):
         if self.trainer is None:
             return {}
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": self.trainer.current_epoch, "batches": progress.processed}
+        # Lightning declares _Progress.current as a _ReadyCompletedTracker; a batch progress's is a _ProcessedTracker.
+        return {"epoch": self.trainer.current_epoch, "batches": progress.processed}  # type: ignore[attr-defined]
 
     @override
     def load_state_dict(self, state_dict: dict[str, int]) -> None:

@@ -92,6 +92,8 @@ class _HistoryWriter(ExperimentWriter):
 class RunHistoryLogger(CSVLogger):
     """``metrics.csv`` straight in the run folder, one row per logging step, kept across resumes."""
 
+    _experiment: _HistoryWriter | None  # CSVLogger's attribute, holding the writer below
+
     def __init__(self, run_dir: Path) -> None:
         # name="" and version="" put metrics.csv in the run folder itself.
         super().__init__(save_dir=run_dir, name="", version="")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from typing_extensions import override
 
 from nlpkit.recipe import OptimizationSection
@@ -59,9 +59,13 @@ class TaskModule(pl.LightningModule):
         self.model = model
         self.optimization = optimization
         self.save_hyperparameters({"recipe": recipe or {}})
-        metrics = task.metrics()
-        self.val_metrics = MetricCollection(metrics, prefix="val_") if metrics else None
-        self.test_metrics = self.val_metrics.clone(prefix="test_") if metrics else None
+        # MetricCollection takes a dict of metrics or collections (dict is invariant: say so).
+        metrics: dict[str, Metric | MetricCollection] = {**task.metrics()}
+        if metrics:
+            self.val_metrics: MetricCollection | None = MetricCollection(metrics, prefix="val_")
+            self.test_metrics: MetricCollection | None = self.val_metrics.clone(prefix="test_")
+        else:
+            self.val_metrics = self.test_metrics = None
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         outputs = self.task.forward(self.model, batch)

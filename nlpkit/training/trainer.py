@@ -91,11 +91,14 @@ def _trainer(recipe: Recipe, run: RunFolder, resumed_recipe: dict[str, Any] | No
     from nlpkit.training.history import RunHistory, RunHistoryLogger
 
     training = recipe.training
+    mode = training.monitor_mode
+    if mode is None:  # load_recipe sets it from the monitored metric
+        raise NlpkitError("training.monitor_mode: not set")
     checkpoint = ModelCheckpoint(
         dirpath=run.checkpoint_dir,
         filename="best",
         monitor=training.monitor,
-        mode=training.monitor_mode,
+        mode=mode,
         save_top_k=1,
         enable_version_counter=False,
     )
@@ -123,7 +126,7 @@ def _trainer(recipe: Recipe, run: RunFolder, resumed_recipe: dict[str, Any] | No
         callbacks.append(
             EarlyStopping(
                 monitor=training.monitor,
-                mode=training.monitor_mode,
+                mode=mode,
                 patience=training.early_stopping.patience,
                 min_delta=training.early_stopping.min_delta,
             )
@@ -135,7 +138,8 @@ def _trainer(recipe: Recipe, run: RunFolder, resumed_recipe: dict[str, Any] | No
         default_root_dir=run.path,
         max_epochs=training.epochs,
         max_steps=training.max_steps,
-        precision=training.precision,
+        # One of recipe.PRECISIONS with "auto" resolved by train(): a name Lightning types as a Literal.
+        precision=training.precision,  # type: ignore[arg-type]
         gradient_clip_val=recipe.optimization.grad_clip,
         accumulate_grad_batches=recipe.optimization.accumulate_grad_batches,
         log_every_n_steps=training.log_every_n_steps,
@@ -267,6 +271,8 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
     resolved = recipe_to_dict(recipe)
     checkpoint_path = resumed_recipe = None
     if resume is not None:
+        if run is None:  # an empty resume ("") opened no folder above
+            raise NlpkitError(f"--resume: no run folder to resume ({resume!r})")
         checkpoint_path = checkpoint_to_resume(run, resolved)
         # The folder's recipe describes what was trained, epochs added by the resume included.
         resumed_recipe = {**resolved, **{key: run.read_recipe()[key] for key in _RUN_NAMING}}
@@ -276,6 +282,8 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
 
     created = run is None
     if run is None:
+        if recipe.name is None:  # load_recipe names every recipe
+            raise NlpkitError("name: the recipe has no name for its run folder")
         run = RunFolder.create(recipe.output_dir, recipe.name, path=os.environ.get(RUN_DIR_ENV))
         log.info("run folder: %s", run.path)
     os.environ[RUN_DIR_ENV] = str(run.path)

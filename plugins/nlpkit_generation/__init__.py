@@ -76,7 +76,7 @@ class LanguageModelingOptions:
 class Perplexity(torchmetrics.MeanMetric):
     """exp of the mean of per-token losses (nats): the perplexity of the predicted tokens."""
 
-    higher_is_better = False
+    higher_is_better = False  # type: ignore[assignment]  # torchmetrics' BaseAggregator declares it as None, Metric as bool | None
 
     def compute(self) -> torch.Tensor:
         return super().compute().exp()
@@ -189,7 +189,7 @@ class LanguageModeling(GeneratesText, Task):
         for row_loss, row_counted in zip(losses, counted):
             n = int(row_counted.sum())
             mean = float(row_loss[row_counted].mean()) if n else None
-            answers.append({"loss": mean, "perplexity": math.exp(mean) if n else None, "tokens": n})
+            answers.append({"loss": mean, "perplexity": math.exp(mean) if mean is not None else None, "tokens": n})
         return answers
 
     def encode_prompts(self, texts):

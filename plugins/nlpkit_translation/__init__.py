@@ -27,7 +27,7 @@ Marian) — unless the recipe sets it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +80,8 @@ class CHRF(CHRFScore):
         super().__init__(n_char_order=6, n_word_order=0, beta=2.0, lowercase=lowercase)
 
     def compute(self) -> torch.Tensor:
-        return super().compute() * 100
+        # A tensor: CHRFScore returns a tuple only with return_sentence_level_score, not asked for above.
+        return cast(torch.Tensor, super().compute()) * 100
 
 
 class Translation(GeneratesText, Task):

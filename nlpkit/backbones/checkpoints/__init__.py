@@ -169,7 +169,7 @@ def _model_type(config_json: Mapping[str, Any], registries: Registries) -> str |
         return model_type if isinstance(model_type, str) and model_type in families else None
     # Old configs without `model_type` still name their class. Comparing stems, not prefixes, keeps
     # `DistilBertModel` from reading as BERT and `Qwen2MoeForCausalLM` as Qwen2.
-    stems = {}
+    stems: dict[str, str] = {}
     for name, family in families.items():
         if found := _CLASS_NAME.fullmatch(family.ARCHITECTURES[name]):
             stems.setdefault(found.group(1), name)
@@ -618,7 +618,7 @@ def _expressing(config: BackboneConfig, registries: Registries) -> tuple[str | N
     families = registries.checkpoint_families
     # A stable sort keeps each plugin's own order among its families.
     ordered = sorted(families.items(), key=lambda item: families.owner(item[0]) not in ESSENTIAL_PLUGINS)
-    reasons = []
+    reasons: list[str] = []
     for model_type, family in ordered:
         probe = family.config_from_hf({}, model_type)
         if probe.kind != config.kind:

@@ -21,8 +21,9 @@ __all__ = ["SentencePooling", "read_sentence_pooling"]
 _POOLING = "sentence_transformers.models.Pooling"
 _NORMALIZE = "sentence_transformers.models.Normalize"
 _KNOWN_MODULES = {"sentence_transformers.models.Transformer", _POOLING, _NORMALIZE}
+PoolingMode = Literal["cls", "mean", "max", "mean_sqrt_len"]
 # Pooling config flags -> mode, in sentence-transformers' order of precedence for a single mode.
-_MODES = {
+_MODES: dict[str, PoolingMode] = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_mean_tokens": "mean",
     "pooling_mode_max_tokens": "max",
@@ -34,7 +35,7 @@ _MODES = {
 class SentencePooling:
     """Attributes: mode (cls / mean / max / mean_sqrt_len), normalize (L2), max_length (or None)."""
 
-    mode: Literal["cls", "mean", "max", "mean_sqrt_len"] = "mean"
+    mode: PoolingMode = "mean"
     normalize: bool = False
     max_length: int | None = None
 

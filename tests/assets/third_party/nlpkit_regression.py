@@ -22,7 +22,7 @@ import torchmetrics
 from torch import nn
 
 import nlpkit
-from nlpkit.tasks import NlpkitError, Task, pad
+from nlpkit.tasks import NlpkitError, Task
 
 
 @dataclass
@@ -38,7 +38,11 @@ class Regression(Task):
     target_columns = ("value",)
     metric_names = ("mae", "rmse")
     lower_is_better = ("mae", "rmse")
-    mean, std = 0.0, 1.0
+    learnt_attributes = ("mean", "std")  # the task's state: saved in the run folder, set back on load
+
+    def __init__(self, config, tokenizer):
+        super().__init__(config, tokenizer)
+        self.mean, self.std = 0.0, 1.0
 
     def check_split(self, where, dataset):
         for row, value in enumerate(dataset["value"]):
@@ -50,24 +54,11 @@ class Regression(Task):
         values = torch.tensor(splits["train"]["value"], dtype=torch.float64)
         self.mean, self.std = values.mean().item(), values.std(correction=0).item() or 1.0
 
-    def state(self):
-        return {"mean": self.mean, "std": self.std}
-
-    def load_state(self, state):
-        self.mean, self.std = state["mean"], state["std"]
-
     def encode(self, examples):
         features = {"input_ids": [e.ids for e in self.tokenizer.encode_batch(examples["text"])]}
         if "value" in examples:
             features["value"] = [(v - self.mean) / self.std for v in examples["value"]]
         return features
-
-    def collate(self, features):
-        ids = [f["input_ids"] for f in features]
-        batch = {"input_ids": pad(ids, self.tokenizer.pad_token_id), "attention_mask": pad([[1] * len(i) for i in ids], 0)}
-        if "value" in features[0]:
-            batch["value"] = torch.tensor([f["value"] for f in features], dtype=torch.float32)
-        return batch
 
     def build_head(self, backbone_config):
         return nn.Sequential(nn.Dropout(self.config.dropout), nn.Linear(backbone_config.hidden_size, 1))
