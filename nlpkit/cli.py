@@ -7,6 +7,7 @@ with code 2; there is no traceback for a mistake in a recipe, file or option.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import sys
@@ -15,6 +16,7 @@ from typing import Any, Sequence
 
 from nlpkit._files import read_text
 from nlpkit.errors import NlpkitError
+from nlpkit.scaffold import KINDS
 
 __all__ = ["main"]
 
@@ -73,20 +75,102 @@ def _read_jsonl(path: str) -> list[tuple[int, Any]]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Answer texts (arguments) or JSON lines (``--input``) with a trained run; JSON lines out."""
-    inputs: list[Any] = list(args.texts)
-    names = [f"argument {i + 1}" for i in range(len(inputs))]
+    """Answer texts or examples with a trained run; one JSON line out per input.
+
+    Inputs, each answered as nlpkit.load(RUN).predict answers it:
+      TEXT                  a text: the task's first input field
+      '{"text": "a", "text_pair": "b"}'
+                            a TEXT that starts with '{': one example, a JSON
+                            object of the task's fields
+      --field NAME=VALUE    one example, field by field: repeat it for each
+                            field (split at the first '='; values are text);
+                            not together with TEXT
+      --input FILE.jsonl    one input a line: a JSON string, or an object of
+                            the task's fields
+
+    A TEXT that is a JSON list, or starts with '{' but is not valid JSON, is an
+    error: give such a text as it is with --field. --field and a JSON TEXT
+    refuse a field the task does not take; --input rows may hold other keys
+    (an id), which are ignored.
+    """
+    fields = _field_example(args.fields)
+    if fields and args.texts:
+        raise NlpkitError("predict: give TEXT arguments or --field NAME=VALUE, not both "
+                          "(--field gives one example, field by field)")
+    inputs: list[Any] = []
+    names: list[str] = []
+    strict: list[int] = []  # the inputs whose field names must all be the task's (--field, JSON TEXT)
+    if fields:
+        strict.append(len(inputs))
+        inputs.append(fields)
+        names.append("--field")
+    for number, text in enumerate(args.texts, start=1):
+        item = _text_argument(text, f"argument {number}")
+        if isinstance(item, dict):
+            strict.append(len(inputs))
+        inputs.append(item)
+        names.append(f"argument {number}")
     if args.input:
         for number, row in _read_jsonl(args.input):
             inputs.append(row)
             names.append(f"{args.input}:{number}")
     if not inputs:
-        raise NlpkitError("predict: give texts as arguments or --input FILE.jsonl")
+        raise NlpkitError("predict: give texts as arguments, --field NAME=VALUE or --input FILE.jsonl")
     model = _load_run(args)
+    for index in strict:
+        _check_field_names(model.task, inputs[index], names[index])
     model.check_inputs(inputs, names)
     for answer in model.predict(inputs, batch_size=args.batch_size):
         print(json.dumps(answer, ensure_ascii=False))
     return 0
+
+
+def _field(text: str) -> tuple[str, str]:
+    """``--field NAME=VALUE`` -> (NAME, VALUE), split at the first '='."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    if not name.strip():
+        raise argparse.ArgumentTypeError(f"expected a field name before '=', got {text!r}")
+    return name.strip(), value
+
+
+def _field_example(fields: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """The one example that ``--field`` arguments give (empty when there are none)."""
+    example: dict[str, str] = {}
+    for name, value in fields:
+        if name in example:
+            raise NlpkitError(f"--field: field '{name}' given twice")
+        example[name] = value
+    return example
+
+
+def _text_argument(text: str, where: str) -> Any:
+    """A TEXT argument: a JSON object is an example of the task's fields, anything else a text."""
+    start = text.lstrip()[:1]
+    try:
+        value = json.loads(text) if start in ("{", "[") else text
+    except json.JSONDecodeError as error:
+        if start == "[":  # "[Reuters] ..." is a text
+            return text
+        raise NlpkitError(f"{where}: starts with '{{' but is not a JSON object ({error.msg} at character "
+                          f"{error.pos + 1}); give a text that starts with '{{' as --field NAME=TEXT") from None
+    if isinstance(value, list):
+        raise NlpkitError(f"{where}: a JSON list, not an object of the task's fields; give one TEXT or JSON object "
+                          f"per example, or --input FILE.jsonl (a text that starts with '[': --field NAME=TEXT)")
+    return value
+
+
+def _check_field_names(task: Any, example: dict[str, Any], where: str) -> None:
+    """Refuse a field name that the task does not take, suggesting the closest one."""
+    from nlpkit.registry import suggest
+
+    known = [*task.input_columns, *task.optional_columns]
+    for name in example:
+        if name not in known:
+            optional = f"; optional: {', '.join(task.optional_columns)}" if task.optional_columns else ""
+            raise NlpkitError(f"{where}: unknown field '{name}'{suggest(str(name), known)} (task '{task.name}' "
+                              f"takes: {', '.join(task.input_columns)}{optional})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -180,6 +264,44 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    """Write a new task plugin package: the task, its test, a tiny recipe and its data.
+
+    Writes the folder DIR/NAME (refused if it exists and is not empty); for
+    NAME sentiment:
+      pyproject.toml           distribution nlpkit-sentiment, with the entry
+                               point sentiment = "nlpkit_sentiment"
+      nlpkit_sentiment/        the task (task: sentiment in recipes), modelled
+                               on nlpkit's own plugins
+      tests/test_task.py       nlpkit.testing.check_task on the task
+      recipe.yaml, data/       a tiny model trained from scratch in seconds
+      README.md                what to edit
+    NAME is lowercase letters, digits and single underscores. Kinds:
+      sequence     a label per text or text pair (encoder), like classification
+      tokens       a tag per word of pre-split text (encoder), like a simple NER
+      generation   a causal language model that generates text (decoder)
+    It works as written: cd DIR/NAME && pip install -e . && python -m pytest &&
+    nlpkit run recipe.yaml
+    """
+    from nlpkit.scaffold import write_plugin
+
+    def taken() -> dict[str, str]:  # called once the name and folder are checked: it loads the plugins
+        plugin_set = _plugins(args)
+        tasks = plugin_set.registries.tasks
+        used = {info.name: f"the name of plugin module {info.module}" for info in plugin_set.plugins}
+        used.update({task: f"task '{task}' of plugin '{tasks.owner(task)}'" for task in tasks.names()})
+        return used
+
+    folder = write_plugin(args.name, args.kind, args.output, taken=taken)
+    print(f"wrote the {args.kind} task plugin '{args.name}' into {folder}; to try it:")
+    print(f"  cd {folder}")
+    print("  pip install -e .          # nlpkit finds the task through the package's entry point")
+    print("  python -m pytest          # nlpkit.testing.check_task on the task")
+    print("  nlpkit run recipe.yaml    # a tiny model, in seconds")
+    print(f"and {folder / 'README.md'} says what to edit")
+    return 0
+
+
 def _load_run(args: argparse.Namespace) -> Any:
     from nlpkit.inference import load
     from nlpkit.runs import RUN_FILE
@@ -231,7 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def verb(name: str, function: Any) -> argparse.ArgumentParser:
-        sub = verbs.add_parser(name, parents=[common], help=function.__doc__.splitlines()[0], description=function.__doc__)
+        doc = inspect.cleandoc(function.__doc__)
+        # A docstring of several lines (usage examples) is shown as it is written.
+        formatter = argparse.RawDescriptionHelpFormatter if "\n" in doc else argparse.HelpFormatter
+        sub = verbs.add_parser(name, parents=[common], help=doc.splitlines()[0], description=doc,
+                               formatter_class=formatter)
         sub.set_defaults(function=function)
         return sub
 
@@ -243,7 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     sub = verb("predict", cmd_predict)
     sub.add_argument("run_dir", help="a run folder")
-    sub.add_argument("texts", nargs="*", metavar="TEXT", help="texts to answer")
+    sub.add_argument("texts", nargs="*", metavar="TEXT",
+                     help="texts to answer; a TEXT that starts with '{' is a JSON object of the task's fields")
+    sub.add_argument("--field", dest="fields", action="append", default=[], type=_field, metavar="NAME=VALUE",
+                     help="a field of the one example to answer (repeat for each field; not with TEXT)")
     sub.add_argument("--input", metavar="FILE.jsonl", help="JSON lines: a string or an object of the task's fields each")
     sub.add_argument("--batch-size", type=_positive_int, default=32)
     sub = verb("evaluate", cmd_evaluate)
@@ -270,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--format", default="hf", help="export format (hf: a Hugging Face-format folder)")
     sub.add_argument("--overwrite", action="store_true", help="replace the model a folder already holds")
     verb("plugins", cmd_plugins)
+    sub = verb("new-plugin", cmd_new_plugin)
+    sub.add_argument("name", metavar="NAME", help="the task's name, e.g. sentiment (package nlpkit_sentiment)")
+    sub.add_argument("--kind", choices=KINDS, default="sequence", help="what the task does (default: sequence)")
+    sub.add_argument("--output", default=".", metavar="DIR", help="the folder that receives NAME/ (default: .)")
     return parser
 
 
