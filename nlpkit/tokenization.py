@@ -225,6 +225,10 @@ class Tokenizer:
         config: dict[str, Any] = {f"{role}_token": self.special_tokens.get(role) for role in SPECIAL_TOKEN_ROLES}
         config["model_max_length"] = self.max_length
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        # transformers' PreTrainedTokenizerFast returns no token_type_ids unless told to: a BERT-style pair
+        # template gives the second text type id 1, and a model trained on pairs (QA, NLI) must get them.
+        if self.backend.post_processor is not None and any(self.backend.encode("a", "b").type_ids):
+            config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
         (folder / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
     # -- use ------------------------------------------------------------------

@@ -102,3 +102,25 @@ def tiny_recipe(tmp_path: Path, **sections: Any) -> dict[str, Any]:
         else:
             recipe[key] = value
     return recipe
+
+
+def save_tiny_bert(folder: Path, tokenizer: Any) -> Path:
+    """A random 2-layer, 32-wide BERT saved by transformers (the oracle), with ``tokenizer`` saved beside it."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    transformers.BertModel(config).save_pretrained(folder)
+    tokenizer.save(folder)
+    return folder
+
+
+def assert_one_line_error(code: int, captured: Any, parts: list[str]) -> None:
+    """A user error as the CLI reports it: exit code 2, one stderr line ``nlpkit: error: ...`` holding every part."""
+    lines = captured.err.splitlines()
+    assert code == 2, captured.err
+    assert len(lines) == 1 and lines[0].startswith("nlpkit: error: "), captured.err
+    for part in parts:
+        assert part in lines[0], lines[0]

@@ -15,7 +15,7 @@ from nlpkit.plugins import load_plugins
 from nlpkit.recipe import load_recipe
 from nlpkit.tokenization import Tokenizer
 from nlpkit.assembly import build_model
-from tests.helpers import sentiment_rows, tiny_recipe, write_csv
+from tests.helpers import save_tiny_bert, sentiment_rows, tiny_recipe, write_csv
 
 transformers = pytest.importorskip("transformers")
 
@@ -26,12 +26,7 @@ def tiny_bert(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-bert")
     texts = [row["text"] for row in sentiment_rows(400, 7)]
     tokenizer = Tokenizer.train(texts, "wordpiece", vocab_size=200, min_frequency=1, max_length=64)
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    transformers.BertModel(config).save_pretrained(folder)
-    tokenizer.save(folder)
-    return folder
+    return save_tiny_bert(folder, tokenizer)
 
 
 def pretrained_recipe(tmp_path: Path, folder: Path, **sections) -> dict:

@@ -24,7 +24,7 @@ def test_shipped_recipe_validates(path):
     if _needs_shared(path) and not SHARED.is_dir():
         pytest.skip("needs ../shared data")
     recipe = load_recipe(path)
-    assert recipe.task in ("classification", "ner", "generation", "translation")
+    assert recipe.task in ("classification", "ner", "generation", "qa", "translation")
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(REPO / "recipes")) for p in RECIPES])

@@ -18,6 +18,7 @@ from nlpkit.cli import main
 from nlpkit.testing import check_task, tiny_recipe, tiny_tokenizer
 from nlpkit_ner import Ner, NerOptions
 from nlpkit_ner.schemes import chunks
+from tests.helpers import save_tiny_bert
 
 PEOPLE = ["Anna", "Peter", "Maria", "John", "Zoë"]
 PLACES = ["Paris", "Berlin", "Rome", "São"]
@@ -281,16 +282,11 @@ def test_cli_malformed_conll_file_exits_2_naming_file_and_line(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> Path:
     """A random BERT saved by transformers, with a WordPiece tokenizer of the NER words."""
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     folder = tmp_path_factory.mktemp("tiny-bert")
     texts = [" ".join(row["tokens"]) for row in ner_rows(200, 7)]
     tokenizer = tiny_tokenizer(texts, kind="wordpiece", vocab_size=120, max_length=64)
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    transformers.BertModel(config).save_pretrained(folder)
-    tokenizer.save(folder)
-    return folder
+    return save_tiny_bert(folder, tokenizer)
 
 
 def test_export_loads_as_token_classification_with_the_same_logits(tiny_bert, tmp_path):

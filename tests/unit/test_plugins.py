@@ -29,7 +29,7 @@ PRESETS = {
 DATA_FORMATS = {"csv", "tsv", "json", "jsonl", "parquet", "text"}
 CHECKPOINT_FAMILIES = ["bart", "bert", "distilbert", "gpt2", "llama", "marian", "mistral", "qwen2", "roberta", "t5"]
 # The task plugins that ship with nlpkit (entry points of the nlpkit distribution).
-BUILTIN_TASKS = ["classification", "generation", "ner", "translation"]
+BUILTIN_TASKS = ["classification", "generation", "ner", "qa", "translation"]
 
 
 @pytest.fixture(autouse=True)
