@@ -37,13 +37,77 @@ from nlpkit.schema import Context, build, check_fields
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["BackboneConfig"]
+__all__ = ["BackboneConfig", "RopeScaling"]
 
 Kind = Literal["encoder", "decoder", "encoder-decoder"]
 PositionEmbedding = Literal["learned", "sinusoidal", "rotary", "relative"]
 Norm = Literal["layernorm", "rmsnorm"]
 NormPosition = Literal["pre", "post"]
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
+RopeType = Literal["linear", "dynamic", "yarn", "llama3", "longrope"]
+
+
+@dataclass
+class RopeScaling:
+    """How rotary frequencies are stretched past the pretraining length (`nlpkit/backbones/rope.py` applies it).
+
+    The names and formulas follow `transformers/modeling_rope_utils.py`; a
+    field that a type does not read is ignored by it. Not frozen, like
+    `BackboneConfig`, because the schema check converts values in place.
+
+    Attributes:
+        type: `linear` (positions divided by `factor`), `dynamic` (NTK: the
+            base grows once positions pass `max_positions`), `yarn`
+            (Peng et al. 2023), `llama3` (Llama 3.1's wavelength bands) or
+            `longrope` (Phi-3: per-frequency `short_factor`/`long_factor`).
+        factor: Context extension factor; `None` lets `yarn` and `longrope`
+            use `max_positions / original_max_positions`.
+        original_max_positions: Pretraining context length (`yarn`, `llama3`,
+            `longrope`).
+        low_freq_factor: `llama3`: wavelengths above
+            `original_max_positions / low_freq_factor` are divided by `factor`.
+        high_freq_factor: `llama3`: wavelengths below
+            `original_max_positions / high_freq_factor` are kept.
+        beta_fast: `yarn` ramp bound in rotations; `None` means 32.
+        beta_slow: `yarn` ramp bound in rotations; `None` means 1.
+        truncate: `yarn`: round the ramp bounds to whole dimensions.
+        short_factor: `longrope` per-frequency divisors up to `original_max_positions`.
+        long_factor: `longrope` per-frequency divisors beyond it.
+        attention_factor: Multiplier of cos/sin (`yarn`, `longrope`); `None`
+            derives it from `factor` as `transformers` does.
+        mscale: `yarn` (DeepSeek form) numerator of the derived attention factor.
+        mscale_all_dim: `yarn` (DeepSeek form) denominator of it.
+    """
+
+    type: RopeType
+    factor: float | None = None
+    original_max_positions: int | None = None
+    low_freq_factor: float | None = None
+    high_freq_factor: float | None = None
+    beta_fast: float | None = None
+    beta_slow: float | None = None
+    truncate: bool = True
+    short_factor: list[float] | None = None
+    long_factor: list[float] | None = None
+    attention_factor: float | None = None
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for name in ("factor", "original_max_positions", "low_freq_factor", "high_freq_factor", "beta_fast",
+                     "beta_slow", "attention_factor"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive or None, got {value}")
+        required = {"linear": ("factor",), "dynamic": ("factor",), "yarn": ("factor", "original_max_positions"),
+                    "llama3": ("factor", "original_max_positions", "low_freq_factor", "high_freq_factor"),
+                    "longrope": ("original_max_positions", "short_factor", "long_factor")}[self.type]
+        for name in required:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} is needed by rope type {self.type!r}")
+        if self.type == "llama3" and self.low_freq_factor == self.high_freq_factor:
+            raise ValueError(f"high_freq_factor must differ from low_freq_factor, both are {self.low_freq_factor}")
 
 
 @dataclass
@@ -76,6 +140,11 @@ class BackboneConfig:
             `position_offset - 1`, real tokens count up from
             `position_offset`), which is why it then needs `pad_token_id`.
         rope_theta: Base of the rotary frequencies.
+        rope_scaling: Scaled rotary frequencies (Llama 3.1, YaRN, Phi-3
+            longrope, ...); `None` means plain RoFormer frequencies.
+        partial_rotary_factor: Fraction of each head that is rotated: the
+            first `int(head_dim * partial_rotary_factor)` dimensions (GPT-NeoX,
+            Phi layout); the rest pass unchanged.
         relative_attention_num_buckets: T5 relative position buckets.
         relative_attention_max_distance: T5 distance beyond which buckets saturate.
         type_vocab_size: Rows of the token-type (segment) embedding; 0 means
@@ -127,6 +196,8 @@ class BackboneConfig:
     position_embedding: PositionEmbedding = "learned"
     position_offset: int = 0
     rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    partial_rotary_factor: float = 1.0
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     type_vocab_size: int = 0
@@ -182,8 +253,18 @@ class BackboneConfig:
             raise ValueError(
                 f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})"
             )
-        if self.position_embedding == "rotary" and self.resolved_head_dim % 2 != 0:
-            raise ValueError(f"head_dim must be even for rotary positions, got {self.resolved_head_dim}")
+        if not 0.0 < self.partial_rotary_factor <= 1.0:
+            raise ValueError(f"partial_rotary_factor must be in (0, 1], got {self.partial_rotary_factor}")
+        if self.position_embedding == "rotary" and (self.rotary_dim % 2 != 0 or self.rotary_dim == 0):
+            raise ValueError(f"rotary_dim (head_dim * partial_rotary_factor) must be even and positive for rotary "
+                             f"positions, got {self.rotary_dim}")
+        scaling = self.rope_scaling
+        if scaling is not None:
+            for name in ("short_factor", "long_factor"):
+                factors = getattr(scaling, name)
+                if factors is not None and len(factors) != self.rotary_dim // 2:
+                    raise ValueError(f"rope_scaling needs {name} of rotary_dim / 2 = {self.rotary_dim // 2} values, "
+                                     f"got {len(factors)}")
         if self.position_embedding == "relative" and self.kind == "decoder":
             raise ValueError("position_embedding 'relative' needs kind 'encoder' or 'encoder-decoder'")
         if self.num_decoder_layers is not None and self.kind != "encoder-decoder":
@@ -200,6 +281,11 @@ class BackboneConfig:
     def resolved_head_dim(self) -> int:
         """Width of one attention head (`head_dim` or `hidden_size // num_heads`)."""
         return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        """Rotated width of each head: `int(head_dim * partial_rotary_factor)`, as `transformers` rounds it."""
+        return int(self.resolved_head_dim * self.partial_rotary_factor)
 
     @property
     def resolved_num_kv_heads(self) -> int:

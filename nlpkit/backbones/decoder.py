@@ -137,7 +137,7 @@ class Decoder(nn.Module):
             cache.reserve(total)
         rotary = None
         if config.position_embedding == "rotary":
-            rotary = rotary_cos_sin(position_ids, config.resolved_head_dim, config.rope_theta, dtype)
+            rotary = rotary_cos_sin(position_ids, config, dtype)
         mask, is_causal = make_attention_mask(attention_mask, length, total, causal=True, dtype=dtype, device=x.device)
 
         for layer in self.layers:

@@ -114,7 +114,7 @@ class Encoder(nn.Module):
         dtype = compute_dtype(x)
         rotary = None
         if config.position_embedding == "rotary":
-            rotary = rotary_cos_sin(position_ids, config.resolved_head_dim, config.rope_theta, dtype)
+            rotary = rotary_cos_sin(position_ids, config, dtype)
         mask, _ = make_attention_mask(
             attention_mask, length, length, causal=False, dtype=dtype, device=x.device,
             explicit=self.relative_position_bias is not None,

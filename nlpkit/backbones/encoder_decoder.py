@@ -93,7 +93,7 @@ class Stack(nn.Module):
         dtype = compute_dtype(x)
         rotary = None
         if config.position_embedding == "rotary":
-            rotary = rotary_cos_sin(position_ids, config.resolved_head_dim, config.rope_theta, dtype)
+            rotary = rotary_cos_sin(position_ids, config, dtype)
         mask, is_causal = make_attention_mask(
             attention_mask, length, total, causal=self.causal, dtype=dtype, device=x.device,
             explicit=self.relative_position_bias is not None,

@@ -42,6 +42,7 @@ from nlpkit.backbones.cpu import (
     attention_with_dropout,
     pack_for_cpu_inference,  # noqa: F401  kept importable here: benchmarks/README.md and nlpkit.load name this path
 )
+from nlpkit.backbones.rope import depends_on_length, inverse_frequencies
 
 __all__ = [
     "Attention",
@@ -132,29 +133,39 @@ class SinusoidalPositions(nn.Module):
         return F.embedding(position_ids, self.table)
 
 
-def rotary_cos_sin(position_ids: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def rotary_cos_sin(position_ids: Tensor, config: BackboneConfig, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Cosines and sines of rotary positions, computed in float32.
 
     The inverse frequencies are recomputed per call instead of living in a
-    buffer, so that `module.to(torch.bfloat16)` cannot round them.
+    buffer, so that `module.to(torch.bfloat16)` cannot round them, and so
+    that the length-dependent kinds (`dynamic`, `longrope`) follow the
+    positions of this call (see `nlpkit/backbones/rope.py` for the rule).
 
     Args:
         position_ids: `(batch, seq)` positions.
-        head_dim: Rotated width (the whole head).
-        theta: Frequency base.
+        config: The rotary settings (`rope_theta`, `rope_scaling`, `rotary_dim`).
         dtype: Dtype of the returned tensors.
 
     Returns:
-        `(cos, sin)`, each `(batch, 1, seq, head_dim)` to broadcast over heads.
+        `(cos, sin)`, each `(batch, 1, seq, rotary_dim)` to broadcast over
+        heads, already multiplied by the scaling's attention factor.
     """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim))
-    freqs = position_ids[..., None].float() * inv_freq  # (batch, seq, head_dim / 2)
-    angles = torch.cat([freqs, freqs], dim=-1)  # (batch, seq, head_dim): HF's rotate_half layout
-    return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
+    seq_len = int(position_ids.max()) + 1 if depends_on_length(config) else None
+    inv_freq, scale = inverse_frequencies(config, seq_len, position_ids.device)
+    freqs = position_ids[..., None].float() * inv_freq  # (batch, seq, rotary_dim / 2)
+    angles = torch.cat([freqs, freqs], dim=-1)  # (batch, seq, rotary_dim): HF's rotate_half layout
+    return (angles.cos() * scale).to(dtype)[:, None], (angles.sin() * scale).to(dtype)[:, None]
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotates `(batch, heads, seq, head_dim)` queries or keys by their positions."""
+    """Rotates `(batch, heads, seq, head_dim)` queries or keys by their positions.
+
+    With partial rotary (`cos` narrower than the head) only the first
+    `rotary_dim` dimensions turn and the rest pass through (GPT-NeoX, Phi).
+    """
+    rotary_dim = cos.shape[-1]
+    if rotary_dim < x.shape[-1]:
+        return torch.cat([apply_rotary(x[..., :rotary_dim], cos, sin), x[..., rotary_dim:]], dim=-1)
     first, second = x.chunk(2, dim=-1)
     rotated = torch.cat([-second, first], dim=-1)  # rotate_half
     return x * cos + rotated * sin

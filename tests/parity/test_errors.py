@@ -95,10 +95,10 @@ def test_model_type_from_architectures_of_old_configs() -> None:
 @pytest.mark.parametrize(
     ("family", "changes", "field"),
     [
-        ("llama", {"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},
-         "rope_parameters.rope_type='llama3'"),
-        ("llama", {"rope_parameters": None, "rope_scaling": {"type": "linear", "factor": 2.0}},
-         "rope_scaling.type='linear'"),
+        ("llama", {"rope_parameters": {"rope_type": "proportional", "rope_theta": 5e5, "factor": 8.0}},
+         "rope_parameters.rope_type='proportional'"),
+        ("llama", {"rope_parameters": None, "rope_scaling": {"type": "mrope", "factor": 2.0}},
+         "rope_scaling.type='mrope'"),
         ("mistral", {"sliding_window": 16, "max_position_embeddings": 64}, "sliding_window=16"),
         ("qwen2", {"use_sliding_window": True, "sliding_window": 16}, "sliding_window=16"),
         ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=True"),

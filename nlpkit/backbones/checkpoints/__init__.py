@@ -554,7 +554,7 @@ def _effective(config: BackboneConfig) -> dict[str, Any]:
     values["num_decoder_layers"] = config.resolved_num_decoder_layers if config.kind == "encoder-decoder" else None
     dropped = ["dropout", "attention_dropout"]
     if config.position_embedding != "rotary":
-        dropped.append("rope_theta")
+        dropped += ["rope_theta", "rope_scaling", "partial_rotary_factor"]
     if config.position_embedding != "relative":
         dropped += ["relative_attention_num_buckets", "relative_attention_max_distance"]
     if config.position_embedding not in ("learned", "sinusoidal"):

@@ -10,10 +10,13 @@ References:
       `rope_parameters: {rope_type, rope_theta}`; older ones wrote
       `rope_theta` at the top level and scaling in `rope_scaling`.
 
-The backbone implements plain rotary positions over the whole context, so
-scaled rotary variants (Llama 3's `llama3`, `linear`, `dynamic`, `yarn`),
-partial rotary and a sliding window shorter than the context are refused
-with an error that names the field.
+Rotary types `default`, `linear`, `dynamic`, `yarn`, `llama3` and
+`longrope` (alias `su`) become `BackboneConfig.rope_scaling`, and are written
+back as `rope_parameters`. Refused with an error that names the field: other
+rotary types (e.g. `proportional`), unknown rotary parameters,
+`partial_rotary_factor` (transformers' Llama ignores it for plain rotary and
+fails with scaled rotary, so there is nothing to match) and a sliding window
+shorter than the context.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from nlpkit.backbones.checkpoints._common import (
     token_id,
     unsupported,
 )
-from nlpkit.backbones.config import BackboneConfig
+from nlpkit.backbones.config import BackboneConfig, RopeScaling
+from nlpkit.errors import NlpkitError
+from nlpkit.schema import Context, build
 
 __all__ = ["ARCHITECTURES", "IGNORED", "MODEL_TYPES", "PREFIXES", "config_from_hf", "config_to_hf", "rules"]
 
@@ -61,8 +66,29 @@ def rules(config: BackboneConfig) -> list[Rule]:
     return _RULES
 
 
-def _rope_theta(hf: Mapping[str, Any]) -> float:
-    """The rotary base, from `rope_parameters` (5.x), `rope_scaling` or the top level (4.x)."""
+# rope_parameters keys onto RopeScaling fields (the HF names live only here).
+_ROPE_FIELDS = {"factor": "factor", "original_max_position_embeddings": "original_max_positions",
+                "low_freq_factor": "low_freq_factor", "high_freq_factor": "high_freq_factor",
+                "beta_fast": "beta_fast", "beta_slow": "beta_slow", "truncate": "truncate",
+                "short_factor": "short_factor", "long_factor": "long_factor",
+                "attention_factor": "attention_factor", "mscale": "mscale", "mscale_all_dim": "mscale_all_dim"}
+_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
+_ROPE_ALIASES = {"su": "longrope"}  # Phi-3's early name for longrope
+
+
+def _rope(hf: Mapping[str, Any], max_positions: int) -> tuple[float, RopeScaling | None]:
+    """The rotary base and scaling, from `rope_parameters` (5.x) or `rope_scaling` and the top level (4.x).
+
+    As `transformers`' `standardize_rope_params`, a top-level
+    `original_max_position_embeddings` (Phi-3) wins over the one inside the
+    parameters, and `yarn`, `llama3` and `longrope` default it to
+    `max_position_embeddings`.
+    """
+    if hf.get("partial_rotary_factor", 1.0) != 1.0:
+        # transformers' Llama ignores it (plain rope turns the whole head) or fails (scaled rope): no parity.
+        raise unsupported("partial_rotary_factor", hf["partial_rotary_factor"],
+                          "transformers' Llama family turns the whole head")
+    theta = float(hf.get("rope_theta", 10000.0))
     for field in ("rope_parameters", "rope_scaling"):
         params = hf.get(field)
         if not params:
@@ -70,17 +96,45 @@ def _rope_theta(hf: Mapping[str, Any]) -> float:
         if not isinstance(params, Mapping):
             raise unsupported(field, params, "expected a mapping with rope_type and rope_theta")
         type_key = "rope_type" if "rope_type" in params else "type"
-        if params.get(type_key, "default") != "default":
+        rope_type = params.get(type_key, "default")
+        rope_type = _ROPE_ALIASES.get(rope_type, rope_type)
+        if rope_type not in _ROPE_TYPES:
             raise unsupported(f"{field}.{type_key}", params[type_key],
-                              "only default rotary positions are implemented (no scaled variants)")
+                              f"known rotary types: {', '.join(_ROPE_TYPES)}")
         if params.get("partial_rotary_factor", 1.0) != 1.0:
             raise unsupported(f"{field}.partial_rotary_factor", params["partial_rotary_factor"],
-                              "rotary positions turn the whole head")
-        if "rope_theta" in params:
-            return float(params["rope_theta"])
-    if hf.get("partial_rotary_factor", 1.0) != 1.0:
-        raise unsupported("partial_rotary_factor", hf["partial_rotary_factor"], "rotary positions turn the whole head")
-    return float(hf.get("rope_theta", 10000.0))
+                              "transformers' Llama family turns the whole head")
+        known = {"rope_type", "type", "rope_theta", "partial_rotary_factor", *_ROPE_FIELDS}
+        for key in params:
+            if key not in known:
+                raise unsupported(f"{field}.{key}", params[key], "not a rotary parameter nlpkit implements")
+        theta = float(params.get("rope_theta", theta))
+        if rope_type == "default":
+            return theta, None
+        values = {_ROPE_FIELDS[k]: v for k, v in params.items() if k in _ROPE_FIELDS and v is not None}
+        if rope_type in ("yarn", "llama3", "longrope"):
+            original = hf.get("original_max_position_embeddings")
+            values["original_max_positions"] = original or values.get("original_max_positions", max_positions)
+        try:
+            return theta, build(RopeScaling, dict(values, type=rope_type), (), Context("", template="{key}: {message}"))
+        except NlpkitError as error:
+            raise unsupported(field, dict(params), str(error)) from None
+    return theta, None
+
+
+def _rope_to_hf(config: BackboneConfig) -> dict[str, Any]:
+    """`rope_parameters` as transformers 5 writes them (only the fields the type reads, and its defaults)."""
+    scaling = config.rope_scaling
+    params: dict[str, Any] = {"rope_type": scaling.type if scaling else "default", "rope_theta": config.rope_theta}
+    if scaling is not None:
+        for key, name in _ROPE_FIELDS.items():
+            value = getattr(scaling, name)
+            if name == "truncate":
+                if scaling.type == "yarn" and not value:  # written only when not transformers' default
+                    params[key] = value
+            elif value is not None:
+                params[key] = value
+    return params
 
 
 def _check_sliding_window(hf: Mapping[str, Any], model_type: str, max_positions: int) -> None:
@@ -98,11 +152,12 @@ def config_from_hf(hf: Mapping[str, Any], model_type: str) -> BackboneConfig:
     """Translates a Llama, Mistral or Qwen2 `config.json`.
 
     Raises:
-        NlpkitError: On scaled or partial rotary positions, or a sliding
-            window shorter than the context.
+        NlpkitError: On an unknown rotary type or parameter, partial rotary
+            positions, or a sliding window shorter than the context.
     """
     max_positions = hf.get("max_position_embeddings", _DEFAULT_MAX_POSITIONS[model_type])
     _check_sliding_window(hf, model_type, max_positions)
+    rope_theta, rope_scaling = _rope(hf, max_positions)
     vocab = hf.get("vocab_size", 151936 if model_type == "qwen2" else 32000)
     heads = hf.get("num_attention_heads", 32)
     if model_type == "qwen2":
@@ -120,7 +175,8 @@ def config_from_hf(hf: Mapping[str, Any], model_type: str) -> BackboneConfig:
         intermediate_size=hf.get("intermediate_size", 11008),
         max_positions=max_positions,
         position_embedding="rotary",
-        rope_theta=_rope_theta(hf),
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
         norm="rmsnorm",
         norm_eps=hf.get("rms_norm_eps", 1e-6),
         norm_position="pre",
@@ -156,7 +212,7 @@ def config_to_hf(config: BackboneConfig, model_type: str) -> dict[str, Any]:
         "max_position_embeddings": config.max_positions,
         "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "rope_parameters": _rope_to_hf(config),
         "tie_word_embeddings": config.tie_word_embeddings,
         "attention_dropout": config.attention_dropout,
         "pad_token_id": config.pad_token_id,
