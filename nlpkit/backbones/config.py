@@ -13,8 +13,8 @@ them in from a Hugging Face `config.json`):
 | RoBERTa       | layernorm, post | learned, offset 2      | type_vocab_size=1, embedding_norm            |
 | DistilBERT    | layernorm, post | learned                | embedding_norm                               |
 | GPT-2         | layernorm, pre  | learned                | gelu_tanh, final_norm, tied head             |
-| Llama/Mistral | rmsnorm, pre    | rotary                 | gated silu MLP, num_kv_heads, no biases      |
-| Qwen2         | rmsnorm, pre    | rotary                 | as Llama plus attention_bias (q/k/v only)    |
+| Llama/Mistral | rmsnorm, pre    | rotary                 | gated silu MLP, num_kv_heads, sliding_window |
+| Qwen2         | rmsnorm, pre    | rotary                 | as Llama; q/k/v attention_bias, layer_types  |
 | BART          | layernorm, post | learned, offset 2      | embedding_norm, lm_head_bias                 |
 | Marian        | layernorm, post | sinusoidal             | scale_embedding, silu, lm_head_bias          |
 | T5 / Flan-T5  | rmsnorm, pre    | relative               | attention_scale=1.0, head_dim, scale_lm_head_input |
@@ -45,6 +45,7 @@ Norm = Literal["layernorm", "rmsnorm"]
 NormPosition = Literal["pre", "post"]
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
 RopeType = Literal["linear", "dynamic", "yarn", "llama3", "longrope"]
+LayerType = Literal["full_attention", "sliding_attention"]
 
 
 @dataclass
@@ -145,6 +146,14 @@ class BackboneConfig:
         partial_rotary_factor: Fraction of each head that is rotated: the
             first `int(head_dim * partial_rotary_factor)` dimensions (GPT-NeoX,
             Phi layout); the rest pass unchanged.
+        sliding_window: Decoders only: a query at position `i` sees keys `j`
+            with `i - sliding_window < j <= i` (Mistral, Qwen2; Beltagy et al.
+            2020, https://arxiv.org/abs/2004.05150); `None` means full causal
+            attention.
+        layer_types: Decoders only: per layer `full_attention` or
+            `sliding_attention` (Qwen2's `max_window_layers`, alternating
+            patterns); `None` means every layer slides when `sliding_window`
+            is set.
         relative_attention_num_buckets: T5 relative position buckets.
         relative_attention_max_distance: T5 distance beyond which buckets saturate.
         type_vocab_size: Rows of the token-type (segment) embedding; 0 means
@@ -198,6 +207,8 @@ class BackboneConfig:
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling | None = None
     partial_rotary_factor: float = 1.0
+    sliding_window: int | None = None
+    layer_types: list[LayerType] | None = None
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     type_vocab_size: int = 0
@@ -271,6 +282,16 @@ class BackboneConfig:
             raise ValueError(f"num_decoder_layers applies only to kind 'encoder-decoder', not {self.kind!r}")
         if self.type_vocab_size > 0 and self.kind != "encoder":
             raise ValueError(f"type_vocab_size applies only to kind 'encoder', not {self.kind!r}")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"sliding_window must be >= 1 or None, got {self.sliding_window}")
+        if (self.sliding_window is not None or self.layer_types is not None) and self.kind != "decoder":
+            raise ValueError(f"sliding_window and layer_types apply only to kind 'decoder', not {self.kind!r}")
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.num_layers:
+                raise ValueError(f"layer_types needs one entry per layer ({self.num_layers}), "
+                                 f"got {len(self.layer_types)}")
+            if self.sliding_window is None and "sliding_attention" in self.layer_types:
+                raise ValueError("layer_types has sliding_attention layers but sliding_window is None")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"pad_token_id must be in [0, vocab_size), got {self.pad_token_id}")
         if (self.kind == "encoder" and self.position_offset > 0
@@ -286,6 +307,12 @@ class BackboneConfig:
     def rotary_dim(self) -> int:
         """Rotated width of each head: `int(head_dim * partial_rotary_factor)`, as `transformers` rounds it."""
         return int(self.resolved_head_dim * self.partial_rotary_factor)
+
+    def layer_window(self, layer_index: int) -> int | None:
+        """The sliding window of one layer, or None for full causal attention."""
+        if self.layer_types is not None and self.layer_types[layer_index] != "sliding_attention":
+            return None
+        return self.sliding_window
 
     @property
     def resolved_num_kv_heads(self) -> int:

@@ -7,6 +7,9 @@ References:
       `transformers/models/llama/modeling_llama.py` (RMSNorm, rotary, SwiGLU).
     - Ainslie et al. 2023, grouped-query attention
       (https://arxiv.org/abs/2305.13245).
+    - Jiang et al. 2023, Mistral 7B (https://arxiv.org/abs/2310.06825):
+      sliding-window attention; `transformers/masking_utils.py`
+      (`sliding_window_causal_mask`) and `models/qwen2/` (per-layer types).
 
 The call returns hidden states; `logits` applies the LM head separately so a
 task can use the hidden states alone (classification, embeddings) or only
@@ -139,9 +142,17 @@ class Decoder(nn.Module):
         if config.position_embedding == "rotary":
             rotary = rotary_cos_sin(position_ids, config, dtype)
         mask, is_causal = make_attention_mask(attention_mask, length, total, causal=True, dtype=dtype, device=x.device)
+        # Sliding-window layers get a second mask only when some key is older than the window.
+        # The cache keeps every key and the mask hides the old ones: simplest correct choice
+        # (a rolling buffer would save memory but needs its own position bookkeeping).
+        window = config.sliding_window
+        slides = window is not None and total > window
+        sliding = (make_attention_mask(attention_mask, length, total, causal=True, dtype=dtype, device=x.device,
+                                       sliding_window=window) if slides else (mask, is_causal))
 
-        for layer in self.layers:
-            x = layer(x, mask, is_causal=is_causal, rotary=rotary, cache=cache)
+        for i, layer in enumerate(self.layers):
+            layer_mask, layer_causal = sliding if slides and config.layer_window(i) is not None else (mask, is_causal)
+            x = layer(x, layer_mask, is_causal=layer_causal, rotary=rotary, cache=cache)
         if cache is not None:
             cache.advance(length)
         if self.final_norm is not None:

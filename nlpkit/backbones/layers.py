@@ -314,6 +314,7 @@ def make_attention_mask(
     dtype: torch.dtype,
     device: torch.device,
     explicit: bool = False,
+    sliding_window: int | None = None,
 ) -> tuple[Tensor | None, bool]:
     """Builds the additive attention mask once per forward pass.
 
@@ -330,6 +331,12 @@ def make_attention_mask(
         dtype: Dtype of the additive mask.
         device: Where to build it.
         explicit: Always return a tensor (the caller adds a bias to it).
+        sliding_window: Also hide keys `window` or more indices older than the
+            query (`transformers`' `sliding_window_causal_mask`: query `i` sees
+            `i - window < j <= i`). Indices count padding too, as in
+            `transformers`; a row's real tokens are contiguous, so index and
+            position distances agree. Ignored (no extra work) when
+            `key_length <= sliding_window`, where no key is old enough.
 
     Returns:
         `(mask, is_causal)`: mask is `(batch or 1, 1, query_length, key_length)`
@@ -338,6 +345,7 @@ def make_attention_mask(
     """
     past_length = key_length - query_length
     needs_causal = causal and query_length > 1
+    window = sliding_window if sliding_window is not None and key_length > sliding_window else None
     if attention_mask is not None:
         if attention_mask.shape[-1] != key_length:
             raise ValueError(
@@ -347,7 +355,7 @@ def make_attention_mask(
             # A mask of ones changes nothing; without it attention skips the mask add (and
             # SDPA may take its fused or causal kernels), as `transformers` does for sdpa.
             attention_mask = None
-    if attention_mask is None and not explicit:
+    if attention_mask is None and not explicit and window is None:
         if not needs_causal:
             return None, False
         if past_length == 0:
@@ -355,9 +363,13 @@ def make_attention_mask(
     allowed = torch.ones(1, 1, query_length, key_length, dtype=torch.bool, device=device)
     if attention_mask is not None:
         allowed = allowed & attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
-    if needs_causal:
-        query_position = torch.arange(past_length, key_length, device=device)[:, None]
-        allowed = allowed & (torch.arange(key_length, device=device)[None, :] <= query_position)
+    if needs_causal or window is not None:
+        query_position = torch.arange(past_length, key_length, device=device)[:, None]  # (query, 1)
+        key_position = torch.arange(key_length, device=device)[None, :]  # (1, key)
+        if needs_causal:
+            allowed = allowed & (key_position <= query_position)
+        if window is not None:
+            allowed = allowed & (key_position > query_position - window)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
     return mask.masked_fill(~allowed, torch.finfo(dtype).min), False
 

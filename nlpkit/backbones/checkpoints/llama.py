@@ -15,8 +15,10 @@ Rotary types `default`, `linear`, `dynamic`, `yarn`, `llama3` and
 back as `rope_parameters`. Refused with an error that names the field: other
 rotary types (e.g. `proportional`), unknown rotary parameters,
 `partial_rotary_factor` (transformers' Llama ignores it for plain rotary and
-fails with scaled rotary, so there is nothing to match) and a sliding window
-shorter than the context.
+fails with scaled rotary, so there is nothing to match) and sliding layers in
+a Llama config. Mistral's `sliding_window` and Qwen2's `use_sliding_window`,
+`max_window_layers` and `layer_types` become `sliding_window` and
+`layer_types`, read as transformers 5.24 reads them, and are written back.
 """
 
 from __future__ import annotations
@@ -137,15 +139,55 @@ def _rope_to_hf(config: BackboneConfig) -> dict[str, Any]:
     return params
 
 
-def _check_sliding_window(hf: Mapping[str, Any], model_type: str, max_positions: int) -> None:
-    """Refuses a sliding window that is shorter than the context the model accepts."""
-    if "sliding_attention" in (hf.get("layer_types") or ()):
-        raise unsupported("layer_types", "sliding_attention", "attention always sees the whole context")
-    window = hf.get("sliding_window")
-    uses_window = hf.get("use_sliding_window", True) if model_type == "qwen2" else model_type == "mistral"
-    if uses_window and window is not None and window < max_positions:
-        raise unsupported("sliding_window", window, f"attention always sees the whole context, so only a window of "
-                          f"at least max_position_embeddings ({max_positions}) or null can be expressed")
+def _sliding_window(hf: Mapping[str, Any], model_type: str) -> tuple[int | None, list[str] | None]:
+    """`sliding_window` and `layer_types` as transformers 5.24 reads them.
+
+    Mistral: every layer slides when `sliding_window` is set (its default is
+    4096; `MistralAttention` ignores `layer_types`). Qwen2: only with
+    `use_sliding_window` (default false); `layer_types` if given, else layers
+    from `max_window_layers` (default 28) on slide (`Qwen2Config`). Llama
+    has no window: a sliding layer there is refused.
+    """
+    if model_type == "llama":
+        if "sliding_attention" in (hf.get("layer_types") or ()):
+            raise unsupported("layer_types", "sliding_attention", "transformers' Llama has no sliding window")
+        return None, None
+    window = hf.get("sliding_window", 4096)
+    if model_type == "qwen2" and not hf.get("use_sliding_window", False):
+        window = None
+    if window is None:
+        return None, None
+    layers = hf.get("num_hidden_layers", 32)
+    if model_type == "mistral":
+        return window, None
+    types = hf.get("layer_types")
+    if types is None:
+        start = hf.get("max_window_layers", 28)
+        types = ["sliding_attention" if i >= start else "full_attention" for i in range(layers)]
+    types = list(types)
+    if all(t == "sliding_attention" for t in types):
+        return window, None
+    return window, types
+
+
+def _sliding_window_to_hf(config: BackboneConfig, model_type: str) -> dict[str, Any]:
+    """The window fields of `config.json`: Mistral's one window, or Qwen2's switch, window and layer types."""
+    window = config.sliding_window
+    types = config.layer_types
+    if model_type == "llama":
+        if window is not None:
+            raise ValueError("a Llama checkpoint cannot express sliding_window; export as mistral or qwen2")
+        return {}
+    if model_type == "mistral":
+        if window is not None and types is not None and "full_attention" in types:
+            raise ValueError("a Mistral checkpoint slides in every layer; layer_types with full_attention layers "
+                             "need qwen2")
+        return {"sliding_window": window}
+    per_layer = [("sliding_attention" if config.layer_window(i) is not None else "full_attention")
+                 for i in range(config.num_layers)]
+    leading_full = next((i for i, t in enumerate(per_layer) if t == "sliding_attention"), config.num_layers)
+    return {"use_sliding_window": window is not None, "sliding_window": window,
+            "max_window_layers": leading_full, "layer_types": per_layer}
 
 
 def config_from_hf(hf: Mapping[str, Any], model_type: str) -> BackboneConfig:
@@ -153,10 +195,10 @@ def config_from_hf(hf: Mapping[str, Any], model_type: str) -> BackboneConfig:
 
     Raises:
         NlpkitError: On an unknown rotary type or parameter, partial rotary
-            positions, or a sliding window shorter than the context.
+            positions, or sliding layers in a Llama config.
     """
     max_positions = hf.get("max_position_embeddings", _DEFAULT_MAX_POSITIONS[model_type])
-    _check_sliding_window(hf, model_type, max_positions)
+    sliding_window, layer_types = _sliding_window(hf, model_type)
     rope_theta, rope_scaling = _rope(hf, max_positions)
     vocab = hf.get("vocab_size", 151936 if model_type == "qwen2" else 32000)
     heads = hf.get("num_attention_heads", 32)
@@ -177,6 +219,8 @@ def config_from_hf(hf: Mapping[str, Any], model_type: str) -> BackboneConfig:
         position_embedding="rotary",
         rope_theta=rope_theta,
         rope_scaling=rope_scaling,
+        sliding_window=sliding_window,
+        layer_types=layer_types,
         norm="rmsnorm",
         norm_eps=hf.get("rms_norm_eps", 1e-6),
         norm_position="pre",
@@ -219,8 +263,5 @@ def config_to_hf(config: BackboneConfig, model_type: str) -> dict[str, Any]:
     }
     if model_type == "llama":
         hf.update(attention_bias=config.attention_bias, mlp_bias=config.mlp_bias)
-    elif model_type == "mistral":
-        hf.update(sliding_window=None)
-    else:
-        hf.update(sliding_window=None, use_sliding_window=False)
+    hf.update(_sliding_window_to_hf(config, model_type))
     return hf
