@@ -138,7 +138,7 @@ def nlpkit_register_checkpoint_families() -> dict[str, Family] | None:
     recipe, ``nlpkit.load``) and saving one (``save_pretrained``, ``export``)
     look families up there. nlpkit's core plugin registers ``bert``,
     ``roberta``, ``distilbert``, ``gpt2``, ``llama``, ``mistral``, ``qwen2``,
-    ``bart``, ``marian`` and ``t5``.
+    ``qwen3``, ``bart``, ``marian`` and ``t5``.
 
     A family is any object with the names that
     ``nlpkit.backbones.checkpoints._common.Family`` lists, usually a module

@@ -15,6 +15,7 @@ them in from a Hugging Face `config.json`):
 | GPT-2         | layernorm, pre  | learned                | gelu_tanh, final_norm, tied head             |
 | Llama/Mistral | rmsnorm, pre    | rotary                 | gated silu MLP, num_kv_heads, sliding_window |
 | Qwen2         | rmsnorm, pre    | rotary                 | as Llama; q/k/v attention_bias, layer_types  |
+| Qwen3         | rmsnorm, pre    | rotary                 | as Qwen2 with qk_norm, head_dim, no biases   |
 | BART          | layernorm, post | learned, offset 2      | embedding_norm, lm_head_bias                 |
 | Marian        | layernorm, post | sinusoidal             | scale_embedding, silu, lm_head_bias          |
 | T5 / Flan-T5  | rmsnorm, pre    | relative               | attention_scale=1.0, head_dim, scale_lm_head_input |
@@ -175,6 +176,10 @@ class BackboneConfig:
             Llama, gated-GELU in T5 v1.1/Flan).
         attention_bias: Biases on the query, key and value projections
             (BERT, GPT-2, BART, Qwen2).
+        qk_norm: RMSNorm over each head of the queries and keys (a weight
+            of `head_dim` shared by the heads, epsilon `norm_eps`), after
+            the projections and before rotary positions: Qwen3
+            (`Qwen3Attention.q_norm`/`k_norm`). Self-attention only.
         attention_output_bias: Bias on the attention output projection (BERT,
             GPT-2, BART; not Qwen2, Llama or T5).
         mlp_bias: Biases on the feed-forward projections.
@@ -222,6 +227,7 @@ class BackboneConfig:
     gated_mlp: bool = False
     attention_bias: bool = True
     attention_output_bias: bool = True
+    qk_norm: bool = False
     mlp_bias: bool = True
     attention_scale: float | None = None
     tie_word_embeddings: bool = True

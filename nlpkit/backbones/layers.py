@@ -415,6 +415,10 @@ class Attention(nn.Module):
         self.key = Linear(hidden, kv_inner, bias=config.attention_bias)
         self.value = Linear(hidden, kv_inner, bias=config.attention_bias)
         self.output = Linear(inner, hidden, bias=config.attention_output_bias)
+        # Qwen3: one RMSNorm over head_dim for every query head and one for every key head.
+        use_qk_norm = config.qk_norm and not cross
+        self.query_norm = RMSNorm(self.head_dim, config.norm_eps) if use_qk_norm else None
+        self.key_norm = RMSNorm(self.head_dim, config.norm_eps) if use_qk_norm else None
 
     def _split_kv(self, states: Tensor) -> tuple[Tensor, Tensor]:
         batch, length, _ = states.shape
@@ -461,6 +465,8 @@ class Attention(nn.Module):
                     cache.cross_keys[self.layer_index], cache.cross_values[self.layer_index] = k, v
         else:
             k, v = self._split_kv(x)
+            if self.query_norm is not None and self.key_norm is not None:
+                q, k = self.query_norm(q), self.key_norm(k)  # over head_dim, before rotary (Qwen3)
             if rotary is not None:
                 q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
             if cache is not None:

@@ -65,6 +65,9 @@ FAMILIES = {
         Family("mistral", "decoder", "MistralForCausalLM", "MistralConfig",
                dict(_LLAMA, head_dim=12, sliding_window=None, tie_word_embeddings=False)),
         Family("qwen2", "decoder", "Qwen2ForCausalLM", "Qwen2Config", dict(_LLAMA, tie_word_embeddings=True)),
+        # head_dim 12 != hidden / heads = 8, as Qwen3's 128 is not hidden / heads either.
+        Family("qwen3", "decoder", "Qwen3ForCausalLM", "Qwen3Config",
+               dict(_LLAMA, head_dim=12, tie_word_embeddings=False)),
         Family("bart", "encoder-decoder", "BartForConditionalGeneration", "BartConfig",
                dict(_ENC_DEC, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
                     forced_eos_token_id=2)),

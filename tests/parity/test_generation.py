@@ -212,7 +212,7 @@ def test_seeded_beam_sampling_matches_transformers(name, options, tmp_path):
 
 # -- through nlpkit.load: the folder a user has, text in and text out ---------------------------------------------
 
-DECODERS, ENCODER_DECODERS = ["gpt2", "llama", "mistral", "qwen2"], ["bart", "marian", "t5"]
+DECODERS, ENCODER_DECODERS = ["gpt2", "llama", "mistral", "qwen2", "qwen3"], ["bart", "marian", "t5"]
 
 
 def _folder(name: str, tmp_path: Path) -> Path:

@@ -27,7 +27,7 @@ PRESETS = {
     f"{kind}-{size}" for kind in ("encoder", "decoder", "encoder-decoder") for size in ("tiny", "small", "base")
 }
 DATA_FORMATS = {"csv", "tsv", "json", "jsonl", "parquet", "text"}
-CHECKPOINT_FAMILIES = ["bart", "bert", "distilbert", "gpt2", "llama", "marian", "mistral", "qwen2", "roberta", "t5"]
+CHECKPOINT_FAMILIES = ["bart", "bert", "distilbert", "gpt2", "llama", "marian", "mistral", "qwen2", "qwen3", "roberta", "t5"]
 # The task plugins that ship with nlpkit (entry points of the nlpkit distribution).
 BUILTIN_TASKS = ["classification", "generation", "ner", "qa", "translation"]
 

@@ -1,4 +1,4 @@
-"""Llama, Mistral and Qwen2 checkpoints onto the `Decoder`.
+"""Llama, Mistral, Qwen2 and Qwen3 checkpoints onto the `Decoder`.
 
 References:
     - `transformers/models/llama/modeling_llama.py` and
@@ -6,6 +6,10 @@ References:
       `rotate_half` layout, SwiGLU, grouped-query attention).
     - `transformers/models/mistral/` (no biases; `sliding_window`) and
       `transformers/models/qwen2/` (biases on query, key and value only).
+    - `transformers/models/qwen3/`: Qwen2's layout with an RMSNorm over
+      `head_dim` on queries and keys before rotary (`q_norm`, `k_norm`),
+      Llama's `attention_bias` (q, k, v and o), `head_dim` 128 by default,
+      and Qwen2's sliding-window fields.
     - `transformers/modeling_rope_utils.py`: releases from 5.0 on write
       `rope_parameters: {rope_type, rope_theta}`; older ones wrote
       `rope_theta` at the top level and scaling in `rope_scaling`.
@@ -16,7 +20,7 @@ back as `rope_parameters`. Refused with an error that names the field: other
 rotary types (e.g. `proportional`), unknown rotary parameters,
 `partial_rotary_factor` (transformers' Llama ignores it for plain rotary and
 fails with scaled rotary, so there is nothing to match) and sliding layers in
-a Llama config. Mistral's `sliding_window` and Qwen2's `use_sliding_window`,
+a Llama config. Mistral's `sliding_window` and Qwen2's (and Qwen3's) `use_sliding_window`,
 `max_window_layers` and `layer_types` become `sliding_window` and
 `layer_types`, read as transformers 5.24 reads them, and are written back.
 """
@@ -40,8 +44,9 @@ from nlpkit.schema import Context, build
 
 __all__ = ["ARCHITECTURES", "IGNORED", "MODEL_TYPES", "PREFIXES", "config_from_hf", "config_to_hf", "rules"]
 
-MODEL_TYPES = ("llama", "mistral", "qwen2")
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                 "qwen3": "Qwen3ForCausalLM"}
 PREFIXES = ("model.",)
 IGNORED = (r"(.*\.)?rotary_emb\.inv_freq",)  # a buffer that releases before 4.31 saved
 
@@ -52,6 +57,8 @@ _RULES: list[Rule] = [
     ("layers.{i}.attention.key", "layers.{i}.self_attn.k_proj"),
     ("layers.{i}.attention.value", "layers.{i}.self_attn.v_proj"),
     ("layers.{i}.attention.output", "layers.{i}.self_attn.o_proj"),
+    ("layers.{i}.attention.query_norm", "layers.{i}.self_attn.q_norm"),  # Qwen3
+    ("layers.{i}.attention.key_norm", "layers.{i}.self_attn.k_norm"),
     ("layers.{i}.mlp_norm", "layers.{i}.post_attention_layernorm"),
     ("layers.{i}.mlp.gate", "layers.{i}.mlp.gate_proj"),
     ("layers.{i}.mlp.up", "layers.{i}.mlp.up_proj"),
@@ -60,11 +67,11 @@ _RULES: list[Rule] = [
     ("lm_head", "/lm_head"),
 ]
 
-_DEFAULT_MAX_POSITIONS = {"llama": 2048, "mistral": 131072, "qwen2": 32768}
+_DEFAULT_MAX_POSITIONS = {"llama": 2048, "mistral": 131072, "qwen2": 32768, "qwen3": 32768}
 
 
 def rules(config: BackboneConfig) -> list[Rule]:
-    """Name rules (the same for the three model types)."""
+    """Name rules (the same for the four model types; only Qwen3 has query and key norms)."""
     return _RULES
 
 
@@ -143,7 +150,7 @@ def _sliding_window(hf: Mapping[str, Any], model_type: str) -> tuple[int | None,
     """`sliding_window` and `layer_types` as transformers 5.24 reads them.
 
     Mistral: every layer slides when `sliding_window` is set (its default is
-    4096; `MistralAttention` ignores `layer_types`). Qwen2: only with
+    4096; `MistralAttention` ignores `layer_types`). Qwen2 and Qwen3: only with
     `use_sliding_window` (default false); `layer_types` if given, else layers
     from `max_window_layers` (default 28) on slide (`Qwen2Config`). Llama
     has no window: a sliding layer there is refused.
@@ -153,7 +160,7 @@ def _sliding_window(hf: Mapping[str, Any], model_type: str) -> tuple[int | None,
             raise unsupported("layer_types", "sliding_attention", "transformers' Llama has no sliding window")
         return None, None
     window = hf.get("sliding_window", 4096)
-    if model_type == "qwen2" and not hf.get("use_sliding_window", False):
+    if model_type in ("qwen2", "qwen3") and not hf.get("use_sliding_window", False):
         window = None
     if window is None:
         return None, None
@@ -171,7 +178,7 @@ def _sliding_window(hf: Mapping[str, Any], model_type: str) -> tuple[int | None,
 
 
 def _sliding_window_to_hf(config: BackboneConfig, model_type: str) -> dict[str, Any]:
-    """The window fields of `config.json`: Mistral's one window, or Qwen2's switch, window and layer types."""
+    """The window fields of `config.json`: Mistral's one window, or Qwen2's (Qwen3's) switch, window and layer types."""
     window = config.sliding_window
     types = config.layer_types
     if model_type == "llama":
@@ -191,7 +198,7 @@ def _sliding_window_to_hf(config: BackboneConfig, model_type: str) -> dict[str, 
 
 
 def config_from_hf(hf: Mapping[str, Any], model_type: str) -> BackboneConfig:
-    """Translates a Llama, Mistral or Qwen2 `config.json`.
+    """Translates a Llama, Mistral, Qwen2 or Qwen3 `config.json`.
 
     Raises:
         NlpkitError: On an unknown rotary type or parameter, partial rotary
@@ -200,12 +207,12 @@ def config_from_hf(hf: Mapping[str, Any], model_type: str) -> BackboneConfig:
     max_positions = hf.get("max_position_embeddings", _DEFAULT_MAX_POSITIONS[model_type])
     sliding_window, layer_types = _sliding_window(hf, model_type)
     rope_theta, rope_scaling = _rope(hf, max_positions)
-    vocab = hf.get("vocab_size", 151936 if model_type == "qwen2" else 32000)
+    vocab = hf.get("vocab_size", 151936 if model_type in ("qwen2", "qwen3") else 32000)
     heads = hf.get("num_attention_heads", 32)
     if model_type == "qwen2":
         bias, output_bias = True, False  # Qwen2: biases on q, k, v only
     else:
-        bias = output_bias = bool(hf.get("attention_bias", False))  # Llama's flag covers o_proj too
+        bias = output_bias = bool(hf.get("attention_bias", False))  # Llama's and Qwen3's flag covers o_proj too
     return make_config(
         kind="decoder",
         vocab_size=vocab,
@@ -213,7 +220,8 @@ def config_from_hf(hf: Mapping[str, Any], model_type: str) -> BackboneConfig:
         num_layers=hf.get("num_hidden_layers", 32),
         num_heads=heads,
         num_kv_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=hf.get("head_dim") or None,
+        # Qwen3Config defaults head_dim to 128 whatever hidden_size / heads is.
+        head_dim=hf.get("head_dim", 128 if model_type == "qwen3" else None) or None,
         intermediate_size=hf.get("intermediate_size", 11008),
         max_positions=max_positions,
         position_embedding="rotary",
@@ -229,6 +237,7 @@ def config_from_hf(hf: Mapping[str, Any], model_type: str) -> BackboneConfig:
         gated_mlp=True,
         attention_bias=bias,
         attention_output_bias=output_bias,
+        qk_norm=model_type == "qwen3",
         mlp_bias=bool(hf.get("mlp_bias", False)),
         tie_word_embeddings=hf.get("tie_word_embeddings", False),
         dropout=0.0,  # no dropout on the residual stream in these families
@@ -238,7 +247,7 @@ def config_from_hf(hf: Mapping[str, Any], model_type: str) -> BackboneConfig:
 
 
 def config_to_hf(config: BackboneConfig, model_type: str) -> dict[str, Any]:
-    """The `config.json` fields of a Llama, Mistral or Qwen2 checkpoint for `config`.
+    """The `config.json` fields of a Llama, Mistral, Qwen2 or Qwen3 checkpoint for `config`.
 
     `rope_theta` is written both at the top level and in `rope_parameters`,
     so that releases before and after 5.0 read the same value.
@@ -263,5 +272,7 @@ def config_to_hf(config: BackboneConfig, model_type: str) -> dict[str, Any]:
     }
     if model_type == "llama":
         hf.update(attention_bias=config.attention_bias, mlp_bias=config.mlp_bias)
+    if model_type == "qwen3":
+        hf.update(attention_bias=config.attention_bias)
     hf.update(_sliding_window_to_hf(config, model_type))
     return hf
