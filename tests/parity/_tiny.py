@@ -138,3 +138,38 @@ def max_diff(ours: torch.Tensor, theirs: torch.Tensor, mask: torch.Tensor | None
     if mask is not None:
         ours, theirs = ours[mask.bool()], theirs[mask.bool()]
     return (ours - theirs).abs().max().item()
+
+
+# Left-padded prompts of different lengths; the longest crosses a window of 8 tokens.
+LEFT_PADDED_PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16], [12, 13, 14], [20, 21, 22, 23, 24, 25, 26]]
+
+
+def assert_generation_matches(ours: Any, reference: Any, pad: int, **options: Any) -> None:
+    """nlpkit.generation on LEFT_PADDED_PROMPTS gives transformers' generate tokens (greedy or beams), row by row."""
+    from nlpkit.generation import generate_ids, resolve_options
+
+    prompts = LEFT_PADDED_PROMPTS
+    options = dict(max_new_tokens=10, do_sample=False, **options)
+    longest = max(map(len, prompts))
+    ids, mask = torch.full((len(prompts), longest), pad), torch.zeros(len(prompts), longest, dtype=torch.long)
+    for i, row in enumerate(prompts):
+        ids[i, longest - len(row):], mask[i, longest - len(row):] = torch.tensor(row), 1
+    with torch.no_grad():
+        theirs = reference.generate(ids, attention_mask=mask, pad_token_id=pad, **options)[:, longest:].tolist()
+    found = generate_ids(ours, prompts, resolve_options({**options, "pad_token_id": pad},
+                                                        {"eos_token_id": reference.generation_config.eos_token_id}))
+    flat = [row for rows in found for row in rows]
+    assert len(flat) == len(theirs)
+    for i, (mine, expected) in enumerate(zip(flat, theirs)):
+        assert mine == expected[: len(mine)], f"row {i}: {mine} != {expected}"
+        assert all(t == pad for t in expected[len(mine):]), f"row {i} ends early: {mine} vs {expected}"
+
+
+def right_padded_batch(length: int, pad: int, seed: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three rows of random ids: one of ``length`` tokens, and two right-padded to it (13 and 6 real tokens)."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, VOCAB, (3, length), generator=generator)
+    mask = torch.ones_like(ids)
+    for row, real in ((1, 13), (2, 6)):
+        ids[row, real:], mask[row, real:] = pad, 0
+    return ids, mask

@@ -24,8 +24,17 @@ import nlpkit
 from nlpkit.backbones import from_pretrained
 from nlpkit.backbones.checkpoints import load_checkpoint, save_pretrained
 from nlpkit.errors import NlpkitError
-from nlpkit.generation import generate_ids, resolve_options
-from tests.parity._tiny import FAMILIES, TOLERANCE, VOCAB, build, max_diff, transformers
+from tests.parity._tiny import (
+    FAMILIES,
+    LEFT_PADDED_PROMPTS,
+    TOLERANCE,
+    VOCAB,
+    assert_generation_matches,
+    build,
+    max_diff,
+    right_padded_batch,
+    transformers,
+)
 
 LENGTH, WINDOW, PAD = 24, 8, 3
 _BASE = FAMILIES["qwen3"].config
@@ -48,12 +57,7 @@ def models(request, tmp_path_factory):
 
 
 def _right_padded() -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(5)
-    ids = torch.randint(4, VOCAB, (3, LENGTH), generator=generator)
-    mask = torch.ones_like(ids)
-    for row, length in ((1, 13), (2, 6)):
-        ids[row, length:], mask[row, length:] = PAD, 0
-    return ids, mask
+    return right_padded_batch(LENGTH, PAD)
 
 
 def test_config_reads_qwen3_fields(models):
@@ -101,31 +105,10 @@ def test_cached_decoding_equals_full_pass(models):
     assert max_diff(torch.cat(steps, dim=1), full) < 1e-5
 
 
-_PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16], [12, 13, 14], [20, 21, 22, 23, 24, 25, 26]]
-
-
-def _reference_tokens(reference, **options) -> list[list[int]]:
-    longest = max(map(len, _PROMPTS))
-    ids, mask = torch.full((len(_PROMPTS), longest), PAD), torch.zeros(len(_PROMPTS), longest, dtype=torch.long)
-    for i, row in enumerate(_PROMPTS):
-        ids[i, longest - len(row):], mask[i, longest - len(row):] = torch.tensor(row), 1
-    with torch.no_grad():
-        out = reference.generate(ids, attention_mask=mask, pad_token_id=PAD, **options)
-    return out[:, longest:].tolist()
-
-
 @pytest.mark.parametrize("options", [dict(), dict(num_beams=3)], ids=["greedy", "3-beams"])
 def test_generation_matches_transformers(models, options):
     _, _, reference, ours = models
-    options = dict(max_new_tokens=10, do_sample=False, **options)
-    found = generate_ids(ours, _PROMPTS, resolve_options({**options, "pad_token_id": PAD},
-                                                         {"eos_token_id": reference.generation_config.eos_token_id}))
-    theirs = _reference_tokens(reference, **options)
-    flat = [row for rows in found for row in rows]
-    assert len(flat) == len(theirs)
-    for i, (mine, expected) in enumerate(zip(flat, theirs)):
-        assert mine == expected[: len(mine)], f"row {i}: {mine} != {expected}"
-        assert all(t == PAD for t in expected[len(mine):]), f"row {i} ends early: {mine} vs {expected}"
+    assert_generation_matches(ours, reference, PAD, **options)
 
 
 def test_export_loads_in_transformers(models, tmp_path: Path):
@@ -162,7 +145,7 @@ def test_nlpkit_load_generates_like_transformers(tmp_path: Path):
     words.save(str(folder / "tokenizer.json"))
     loaded = nlpkit.load(folder)
     assert loaded.backbone.config.qk_norm
-    prompt = _PROMPTS[0]
+    prompt = LEFT_PADDED_PROMPTS[0]
     answer = loaded.generate([" ".join(f"w{t}" for t in prompt)], max_new_tokens=8)[0]
     with torch.no_grad():
         expected = reference.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)[0, len(prompt):]
