@@ -192,12 +192,17 @@ def parse_articles(articles: Any) -> dict[str, slice]:
     return {split: chosen for split in SPLITS}
 
 
-def _squad_rows(path: str, chosen: slice) -> list[dict[str, Any]]:
-    """The questions of the chosen articles of an official SQuAD file, checked."""
+def _read(path: str) -> bytes:
     try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        return Path(path).read_bytes()
     except OSError as error:
         raise NlpkitError(f"{path}: cannot read: {error.strerror}") from None
+
+
+def _squad_rows(path: str, content: bytes, chosen: slice) -> list[dict[str, Any]]:
+    """The questions of the chosen articles of an official SQuAD file (its bytes: ``content``), checked."""
+    try:
+        document = json.loads(content.decode("utf-8"))
     except UnicodeDecodeError as error:
         raise NlpkitError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     except json.JSONDecodeError as error:
@@ -247,7 +252,8 @@ def _squad_rows(path: str, chosen: slice) -> list[dict[str, Any]]:
 def _squad_split(path: str, split: str, chosen: slice) -> Any:
     import datasets
 
-    rows = _squad_rows(path, chosen)
+    content = _read(path)  # read once: parsed for the rows, hashed for the cache's name
+    rows = _squad_rows(path, content, chosen)
     features = datasets.Features({
         "id": datasets.Value("string"), "title": datasets.Value("string"),
         "question": datasets.Value("string"), "context": datasets.Value("string"),
@@ -256,7 +262,7 @@ def _squad_split(path: str, split: str, chosen: slice) -> Any:
     })
     # Arrow files in datasets' cache, named by the file's bytes and the slice: the same file and
     # articles are read from the cache (so is every later map of them), a changed file is read anew.
-    digest = hashlib.sha256(Path(path).read_bytes())
+    digest = hashlib.sha256(content)
     digest.update(f"{_VERSION}|{chosen.start}|{chosen.stop}|{chosen.step}|{split}".encode())
     return datasets.Dataset.from_generator(lambda: iter(rows), features=features, split=datasets.NamedSplit(split),
                                            fingerprint=digest.hexdigest()[:32])
