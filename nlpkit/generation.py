@@ -752,14 +752,23 @@ class _Printer:
             return
         token = int(tokens[0])
         if token in self.eos:
+            self.finish()
             self.done = True
             return
         self.ids.append(token)
+        self._show(final=False)
+
+    def finish(self) -> None:
+        """Shows what is still held back: bytes that never became a character decode as U+FFFD, as in the answer."""
+        if not self.done:
+            self._show(final=True)
+
+    def _show(self, final: bool) -> None:
         text = self.tokenizer.decode(self.ids)
         cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
         if cut >= 0:  # the answer ends before a stop string: show nothing of it
             text, self.done = text[:cut], True
-        elif text.endswith("\ufffd"):
+        elif text.endswith("\ufffd") and not final:
             return  # a byte-level token may end inside a character: wait for the rest of it
         self.emit(text[self.shown:])
         self.shown = len(text)
@@ -823,6 +832,8 @@ def generate(
     if stream is not None and o.num_beams == 1:
         printer = _Printer(output_tokenizer, o.eos_ids, o.stop, stream)
     found = generate_ids(model, ids, o, stop=stop, on_tokens=printer)
+    if printer is not None:
+        printer.finish()
     eos = set(o.eos_ids)
     answers: list[list[str]] = []  # per prompt, its num_return_sequences texts
     for rows in found:

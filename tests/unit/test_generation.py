@@ -39,3 +39,23 @@ def test_a_prompt_longer_than_the_context_window_is_refused():
     # A prompt that fits but leaves too little room generates up to the window.
     found = generate_ids(model, [[5] * 14], resolve_options({"max_new_tokens": 8}))
     assert len(found[0][0]) == 2
+
+
+@pytest.mark.parametrize("ending", ["eos", "length"])
+def test_streaming_shows_an_unfinished_character_at_the_end_as_the_answer_does(ending):
+    import torch
+
+    from nlpkit.generation import _Printer
+    from nlpkit.testing import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    eos = tokenizer.token_id("eos")
+    # "Ã" is byte 0xC3 in the byte-level alphabet: the first half of "é", which never gets its second byte.
+    ids = [tokenizer.backend.token_to_id(t) for t in ("t", "Ã", "o", "Ã")] + ([eos] if ending == "eos" else [])
+    shown: list[str] = []
+    printer = _Printer(tokenizer, [eos], [], shown.append)
+    for token in ids:
+        printer(torch.tensor([token]), torch.tensor([True]))
+    printer.finish()
+    answer = tokenizer.decode([t for t in ids if t != eos])
+    assert "".join(shown) == answer == "t\ufffdo\ufffd"
