@@ -15,6 +15,7 @@ never form an import cycle.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import struct
@@ -51,6 +52,14 @@ _WELL_KNOWN = {
     "eos": ["</s>", "<|end_of_text|>", "<|endoftext|>"],
 }
 
+# The roles of the transformers tokenizer classes that rebuild a tokenizer.json's pipeline themselves, when the
+# configs do not name them: the class's own defaults (its __init__ arguments), not the well-known names above.
+# Gemma's order is <pad> <eos> <bos> <unk> <mask>; Qwen2 has no <bos> and uses <|endoftext|> for the rest.
+_CLASS_SPECIALS: dict[str, dict[str, str]] = {
+    "GemmaTokenizer": {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "unk": "<unk>", "mask": "<mask>"},
+    "Qwen2Tokenizer": {"eos": "<|endoftext|>", "pad": "<|endoftext|>", "unk": "<|endoftext|>"},
+}
+
 
 @dataclass
 class TokenizerParts:
@@ -76,7 +85,12 @@ def read_tokenizer_file(path: Path, max_length: int | None) -> TokenizerParts:
     except Exception as error:  # the Rust library raises a plain Exception for bad files
         raise NlpkitError(f"{path}: cannot read tokenizer: {str(error).splitlines()[0]}") from None
     config = _read_json(path.parent / TOKENIZER_CONFIG_FILE)
+    rebuilt = _rebuilt_tokenizer_file(path, config, max_length)
+    if rebuilt is not None:
+        return rebuilt
     named = {**_read_json(path.parent / SPECIAL_TOKENS_MAP_FILE), **config}
+    tokenizer_class = config.get("tokenizer_class")
+    defaults = _CLASS_SPECIALS.get(tokenizer_class.removesuffix("Fast")) if isinstance(tokenizer_class, str) else None
     special_tokens = {}
     for role in SPECIAL_TOKEN_ROLES:
         key = f"{role}_token"
@@ -84,14 +98,74 @@ def read_tokenizer_file(path: Path, max_length: int | None) -> TokenizerParts:
         if isinstance(token, dict):
             token = token.get("content")
         if key not in named:
-            token = next((t for t in _WELL_KNOWN[role] if backend.token_to_id(t) is not None), None)
+            if defaults is not None:
+                token = defaults.get(role)
+            else:
+                token = next((t for t in _WELL_KNOWN[role] if backend.token_to_id(t) is not None), None)
         if token is not None:
             special_tokens[role] = token
+    # transformers adds a class's default special token the vocabulary lacks, in its role order, at the next free id.
+    for role in _ROLE_ORDER:
+        token = special_tokens.get(role)
+        if defaults is not None and f"{role}_token" not in named and token and backend.token_to_id(token) is None:
+            backend.add_special_tokens([tokenizers.AddedToken(token, special=True, normalized=False)])
     if max_length is None:
         configured = config.get("model_max_length")
         # transformers writes a huge sentinel (1e30) when the length is unknown.
         max_length = int(configured) if isinstance(configured, (int, float)) and configured < 1e9 else 512
+    _clean_up_spaces(backend, config)
     return TokenizerParts(backend, special_tokens, max_length)
+
+
+def _rebuilt_tokenizer_file(path: Path, config: dict[str, Any], max_length: int | None) -> TokenizerParts | None:
+    """A tokenizer.json of a class that transformers 5 rebuilds from the vocabulary alone, rebuilt the same way.
+
+    ``T5Tokenizer``, ``XLMRobertaTokenizer`` and ``DebertaV2Tokenizer`` take
+    only the Unigram pieces (and SentencePiece's compiled normaliser) from the
+    file, and build the normaliser, pre-tokenizer, decoder, template and
+    special tokens from their own code and the configs, as they do from a
+    SentencePiece model: the file's other parts (converted by older
+    versions, or by ``convert_slow_tokenizer`` with other settings) are
+    ignored. None for any other file.
+    """
+    tokenizer_class = config.get("tokenizer_class")
+    family = _REBUILT_CLASSES.get(tokenizer_class.removesuffix("Fast")) if isinstance(tokenizer_class, str) else None
+    if family is None:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        model = data["model"]
+        if model.get("type") != "Unigram":
+            return None
+        vocab = [(str(piece), float(score)) for piece, score in model["vocab"]]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+        raise NlpkitError(f"{path}: not a Unigram tokenizer.json: {error}") from None
+    # SentencePiece's compiled normaliser, which the T5 and XLM-R classes keep (base64 in the file).
+    normalizer = data.get("normalizer") or {}
+    steps = normalizer.get("normalizers", []) if normalizer.get("type") == "Sequence" else [normalizer]
+    compiled = [step.get("precompiled_charsmap") for step in steps if step.get("type") == "Precompiled"]
+    charsmap = base64.b64decode(compiled[0]) if compiled and compiled[0] else b""
+    named = {**_read_json(path.parent / SPECIAL_TOKENS_MAP_FILE), **config}
+    roles = _roles(family, named)
+    backend = _unigram_pipeline(family, vocab, charsmap, config, roles)
+    length = _max_length(config, _read_json(path.parent / MODEL_CONFIG_FILE)) if max_length is None else max_length
+    return _assemble(path.parent, backend, family, named, roles, length)
+
+
+def _clean_up_spaces(backend: tokenizers.Tokenizer, config: dict[str, Any]) -> None:
+    """transformers' ``clean_up_tokenization_spaces``: " ." -> "." and the like, after decoding, as a decoder step.
+
+    transformers 5 skips it for BPE models (it would remove real spaces), unless
+    ``clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output``.
+    """
+    forced = config.get("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output")
+    if not config.get("clean_up_tokenization_spaces") or backend.decoder is None:
+        return
+    if isinstance(backend.model, models.BPE) and not forced:
+        return
+    # Fuse first: the replacements apply to the whole text, not to each token (tokenization_utils_base.py).
+    cleanups = [decoders.Replace(before, after) for before, after in _CLEAN_UPS]
+    backend.decoder = decoders.Sequence([backend.decoder, decoders.Fuse(), *cleanups])
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -118,12 +192,19 @@ _FAMILIES = {
     "T5Tokenizer": "t5", "t5": "t5", "mt5": "t5", "umt5": "t5",
     "XLMRobertaTokenizer": "xlm-roberta", "xlm-roberta": "xlm-roberta",
     "MarianTokenizer": "marian", "marian": "marian",
+    "DebertaV2Tokenizer": "deberta-v2", "deberta-v2": "deberta-v2",
 }  # fmt: skip
+# The transformers 5 classes that rebuild a Unigram tokenizer.json around its pieces (see _rebuilt_tokenizer_file).
+_REBUILT_CLASSES = {"T5Tokenizer": "t5", "XLMRobertaTokenizer": "xlm-roberta", "DebertaV2Tokenizer": "deberta-v2"}
+# transformers' clean_up_tokenization, in its order.
+_CLEAN_UPS = [(" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+              (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")]
 # The files each family reads; a folder that names no family gets the first whose files are all there.
 _FAMILY_FILES = {
     "marian": ("source.spm", "target.spm", "vocab.json"),
     "t5": ("spiece.model",),
     "xlm-roberta": ("sentencepiece.bpe.model",),
+    "deberta-v2": ("spm.model",),
     "bert": ("vocab.txt",),
     "gpt2": ("vocab.json", "merges.txt"),
     "roberta": ("vocab.json", "merges.txt"),
@@ -138,6 +219,8 @@ _FAMILY_SPECIALS: dict[str, dict[str, str]] = {
     "xlm-roberta": _ROBERTA_SPECIALS,
     "t5": {"eos": "</s>", "unk": "<unk>", "pad": "<pad>"},
     "marian": {"eos": "</s>", "unk": "<unk>", "pad": "<pad>"},
+    "deberta-v2": {"bos": "[CLS]", "eos": "[SEP]", "unk": "[UNK]", "sep": "[SEP]", "pad": "[PAD]", "cls": "[CLS]",
+                   "mask": "[MASK]"},
 }
 # transformers adds the named special tokens in this order; a token missing from the vocabulary takes the next
 # free id, so the order decides ids.
@@ -174,7 +257,8 @@ def read_folder(folder: Path, max_length: int | None) -> TokenizerParts:
         source_side = _marian(folder, "source.spm", "vocab.json", roles, codes)
         return _assemble(folder, source_side, family, named, roles, max_length, codes, target=target)
     build = {
-        "bert": _wordpiece, "gpt2": _byte_level_bpe, "roberta": _byte_level_bpe, "t5": _t5, "xlm-roberta": _xlm_roberta
+        "bert": _wordpiece, "gpt2": _byte_level_bpe, "roberta": _byte_level_bpe, "t5": _t5, "xlm-roberta": _xlm_roberta,
+        "deberta-v2": _deberta_v2,
     }  # fmt: skip
     return _assemble(folder, build[family](folder, config, roles), family, named, roles, max_length)
 
@@ -274,12 +358,15 @@ def _assemble(
     for code in language_codes:  # ordinary tokens to transformers: kept when decoding skips special tokens
         add(tokenizers.AddedToken(code, special=False, normalized=False))
     backend.post_processor = _post_processor(folder, family, backend, {r: t.content for r, t in roles.items()}, named)
+    _clean_up_spaces(backend, named)
     return TokenizerParts(backend, {role: token.content for role, token in roles.items()}, max_length, target)
 
 
 def _default_extras(family: str, named: dict[str, Any]) -> list[str]:
-    # T5's sentinels, <extra_id_99> first: transformers' T5Tokenizer puts them after the pieces in this order.
-    return [f"<extra_id_{i}>" for i in reversed(range(int(named.get("extra_ids", 100))))] if family == "t5" else []
+    # T5's sentinels, <extra_id_0> first, as T5Tokenizer lists them in additional_special_tokens: a vocabulary
+    # without them (an mT5 tokenizer.json converted with extra_ids 0, read with the default 100) gets them in this
+    # order after its pieces; SentencePiece models get them in the vocabulary, reversed, first (see _t5).
+    return [f"<extra_id_{i}>" for i in range(int(named.get("extra_ids", 100)))] if family == "t5" else []
 
 
 def _post_processor(
@@ -293,7 +380,7 @@ def _post_processor(
             raise NlpkitError(f"{folder}: a {family} tokenizer needs a {role} token; the folder's configs unset it")
         return roles[role], token_id
 
-    if family == "bert":  # [CLS] A [SEP] B [SEP], segment ids 0 then 1
+    if family in ("bert", "deberta-v2"):  # [CLS] A [SEP] B [SEP], segment ids 0 then 1
         (cls, cls_id), (sep, sep_id) = special("cls"), special("sep")
         return processors.TemplateProcessing(
             single=[cls, "$A", sep],
@@ -378,9 +465,10 @@ def _byte_level_bpe(
 def _t5(folder: Path, config: dict[str, Any], roles: dict[str, tokenizers.AddedToken]) -> tokenizers.Tokenizer:
     """T5's SentencePiece unigram model and sentinels, as transformers' T5Tokenizer converts spiece.model."""
     model = _read_sentencepiece(folder / "spiece.model")
-    sentinels = [(token, 0.0) for token in _default_extras("t5", config)]
+    # The sentinels follow the pieces in the vocabulary, <extra_id_99> first (T5Converter).
+    sentinels = [(token, 0.0) for token in reversed(_default_extras("t5", config))]
     vocab = [(piece, score) for piece, score, _ in model.pieces] + sentinels
-    return _metaspace_unigram(model, vocab, model.unk_id, prepend_scheme="always")
+    return _unigram_pipeline("t5", vocab, model.charsmap, config, roles)
 
 
 def _xlm_roberta(
@@ -395,17 +483,62 @@ def _xlm_roberta(
     token = {role: roles[role].content if role in roles else _ROBERTA_SPECIALS[role] for role in _ROBERTA_SPECIALS}
     head = [(token["bos"], 0.0), (token["pad"], 0.0), (token["eos"], 0.0), (token["unk"], 0.0)]
     vocab = head + [(piece, score) for piece, score, _ in model.pieces[3:]] + [(token["mask"], 0.0)]
-    prepend = "always" if config.get("add_prefix_space", True) else "never"
-    return _metaspace_unigram(model, vocab, 3, prepend_scheme=prepend)
+    return _unigram_pipeline("xlm-roberta", vocab, model.charsmap, config, roles)
+
+
+def _deberta_v2(
+    folder: Path, config: dict[str, Any], roles: dict[str, tokenizers.AddedToken]
+) -> tokenizers.Tokenizer:
+    """DeBERTa-v2 / v3 / mDeBERTa: spm.model's pieces in their own order (``[PAD] [CLS] [SEP] [UNK]`` first)."""
+    model = _read_sentencepiece(folder / "spm.model")
+    vocab = [(piece, score) for piece, score, _ in model.pieces]
+    return _unigram_pipeline("deberta-v2", vocab, model.charsmap, config, roles)
+
+
+def _unigram_pipeline(
+    family: str,
+    vocab: list[tuple[str, float]],
+    charsmap: bytes,
+    config: dict[str, Any],
+    roles: dict[str, tokenizers.AddedToken],
+) -> tokenizers.Tokenizer:
+    """The pipeline transformers 5's T5, XLM-R and DeBERTa-v2 classes build around a Unigram vocabulary.
+
+    T5 and XLM-R (tokenization_t5.py, tokenization_xlm_roberta.py): SentencePiece's
+    compiled normaliser, split on whitespace, "▁" before each word; the unknown
+    token at the class's fixed id (T5 2, XLM-R 3). DeBERTa-v2
+    (tokenization_deberta_v2.py) ignores the compiled normaliser: whitespace
+    runs, tabs and newlines become one space, NFC, right strip, optional
+    lower-casing and punctuation splitting; its unknown token is found by name.
+    """
+    if family == "t5":
+        return _metaspace_unigram(charsmap, vocab, 2, prepend_scheme="always")
+    if family == "xlm-roberta":
+        return _metaspace_unigram(charsmap, vocab, 3, "always" if config.get("add_prefix_space", True) else "never")
+    unk = roles["unk"].content if "unk" in roles else "[UNK]"
+    unk_id = vocab.index((unk, 0.0)) if (unk, 0.0) in vocab else 1  # DebertaV2Tokenizer's lookup and default
+    backend = tokenizers.Tokenizer(models.Unigram(vocab, unk_id=unk_id, byte_fallback=False))
+    steps: list[normalizers.Normalizer] = [normalizers.Lowercase()] if config.get("do_lower_case", False) else []
+    steps += [normalizers.Replace(Regex(r"\s{2,}|[\n\r\t]"), " "), normalizers.NFC(),
+              normalizers.Strip(left=False, right=True)]  # fmt: skip
+    backend.normalizer = normalizers.Sequence(steps)
+    prepend_scheme = "always" if config.get("add_prefix_space", True) else "first"
+    splits: list[pre_tokenizers.PreTokenizer] = []
+    if config.get("split_by_punct", False):
+        splits.append(pre_tokenizers.Punctuation(behavior="isolated"))
+    splits.append(pre_tokenizers.Metaspace(replacement=_SPIECE_UNDERLINE, prepend_scheme=prepend_scheme))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(splits)
+    backend.decoder = decoders.Metaspace(replacement=_SPIECE_UNDERLINE, prepend_scheme=prepend_scheme)
+    return backend
 
 
 def _metaspace_unigram(
-    model: _SentencePieceModel, vocab: list[tuple[str, float]], unk_id: int, prepend_scheme: str
+    charsmap: bytes, vocab: list[tuple[str, float]], unk_id: int, prepend_scheme: str
 ) -> tokenizers.Tokenizer:
     """The conversion transformers' T5 and XLM-R tokenizers use: split on whitespace, then "▁" before each word."""
     backend = tokenizers.Tokenizer(models.Unigram(vocab, unk_id=unk_id, byte_fallback=False))
-    if model.charsmap:
-        backend.normalizer = normalizers.Precompiled(model.charsmap)
+    if charsmap:
+        backend.normalizer = normalizers.Precompiled(charsmap)
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.WhitespaceSplit(),

@@ -195,8 +195,16 @@ class Tokenizer:
         """Load a ``tokenizer.json``; roles and length come from ``tokenizer_config.json`` beside it.
 
         Roles come from ``tokenizer_config.json`` and ``special_tokens_map.json``
-        beside the file; a role neither names is looked up among well-known
-        token names (``[PAD]``, ``<pad>`` ...). A role set to null stays unset.
+        beside the file; a role neither names takes the default of the
+        ``tokenizer_class`` for the classes that have their own (Gemma's
+        ``<bos>`` ``<eos>`` ``<pad>`` ``<unk>`` ``<mask>``; Qwen2's
+        ``<|endoftext|>`` and no ``<bos>``), appended to the vocabulary when
+        missing, as ``transformers`` does; otherwise it is looked up among
+        well-known token names (``[PAD]``, ``<pad>`` ...). A role set to null
+        stays unset. ``add_bos_token`` / ``add_eos_token`` are not read: as in
+        ``transformers`` 5, the template of ``tokenizer.json`` decides. The T5,
+        XLM-R and DeBERTa-v2 classes are the exception: their pipeline is
+        rebuilt around the file's pieces (see :func:`from_pretrained`).
         """
         return cls._from_parts(read_tokenizer_file(Path(path), max_length))
 
@@ -445,16 +453,30 @@ def from_pretrained(path: str | Path, max_length: int | None = None) -> Tokenize
       tokens ``<extra_id_N>`` after the pieces, ``</s>`` appended.
     - ``sentencepiece.bpe.model`` (XLM-RoBERTa): fairseq ids (``<s> <pad> </s>
       <unk>``, pieces shifted by one, ``<mask>`` last), RoBERTa template.
+    - ``spm.model`` (DeBERTa-v2 / v3, mDeBERTa): SentencePiece unigram, the
+      pieces' own ids (``[PAD] [CLS] [SEP] [UNK]`` first, ``[MASK]`` added
+      last), normalised as transformers' ``DebertaV2Tokenizer`` does (runs of
+      whitespace to one space, NFC; not the model's own normaliser), honours
+      ``do_lower_case`` and ``split_by_punct``; ``[CLS] A [SEP] B [SEP]``
+      with type ids 0 and 1.
     - ``source.spm`` + ``target.spm`` + ``vocab.json`` (Marian): the source
       model segments, ``vocab.json`` gives the ids, ``</s>`` appended; the
       target side (``target_vocab.json`` when ``separate_vocabs``) is
       returned as the ``.target`` tokenizer, for labels and decoding.
 
+    A ``tokenizer.json`` whose ``tokenizer_class`` is ``T5Tokenizer``,
+    ``XLMRobertaTokenizer`` or ``DebertaV2Tokenizer`` (mT5, XLM-R,
+    multilingual-e5, bge-m3, DeBERTa-v3 ...) is rebuilt as those families'
+    SentencePiece models are, from the file's Unigram pieces alone, because
+    ``transformers`` 5 ignores the rest of such a file; T5's ``extra_ids``
+    sentinels missing from the pieces are appended, ``<extra_id_0>`` first.
+
     SentencePiece models need the optional ``sentencepiece`` package
     (``pip install "nlpkit[sentencepiece]"``). Special tokens come from
     tokenizer_config.json and special_tokens_map.json (the family's defaults
     otherwise), tokens recorded in ``added_tokens_decoder`` keep their ids and
-    options.
+    options. ``clean_up_tokenization_spaces`` (``" ."`` -> ``"."`` ...) is
+    applied when decoding, except for BPE models, as in ``transformers`` 5.
 
     Args:
         path: the local folder.
