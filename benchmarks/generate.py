@@ -1,4 +1,4 @@
-"""Generation speed: nlpkit's `generate` versus `transformers`' `generate`, GPT-2 small, BART-base and Marian sizes.
+"""Generation speed: nlpkit's `generate` versus `transformers`' `generate`, GPT-2 small, Llama, BART-base and Marian sizes.
 
 A random-weight GPT-2 of GPT-2 small's size (12 layers, 768 wide, 50,257
 tokens, 124M parameters) is made with `transformers` and saved to a temporary
@@ -11,6 +11,9 @@ resident memory is its own. Settings per configuration: a 32-token prompt,
 - greedy at batch 1 and batch 8 (fp32 on both sides);
 - beam search with 4 beams at batch 1 (fp32);
 - nlpkit with bfloat16 weights at batch 1, against transformers in fp32 and in bf16;
+- greedy at batch 1 and batch 8 on a random Llama of about the same size
+  (12 layers, 768 wide, grouped-query attention with 4 key/value heads,
+  SwiGLU 2048 wide, 32,000 tokens; 110M parameters), fp32;
 - on request (`--configs bart-beam-4,marian-beam-4`), translation-style beam
   search: random checkpoints of BART-base's and of a Marian opus-mt model's
   size, 8 sources of 32 tokens, 4 beams, 64 new tokens, in sentences per second.
@@ -51,19 +54,23 @@ CONFIGS = {
     "beam-4": ("gpt2", 1, 4, "float32", "float32", None),
     "bf16-vs-fp32": ("gpt2", 1, 1, "bfloat16", "float32", None),
     "bf16-vs-bf16": ("gpt2", 1, 1, "bfloat16", "bfloat16", None),
+    "llama-greedy-1": ("llama", 1, 1, "float32", "float32", None),
+    "llama-greedy-8": ("llama", 8, 1, "float32", "float32", None),
     # Translation-style beam search: 8 sources, 4 beams, 64 new tokens (issue 7's benchmark).
     "bart-beam-4": ("bart", 8, 4, "float32", "float32", 64),
     "marian-beam-4": ("marian", 8, 4, "float32", "float32", 64),
 }
-DEFAULT_CONFIGS = ["greedy-1", "greedy-8", "beam-4", "bf16-vs-fp32", "bf16-vs-bf16"]
+DEFAULT_CONFIGS = ["greedy-1", "greedy-8", "beam-4", "bf16-vs-fp32", "bf16-vs-bf16", "llama-greedy-1", "llama-greedy-8"]
+SEQ2SEQ = ("bart", "marian")
 PROMPT_TOKENS = 32
 
 
 def make_checkpoint(name: str, folder: Path) -> None:
     """A random-weight checkpoint of a real model's size, without an end-of-sequence token.
 
-    gpt2: GPT-2 small (124M); bart: BART-base (139M); marian: opus-mt-en-de's
-    shape (74M, 6 + 6 layers, 512 wide, 58,101 tokens).
+    gpt2: GPT-2 small (124M); llama: a Llama of GPT-2 small's depth and width
+    (110M); bart: BART-base (139M); marian: opus-mt-en-de's shape (74M,
+    6 + 6 layers, 512 wide, 58,101 tokens).
     """
     import torch
     import transformers
@@ -74,6 +81,11 @@ def make_checkpoint(name: str, folder: Path) -> None:
         config = transformers.GPT2Config(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257,
                                          bos_token_id=None, eos_token_id=None)
         model = transformers.GPT2LMHeadModel(config)
+    elif name == "llama":
+        config = transformers.LlamaConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                          num_key_value_heads=4, intermediate_size=2048, vocab_size=32000,
+                                          max_position_embeddings=2048, **no_eos)
+        model = transformers.LlamaForCausalLM(config)
     elif name == "bart":
         config = transformers.BartConfig(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6,
                                          encoder_attention_heads=12, decoder_attention_heads=12,
@@ -109,9 +121,10 @@ def child(side: str, folder: str, config: str, new_tokens: int) -> None:
 
     checkpoint, batch, beams, nlpkit_dtype, hf_dtype, fixed_tokens = CONFIGS[config]
     new_tokens = fixed_tokens or new_tokens
-    seq2seq = checkpoint != "gpt2"
+    seq2seq = checkpoint in SEQ2SEQ
     generator = torch.Generator().manual_seed(1)
-    prompts = torch.randint(100, 50000, (batch, PROMPT_TOKENS), generator=generator)
+    vocab = json.loads((Path(folder) / "config.json").read_text())["vocab_size"]
+    prompts = torch.randint(100, min(50000, vocab), (batch, PROMPT_TOKENS), generator=generator)
     options = dict(max_new_tokens=new_tokens, num_beams=beams, do_sample=False)
     pad = json.loads((Path(folder) / "config.json").read_text()).get("pad_token_id") or 0  # GPT-2 has none
     if side == "nlpkit":
@@ -169,7 +182,7 @@ def run_child(side: str, folder: str, config: str, new_tokens: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
-                        help=f"comma-separated, of: {', '.join(CONFIGS)} (default: the GPT-2 ones)")
+                        help=f"comma-separated, of: {', '.join(CONFIGS)} (default: the GPT-2 and Llama ones)")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--folder", help="an existing folder for every config (default: random checkpoints of "
