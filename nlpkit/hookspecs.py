@@ -138,14 +138,17 @@ def nlpkit_register_checkpoint_families() -> dict[str, Family] | None:
     recipe, ``nlpkit.load``) and saving one (``save_pretrained``, ``export``)
     look families up there. nlpkit's core plugin registers ``bert``,
     ``roberta``, ``distilbert``, ``gpt2``, ``llama``, ``mistral``, ``qwen2``,
-    ``qwen3``, ``bart``, ``marian`` and ``t5``.
+    ``qwen3``, ``phi3``, ``gemma``, ``gemma2``, ``gemma3_text``, ``gemma3``
+    (multimodal folders, read as their text model), ``bart``, ``marian`` and
+    ``t5``.
 
     A family is any object with the names that
     ``nlpkit.backbones.checkpoints._common.Family`` lists, usually a module
     like ``nlpkit/backbones/checkpoints/bert.py``: ``ARCHITECTURES`` (holding
     each model type it is registered under), ``PREFIXES``, ``IGNORED``,
     ``config_from_hf(hf, model_type)``, ``config_to_hf(config, model_type)``,
-    ``rules(config)``, and optionally ``state_from_hf`` / ``state_to_hf``.
+    ``rules(config)``, and optionally ``state_from_hf(state, config)`` /
+    ``state_to_hf(state, config)``.
     ``config_from_hf({}, model_type)`` must give the family's defaults
     (``infer_family`` reads the kind a family writes from it), and the
     config's ``kind`` must be a registered backbone kind.

@@ -16,6 +16,10 @@ them in from a Hugging Face `config.json`):
 | Llama/Mistral | rmsnorm, pre    | rotary                 | gated silu MLP, num_kv_heads, sliding_window |
 | Qwen2         | rmsnorm, pre    | rotary                 | as Llama; q/k/v attention_bias, layer_types  |
 | Qwen3         | rmsnorm, pre    | rotary                 | as Qwen2 with qk_norm, head_dim, no biases   |
+| Phi-3 / Phi-4 | rmsnorm, pre    | rotary                 | as Llama; longrope, partial_rotary_factor    |
+| Gemma         | rmsnorm, pre    | rotary                 | norm_unit_offset, scale_embedding, gelu_tanh |
+| Gemma 2       | rmsnorm, pre    | rotary                 | as Gemma; branch_output_norm, soft-capping   |
+| Gemma 3       | rmsnorm, pre    | rotary                 | as Gemma 2, no caps; qk_norm, local rope     |
 | BART          | layernorm, post | learned, offset 2      | embedding_norm, lm_head_bias                 |
 | Marian        | layernorm, post | sinusoidal             | scale_embedding, silu, lm_head_bias          |
 | T5 / Flan-T5  | rmsnorm, pre    | relative               | attention_scale=1.0, head_dim, scale_lm_head_input |
@@ -144,6 +148,12 @@ class BackboneConfig:
         rope_theta: Base of the rotary frequencies.
         rope_scaling: Scaled rotary frequencies (Llama 3.1, YaRN, Phi-3
             longrope, ...); `None` means plain RoFormer frequencies.
+        local_rope_theta: Rotary base of the sliding-window layers when it
+            differs from `rope_theta` (Gemma 3: 10,000 locally, 1,000,000
+            globally); `None` means `rope_theta`.
+        local_rope_scaling: Scaling of the sliding-window layers when
+            `local_rope_theta` is set (Gemma 3 scales only its global
+            layers); `None` means plain frequencies there.
         partial_rotary_factor: Fraction of each head that is rotated: the
             first `int(head_dim * partial_rotary_factor)` dimensions (GPT-NeoX,
             Phi layout); the rest pass unchanged.
@@ -162,10 +172,16 @@ class BackboneConfig:
         norm: `layernorm` (with bias) or `rmsnorm` (no mean subtraction, no
             bias: Llama and T5).
         norm_eps: Epsilon of every normalisation layer.
+        norm_unit_offset: RMSNorm weights are stored as offsets from one
+            (Gemma): the norm multiplies by `1 + weight`, in float32 before
+            casting back (`GemmaRMSNorm`), and starts from zeros.
         norm_position: `pre` (GPT-2, Llama, T5) or `post` (BERT, BART, Marian)
             relative to each residual branch.
         embedding_norm: Normalise the summed embeddings (BERT, RoBERTa,
             DistilBERT, BART).
+        branch_output_norm: Pre-norm layers also normalise each branch's
+            output before it joins the residual stream (Gemma 2 and 3's
+            `post_attention_layernorm` and `post_feedforward_layernorm`).
         final_norm: Normalise the output of the last layer (GPT-2, Llama, T5).
         scale_embedding: Multiply token embeddings by `sqrt(hidden_size)`
             before adding positions (Marian; BART checkpoints set it per model).
@@ -184,7 +200,13 @@ class BackboneConfig:
             GPT-2, BART; not Qwen2, Llama or T5).
         mlp_bias: Biases on the feed-forward projections.
         attention_scale: Multiplier of the query-key dot products; `None`
-            means `head_dim ** -0.5`. T5 uses 1.0.
+            means `head_dim ** -0.5`. T5 uses 1.0, Gemma 2 and 3
+            `query_pre_attn_scalar ** -0.5`.
+        attention_softcap: Attention logits become `cap * tanh(logits / cap)`
+            before the mask (Gemma 2's `attn_logit_softcapping`). SDPA cannot
+            do this, so such layers run a plain attention (`softcapped_attention`).
+        logit_softcap: The LM head's logits become `cap * tanh(logits / cap)`
+            (Gemma 2's `final_logit_softcapping`).
         tie_word_embeddings: Share one Parameter between the token embedding
             and the LM head.
         lm_head_bias: Add a (non-trained) `final_logits_bias` buffer to the
@@ -211,6 +233,8 @@ class BackboneConfig:
     position_offset: int = 0
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling | None = None
+    local_rope_theta: float | None = None
+    local_rope_scaling: RopeScaling | None = None
     partial_rotary_factor: float = 1.0
     sliding_window: int | None = None
     layer_types: list[LayerType] | None = None
@@ -219,8 +243,10 @@ class BackboneConfig:
     type_vocab_size: int = 0
     norm: Norm = "layernorm"
     norm_eps: float = 1e-5
+    norm_unit_offset: bool = False
     norm_position: NormPosition = "pre"
     embedding_norm: bool = False
+    branch_output_norm: bool = False
     final_norm: bool = True
     scale_embedding: bool = False
     activation: Activation = "gelu"
@@ -230,6 +256,8 @@ class BackboneConfig:
     qk_norm: bool = False
     mlp_bias: bool = True
     attention_scale: float | None = None
+    attention_softcap: float | None = None
+    logit_softcap: float | None = None
     tie_word_embeddings: bool = True
     lm_head_bias: bool = False
     scale_lm_head_input: bool = False
@@ -258,8 +286,16 @@ class BackboneConfig:
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.attention_scale is not None and self.attention_scale <= 0:
-            raise ValueError(f"attention_scale must be positive or None, got {self.attention_scale}")
+        for name in ("attention_scale", "attention_softcap", "logit_softcap", "local_rope_theta"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive or None, got {value}")
+        if self.local_rope_scaling is not None and self.local_rope_theta is None:
+            raise ValueError("local_rope_scaling needs local_rope_theta (None means the global rope throughout)")
+        if self.branch_output_norm and self.norm_position != "pre":
+            raise ValueError("branch_output_norm applies only to norm_position 'pre'")
+        if self.norm_unit_offset and self.norm != "rmsnorm":
+            raise ValueError("norm_unit_offset applies only to norm 'rmsnorm'")
 
         if self.head_dim is None and self.hidden_size % self.num_heads != 0:
             raise ValueError(
@@ -275,12 +311,12 @@ class BackboneConfig:
         if self.position_embedding == "rotary" and (self.rotary_dim % 2 != 0 or self.rotary_dim == 0):
             raise ValueError(f"rotary_dim (head_dim * partial_rotary_factor) must be even and positive for rotary "
                              f"positions, got {self.rotary_dim}")
-        scaling = self.rope_scaling
-        if scaling is not None:
+        for field_name in ("rope_scaling", "local_rope_scaling"):
+            scaling = getattr(self, field_name)
             for name in ("short_factor", "long_factor"):
-                factors = getattr(scaling, name)
+                factors = getattr(scaling, name) if scaling is not None else None
                 if factors is not None and len(factors) != self.rotary_dim // 2:
-                    raise ValueError(f"rope_scaling needs {name} of rotary_dim / 2 = {self.rotary_dim // 2} values, "
+                    raise ValueError(f"{field_name} needs {name} of rotary_dim / 2 = {self.rotary_dim // 2} values, "
                                      f"got {len(factors)}")
         if self.position_embedding == "relative" and self.kind == "decoder":
             raise ValueError("position_embedding 'relative' needs kind 'encoder' or 'encoder-decoder'")
@@ -313,6 +349,12 @@ class BackboneConfig:
     def rotary_dim(self) -> int:
         """Rotated width of each head: `int(head_dim * partial_rotary_factor)`, as `transformers` rounds it."""
         return int(self.resolved_head_dim * self.partial_rotary_factor)
+
+    def rope(self, sliding: bool = False) -> tuple[float, RopeScaling | None]:
+        """The rotary base and scaling of full-attention layers, or of sliding-window ones (`local_rope_*`)."""
+        if sliding and self.local_rope_theta is not None:
+            return self.local_rope_theta, self.local_rope_scaling
+        return self.rope_theta, self.rope_scaling
 
     def layer_window(self, layer_index: int) -> int | None:
         """The sliding window of one layer, or None for full causal attention."""

@@ -1,4 +1,4 @@
-"""Causal Transformer decoder with an LM head (GPT-2, Llama, Mistral, Qwen2).
+"""Causal Transformer decoder with an LM head (GPT-2, Llama, Mistral, Qwen, Phi-3, Gemma).
 
 References:
     - Radford et al. 2019, GPT-2; `transformers/models/gpt2/modeling_gpt2.py`
@@ -10,6 +10,10 @@ References:
     - Jiang et al. 2023, Mistral 7B (https://arxiv.org/abs/2310.06825):
       sliding-window attention; `transformers/masking_utils.py`
       (`sliding_window_causal_mask`) and `models/qwen2/` (per-layer types).
+    - Gemma Team 2024, Gemma 2 (https://arxiv.org/abs/2408.00118): local and
+      global layers, normalised branch outputs, logit soft-capping;
+      `transformers/models/gemma2/` and `models/gemma3/` (a rotary base per
+      layer type).
 
 The call returns hidden states; `logits` applies the LM head separately so a
 task can use the hidden states alone (classification, embeddings) or only
@@ -33,6 +37,7 @@ from nlpkit.backbones.layers import (
     make_attention_mask,
     make_norm,
     rotary_cos_sin,
+    soft_cap,
     tie_lm_head,
 )
 
@@ -43,7 +48,8 @@ class Decoder(nn.Module):
     """A stack of causal Transformer layers with a KV cache and an LM head.
 
     Sub-modules: `embeddings.{token,position,norm}`,
-    `layers.N.{attention,attention_norm,mlp,mlp_norm}`, `final_norm`,
+    `layers.N.{attention,attention_norm,mlp,mlp_norm}` (and `attention_output_norm`,
+    `mlp_output_norm` with `branch_output_norm`), `final_norm`,
     `lm_head` (plus the `final_logits_bias` buffer when `lm_head_bias`).
 
     Args:
@@ -88,7 +94,7 @@ class Decoder(nn.Module):
         logits = self.lm_head(hidden_states)
         if self.config.lm_head_bias:
             logits = logits + self.final_logits_bias
-        return logits
+        return soft_cap(logits, self.config.logit_softcap)
 
     def forward(
         self,
@@ -138,21 +144,29 @@ class Decoder(nn.Module):
             cache = KVCache.allocate(config, batch, total, dtype=dtype, device=x.device)
         if cache is not None:
             cache.reserve(total)
-        rotary = None
+        rotary = local_rotary = None
         if config.position_embedding == "rotary":
-            rotary = rotary_cos_sin(position_ids, config, dtype)
-        mask, is_causal = make_attention_mask(attention_mask, length, total, causal=True, dtype=dtype, device=x.device)
+            rotary = local_rotary = rotary_cos_sin(position_ids, config, dtype)
+            if config.local_rope_theta is not None:  # Gemma 3: sliding-window layers turn at their own base
+                local_rotary = rotary_cos_sin(position_ids, config, dtype, sliding=True)
+        # Soft-capped attention runs outside SDPA, which would otherwise apply the causal mask itself.
+        explicit = config.attention_softcap is not None
+        mask, is_causal = make_attention_mask(attention_mask, length, total, causal=True, dtype=dtype, device=x.device,
+                                              explicit=explicit)
         # Sliding-window layers get a second mask only when some key is older than the window.
         # The cache keeps every key and the mask hides the old ones: simplest correct choice
         # (a rolling buffer would save memory but needs its own position bookkeeping).
         window = config.sliding_window
         slides = window is not None and total > window
         sliding = (make_attention_mask(attention_mask, length, total, causal=True, dtype=dtype, device=x.device,
-                                       sliding_window=window) if slides else (mask, is_causal))
+                                       explicit=explicit, sliding_window=window) if slides else (mask, is_causal))
 
         for i, layer in enumerate(self.layers):
-            layer_mask, layer_causal = sliding if slides and config.layer_window(i) is not None else (mask, is_causal)
-            x = layer(x, layer_mask, is_causal=layer_causal, rotary=rotary, cache=cache)
+            if config.layer_window(i) is None:
+                x = layer(x, mask, is_causal=is_causal, rotary=rotary, cache=cache)
+            else:
+                layer_mask, layer_causal = sliding if slides else (mask, is_causal)
+                x = layer(x, layer_mask, is_causal=layer_causal, rotary=local_rotary, cache=cache)
         if cache is not None:
             cache.advance(length)
         if self.final_norm is not None:

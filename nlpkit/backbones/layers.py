@@ -62,6 +62,8 @@ __all__ = [
     "make_norm",
     "relative_position_bucket",
     "rotary_cos_sin",
+    "soft_cap",
+    "softcapped_attention",
     "tie_lm_head",
 ]
 
@@ -72,30 +74,41 @@ __all__ = [
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm without bias or mean subtraction (Llama, T5).
+    """Root-mean-square norm without bias or mean subtraction (Llama, T5, Gemma).
 
     Statistics are taken in float32 and the result is cast back before the
     weight multiplies it, exactly as `LlamaRMSNorm` does, so half-precision
-    inputs neither overflow nor drift from the reference.
+    inputs neither overflow nor drift from the reference. With `unit_offset`
+    (Gemma) the stored weight is an offset from one: the float32 result is
+    multiplied by `1 + weight` and cast back only then, as `GemmaRMSNorm` does.
     """
 
-    def __init__(self, hidden_size: int, eps: float) -> None:
+    def __init__(self, hidden_size: int, eps: float, unit_offset: bool = False) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.unit_offset = unit_offset
+        self.weight = nn.Parameter(torch.zeros(hidden_size) if unit_offset else torch.ones(hidden_size))
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
         input_dtype = x.dtype
         x = x.to(torch.float32)
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.unit_offset:
+            return (x * (1.0 + self.weight.float())).to(input_dtype)
         return self.weight * x.to(input_dtype)
 
 
-def make_norm(config: BackboneConfig) -> nn.Module:
-    """The normalisation layer the config asks for."""
+def make_norm(config: BackboneConfig, size: int | None = None) -> nn.Module:
+    """The normalisation layer the config asks for, over `size` features (default `hidden_size`)."""
+    size = size or config.hidden_size
     if config.norm == "rmsnorm":
-        return RMSNorm(config.hidden_size, config.norm_eps)
-    return nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+        return RMSNorm(size, config.norm_eps, config.norm_unit_offset)
+    return nn.LayerNorm(size, eps=config.norm_eps)
+
+
+def soft_cap(x: Tensor, cap: float | None) -> Tensor:
+    """`cap * tanh(x / cap)`: keeps logits within `(-cap, cap)` (Gemma 2); `x` unchanged when `cap` is None."""
+    return x if cap is None else torch.tanh(x / cap) * cap
 
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -133,7 +146,8 @@ class SinusoidalPositions(nn.Module):
         return F.embedding(position_ids, self.table)
 
 
-def rotary_cos_sin(position_ids: Tensor, config: BackboneConfig, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def rotary_cos_sin(position_ids: Tensor, config: BackboneConfig, dtype: torch.dtype,
+                   sliding: bool = False) -> tuple[Tensor, Tensor]:
     """Cosines and sines of rotary positions, computed in float32.
 
     The inverse frequencies are recomputed per call instead of living in a
@@ -145,13 +159,15 @@ def rotary_cos_sin(position_ids: Tensor, config: BackboneConfig, dtype: torch.dt
         position_ids: `(batch, seq)` positions.
         config: The rotary settings (`rope_theta`, `rope_scaling`, `rotary_dim`).
         dtype: Dtype of the returned tensors.
+        sliding: For sliding-window layers (their own base where
+            `local_rope_theta` is set).
 
     Returns:
         `(cos, sin)`, each `(batch, 1, seq, rotary_dim)` to broadcast over
         heads, already multiplied by the scaling's attention factor.
     """
     seq_len = int(position_ids.max()) + 1 if depends_on_length(config) else None
-    inv_freq, scale = inverse_frequencies(config, seq_len, position_ids.device)
+    inv_freq, scale = inverse_frequencies(config, seq_len, position_ids.device, sliding)
     freqs = position_ids[..., None].float() * inv_freq  # (batch, seq, rotary_dim / 2)
     angles = torch.cat([freqs, freqs], dim=-1)  # (batch, seq, rotary_dim): HF's rotate_half layout
     return (angles.cos() * scale).to(dtype)[:, None], (angles.sin() * scale).to(dtype)[:, None]
@@ -409,16 +425,17 @@ class Attention(nn.Module):
         self.num_kv_heads = config.resolved_num_kv_heads
         self.head_dim = config.resolved_head_dim
         self.scale = config.attention_scale  # None: SDPA's default head_dim ** -0.5
+        self.softcap = config.attention_softcap
         self.dropout_p = config.attention_dropout
         hidden, inner, kv_inner = config.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.query = Linear(hidden, inner, bias=config.attention_bias)
         self.key = Linear(hidden, kv_inner, bias=config.attention_bias)
         self.value = Linear(hidden, kv_inner, bias=config.attention_bias)
         self.output = Linear(inner, hidden, bias=config.attention_output_bias)
-        # Qwen3: one RMSNorm over head_dim for every query head and one for every key head.
+        # Qwen3, Gemma 3: one RMSNorm over head_dim for every query head and one for every key head.
         use_qk_norm = config.qk_norm and not cross
-        self.query_norm = RMSNorm(self.head_dim, config.norm_eps) if use_qk_norm else None
-        self.key_norm = RMSNorm(self.head_dim, config.norm_eps) if use_qk_norm else None
+        self.query_norm = make_norm(config, self.head_dim) if use_qk_norm else None
+        self.key_norm = make_norm(config, self.head_dim) if use_qk_norm else None
 
     def _split_kv(self, states: Tensor) -> tuple[Tensor, Tensor]:
         batch, length, _ = states.shape
@@ -471,7 +488,10 @@ class Attention(nn.Module):
                 q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
             if cache is not None:
                 k, v = cache.update(self.layer_index, k, v)  # (batch, kv_heads, past + seq, head_dim)
-        if self.training and self.dropout_p > 0.0 and q.device.type == "cpu":
+        if self.softcap is not None:
+            y = softcapped_attention(q, k, v, mask, is_causal, self.scale, self.softcap,
+                                     self.dropout_p if self.training else 0.0)
+        elif self.training and self.dropout_p > 0.0 and q.device.type == "cpu":
             # SDPA's only CPU kernel with dropout is its slow `math` path; this is the same maths.
             y = attention_with_dropout(q, k, v, mask, is_causal, self.scale, self.dropout_p)
         else:
@@ -485,6 +505,41 @@ class Attention(nn.Module):
             )  # (batch, heads, seq, head_dim)
         y = y.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
         return self.output(y)
+
+
+def softcapped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, scale: float | None,
+                         softcap: float, dropout_p: float) -> Tensor:
+    """Attention whose logits are soft-capped before the mask (Gemma 2), which SDPA has no option for.
+
+    The same steps as `transformers`' `eager_attention_forward` of Gemma 2:
+    scaled dot products, `softcap * tanh(. / softcap)`, the additive mask, a
+    float32 softmax cast back, dropout, then the values.
+
+    Args:
+        q: `(batch, heads, queries, head_dim)`.
+        k: `(batch, kv_heads, keys, head_dim)`; `heads` a multiple of `kv_heads`.
+        v: Same shape as `k`.
+        mask: Additive mask broadcastable to `(batch, heads, queries, keys)`, or None.
+        is_causal: Mask keys after each query (when there is no `mask`).
+        scale: Multiplier of the dot products; None means `head_dim ** -0.5`.
+        softcap: The cap.
+        dropout_p: Probability of dropping an attention weight (0 in eval).
+
+    Returns:
+        `(batch, heads, queries, head_dim)`.
+    """
+    heads, queries, keys = q.shape[1], q.shape[2], k.shape[2]
+    if k.shape[1] != heads:  # grouped-query attention: query head h reads kv head h // group
+        k = k.repeat_interleave(heads // k.shape[1], dim=1)
+        v = v.repeat_interleave(heads // v.shape[1], dim=1)
+    scores = soft_cap(torch.matmul(q, k.transpose(2, 3)) * (q.shape[-1] ** -0.5 if scale is None else scale), softcap)
+    if mask is not None:
+        scores = scores + mask
+    elif is_causal:
+        hidden = torch.ones(queries, keys, dtype=torch.bool, device=q.device).triu(keys - queries + 1)
+        scores = scores.masked_fill(hidden, torch.finfo(scores.dtype).min)
+    weights = F.dropout(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), p=dropout_p)
+    return torch.matmul(weights, v)
 
 
 class MLP(nn.Module):
@@ -513,7 +568,10 @@ class TransformerLayer(nn.Module):
 
     Pre-norm (GPT-2, Llama, T5) normalises the branch input:
     `x + branch(norm(x))`. Post-norm (BERT, BART, Marian) normalises the sum:
-    `norm(x + branch(x))`. Each norm is named after the branch it belongs to.
+    `norm(x + branch(x))`. With `branch_output_norm` (Gemma 2 and 3) a
+    pre-norm layer also normalises the branch output:
+    `x + output_norm(branch(norm(x)))`. Each norm is named after the branch
+    it belongs to.
     """
 
     def __init__(self, config: BackboneConfig, layer_index: int, cross_attention: bool = False) -> None:
@@ -528,11 +586,16 @@ class TransformerLayer(nn.Module):
             self.cross_attention = self.cross_attention_norm = None
         self.mlp = MLP(config)
         self.mlp_norm = make_norm(config)
+        # Gemma 2 and 3: the self-attention and feed-forward outputs are normalised too.
+        self.attention_output_norm = make_norm(config) if config.branch_output_norm else None
+        self.mlp_output_norm = make_norm(config) if config.branch_output_norm else None
         self.dropout = Dropout(config.dropout)
 
-    def _residual(self, x: Tensor, norm: nn.Module, branch: Callable[[Tensor], Tensor]) -> Tensor:
+    def _residual(self, x: Tensor, norm: nn.Module, branch: Callable[[Tensor], Tensor],
+                  output_norm: nn.Module | None = None) -> Tensor:
         if self.pre_norm:
-            return x + self.dropout(branch(norm(x)))
+            out = branch(norm(x))
+            return x + self.dropout(out if output_norm is None else output_norm(out))
         return norm(x + self.dropout(branch(x)))
 
     def forward(
@@ -546,13 +609,14 @@ class TransformerLayer(nn.Module):
         memory_mask: Tensor | None = None,
     ) -> Tensor:
         """Runs one layer on `(batch, seq, hidden)` and returns the same shape."""
-        x = self._residual(x, self.attention_norm, lambda h: self.attention(h, mask, is_causal, rotary, cache))
+        x = self._residual(x, self.attention_norm, lambda h: self.attention(h, mask, is_causal, rotary, cache),
+                           self.attention_output_norm)
         cross_attention, cross_attention_norm = self.cross_attention, self.cross_attention_norm
         if cross_attention is not None and cross_attention_norm is not None:  # set together in __init__
             x = self._residual(
                 x, cross_attention_norm, lambda h: cross_attention(h, memory_mask, cache=cache, memory=memory)
             )
-        return self._residual(x, self.mlp_norm, self.mlp)
+        return self._residual(x, self.mlp_norm, self.mlp, self.mlp_output_norm)
 
 
 # ---------------------------------------------------------------------------
@@ -568,6 +632,8 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding):
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    elif isinstance(module, RMSNorm) and module.unit_offset:
+        nn.init.zeros_(module.weight)  # stored as an offset from one
     elif isinstance(module, (nn.LayerNorm, RMSNorm)):
         nn.init.ones_(module.weight)
         bias = getattr(module, "bias", None)

@@ -25,14 +25,15 @@ import math
 import torch
 from torch import Tensor
 
-from nlpkit.backbones.config import BackboneConfig
+from nlpkit.backbones.config import BackboneConfig, RopeScaling
 
 __all__ = ["depends_on_length", "inverse_frequencies"]
 
 
 def depends_on_length(config: BackboneConfig) -> bool:
-    """Whether the frequencies change with the sequence length (`dynamic`, `longrope`)."""
-    return config.rope_scaling is not None and config.rope_scaling.type in ("dynamic", "longrope")
+    """Whether the frequencies change with the sequence length (`dynamic`, `longrope`), in any layer."""
+    return any(scaling is not None and scaling.type in ("dynamic", "longrope")
+               for scaling in (config.rope_scaling, config.local_rope_scaling))
 
 
 def _needed(value: float | None, name: str) -> float:
@@ -48,7 +49,7 @@ def _exponents(dim: int, device: torch.device | None) -> Tensor:
 
 
 def inverse_frequencies(config: BackboneConfig, seq_len: int | None = None,
-                        device: torch.device | None = None) -> tuple[Tensor, float]:
+                        device: torch.device | None = None, sliding: bool = False) -> tuple[Tensor, float]:
     """The `(rotary_dim / 2,)` float32 inverse frequencies and the cos/sin multiplier.
 
     Args:
@@ -56,11 +57,14 @@ def inverse_frequencies(config: BackboneConfig, seq_len: int | None = None,
         seq_len: Largest position + 1 in this call; read by `dynamic` and
             `longrope` only (None: the lengths `transformers` initialises with).
         device: Where the frequencies are made.
+        sliding: For sliding-window layers (`local_rope_theta` and
+            `local_rope_scaling` where set).
 
     Returns:
         `(inv_freq, attention_scaling)`.
     """
-    dim, base, scaling = config.rotary_dim, config.rope_theta, config.rope_scaling
+    dim = config.rotary_dim
+    base, scaling = config.rope(sliding)
     if scaling is None:
         return 1.0 / (base ** _exponents(dim, device)), 1.0
     if scaling.type == "linear":
@@ -73,21 +77,18 @@ def inverse_frequencies(config: BackboneConfig, seq_len: int | None = None,
         return 1.0 / (base ** _exponents(dim, device)), 1.0
     original = scaling.original_max_positions or config.max_positions
     if scaling.type == "llama3":
-        return _llama3(config, original, device), 1.0
+        return _llama3(scaling, base, dim, original, device), 1.0
     if scaling.type == "yarn":
-        return _yarn(config, original, device)
-    return _longrope(config, original, seq_len, device)
+        return _yarn(scaling, base, dim, original, device)
+    return _longrope(scaling, base, dim, config.max_positions, original, seq_len, device)
 
 
-def _llama3(config: BackboneConfig, original: int, device: torch.device | None) -> Tensor:
+def _llama3(scaling: RopeScaling, base: float, dim: int, original: int, device: torch.device | None) -> Tensor:
     """Llama 3.1: long wavelengths divided by `factor`, short ones kept, a smooth ramp between."""
-    scaling = config.rope_scaling
-    if scaling is None:
-        raise ValueError("rope_scaling is needed by _llama3")
     factor = _needed(scaling.factor, "factor")
     low = _needed(scaling.low_freq_factor, "low_freq_factor")
     high = _needed(scaling.high_freq_factor, "high_freq_factor")
-    inv_freq = 1.0 / (config.rope_theta ** _exponents(config.rotary_dim, device))
+    inv_freq = 1.0 / (base ** _exponents(dim, device))
     wavelen = 2 * math.pi / inv_freq
     scaled = torch.where(wavelen > original / low, inv_freq / factor, inv_freq)
     smooth = (original / wavelen - low) / (high - low)
@@ -100,12 +101,10 @@ def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
     return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
 
 
-def _yarn(config: BackboneConfig, original: int, device: torch.device | None) -> tuple[Tensor, float]:
+def _yarn(scaling: RopeScaling, base: float, dim: int, original: int,
+          device: torch.device | None) -> tuple[Tensor, float]:
     """YaRN: interpolate the low frequencies, extrapolate the high ones, ramp between; scale attention."""
-    scaling = config.rope_scaling
-    if scaling is None:
-        raise ValueError("rope_scaling is needed by _yarn")
-    dim, base, factor = config.rotary_dim, config.rope_theta, _needed(scaling.factor, "factor")
+    factor = _needed(scaling.factor, "factor")
     attention = scaling.attention_factor
     if attention is None:
         if scaling.mscale and scaling.mscale_all_dim:
@@ -129,16 +128,15 @@ def _yarn(config: BackboneConfig, original: int, device: torch.device | None) ->
     return inv_freq, float(attention)
 
 
-def _longrope(config: BackboneConfig, original: int, seq_len: int | None,
+def _longrope(scaling: RopeScaling, base: float, dim: int, max_positions: int, original: int, seq_len: int | None,
               device: torch.device | None) -> tuple[Tensor, float]:
     """LongRoPE: per-frequency divisors, the long set once the sequence passes the original length."""
-    scaling = config.rope_scaling
-    if scaling is None or scaling.short_factor is None or scaling.long_factor is None:
+    if scaling.short_factor is None or scaling.long_factor is None:
         raise ValueError("rope_scaling with short_factor and long_factor is needed by _longrope")
-    factor = scaling.factor if scaling.factor is not None else config.max_positions / original
+    factor = scaling.factor if scaling.factor is not None else max_positions / original
     attention = scaling.attention_factor
     if attention is None:
         attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
     long = seq_len is not None and seq_len > original
     divisors = torch.tensor(scaling.long_factor if long else scaling.short_factor, dtype=torch.float32, device=device)
-    return 1.0 / (divisors * config.rope_theta ** _exponents(config.rotary_dim, device)), float(attention)
+    return 1.0 / (divisors * base ** _exponents(dim, device)), float(attention)

@@ -30,7 +30,7 @@ the batches' losses). After each validation pass the model continues
 "prompt"``; ``nlpkit.load(RUN).generate(prompts, **options)``, options as in
 ``nlpkit.generation``), and ``predict`` scores texts (loss and perplexity of
 each). ``nlpkit export`` writes a causal-LM folder (``GPT2LMHeadModel``,
-``LlamaForCausalLM`` ...) that ``transformers`` loads.
+``LlamaForCausalLM``, ``Gemma3ForCausalLM`` ...) that ``transformers`` loads.
 """
 
 from __future__ import annotations
@@ -45,14 +45,14 @@ import torchmetrics
 from torch import nn
 
 import nlpkit
+from nlpkit.backbones.checkpoints import gemma, gpt2, llama, phi3
 from nlpkit.generation import generate, resolve_options
 from nlpkit.tasks import GeneratesText, HFHead, NlpkitError, Task, pad
 
 IGNORE = -100  # label of a token the loss does not count (cross_entropy's ignore_index)
 
-# transformers' causal-LM class of each decoder family nlpkit exports.
-CAUSAL_LM_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                     "qwen2": "Qwen2ForCausalLM"}
+# transformers' causal-LM class of each decoder family nlpkit exports: the class each family's file saves as.
+CAUSAL_LM_CLASSES = {**gpt2.ARCHITECTURES, **llama.ARCHITECTURES, **phi3.ARCHITECTURES, **gemma.ARCHITECTURES}
 
 
 @dataclass

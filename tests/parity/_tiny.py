@@ -41,6 +41,7 @@ _ENC_DEC = dict(vocab_size=VOCAB, d_model=HIDDEN, encoder_layers=LAYERS, decoder
 _LLAMA = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
               num_key_value_heads=2, intermediate_size=FFN, max_position_embeddings=64, rms_norm_eps=1e-6,
               rope_parameters={"rope_type": "default", "rope_theta": 50000.0}, bos_token_id=1, eos_token_id=2)
+_GEMMA = dict(_LLAMA, head_dim=12, tie_word_embeddings=True, pad_token_id=0)
 _T5 = dict(vocab_size=VOCAB, d_model=HIDDEN, d_kv=12, d_ff=FFN, num_layers=LAYERS, num_decoder_layers=LAYERS + 1,
            num_heads=HEADS, relative_attention_num_buckets=8, relative_attention_max_distance=20, pad_token_id=0,
            eos_token_id=1, decoder_start_token_id=0)
@@ -68,6 +69,19 @@ FAMILIES = {
         # head_dim 12 != hidden / heads = 8, as Qwen3's 128 is not hidden / heads either.
         Family("qwen3", "decoder", "Qwen3ForCausalLM", "Qwen3Config",
                dict(_LLAMA, head_dim=12, tie_word_embeddings=False)),
+        # Gemma's default head_dim is 256 and its query_pre_attn_scalar 256: both set so that neither is
+        # hidden / heads, and the scale differs from head_dim ** -0.5.
+        Family("gemma", "decoder", "GemmaForCausalLM", "GemmaConfig", dict(_GEMMA, hidden_act="gelu_pytorch_tanh")),
+        Family("gemma2", "decoder", "Gemma2ForCausalLM", "Gemma2Config",
+               dict(_GEMMA, query_pre_attn_scalar=20, sliding_window=8, attn_logit_softcapping=2.0,
+                    final_logit_softcapping=3.0)),
+        Family("gemma3_text", "decoder", "Gemma3ForCausalLM", "Gemma3TextConfig",
+               dict(_GEMMA, query_pre_attn_scalar=20, sliding_window=8, num_hidden_layers=3, sliding_window_pattern=3,
+                    rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 80000.0},
+                                     "sliding_attention": {"rope_type": "default", "rope_theta": 5000.0}})),
+        Family("phi3", "decoder", "Phi3ForCausalLM", "Phi3Config",
+               dict(_LLAMA, tie_word_embeddings=False, pad_token_id=0,
+                    rope_parameters={"rope_type": "default", "rope_theta": 50000.0, "partial_rotary_factor": 0.75})),
         Family("bart", "encoder-decoder", "BartForConditionalGeneration", "BartConfig",
                dict(_ENC_DEC, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
                     forced_eos_token_id=2)),
@@ -173,3 +187,44 @@ def right_padded_batch(length: int, pad: int, seed: int = 5) -> tuple[torch.Tens
     for row, real in ((1, 13), (2, 6)):
         ids[row, real:], mask[row, real:] = pad, 0
     return ids, mask
+
+
+def incremental_logits(model: Any, ids: torch.Tensor, prefix: int) -> torch.Tensor:
+    """Logits of a prefill of ``prefix`` tokens, then one token per call, of an nlpkit decoder or a transformers model."""
+    ours = not hasattr(model, "generation_config")
+    cache, outputs = None, []
+    for start, end in [(0, prefix), *((t, t + 1) for t in range(prefix, ids.shape[1]))]:
+        if ours:
+            out = model(ids[:, start:end], past_key_values=cache, use_cache=True)
+            logits, cache = model.logits(out.last_hidden_state), out.past_key_values
+        else:
+            out = model(ids[:, start:end], cache=cache, use_cache=True)
+            logits, cache = out.logits, out.past_key_values
+        outputs.append(logits)
+    return torch.cat(outputs, dim=1)
+
+
+def save_word_tokenizer(folder: Path) -> None:
+    """A word-level tokenizer.json whose words `w0` .. `w95` are the ids themselves, so texts spell token ids."""
+    import tokenizers
+
+    words = tokenizers.Tokenizer(tokenizers.models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w0"))
+    words.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    words.save(str(folder / "tokenizer.json"))
+
+
+def assert_load_generates_like_transformers(folder: Path, reference: Any) -> Any:
+    """`nlpkit.load` of a pretrained folder (given a word tokenizer) generates transformers' greedy tokens."""
+    import nlpkit
+
+    save_word_tokenizer(folder)
+    loaded = nlpkit.load(folder)
+    prompt = LEFT_PADDED_PROMPTS[0]
+    answer = loaded.generate([" ".join(f"w{t}" for t in prompt)], max_new_tokens=8)[0]
+    with torch.no_grad():
+        expected = reference.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)[0, len(prompt):]
+    eos = reference.generation_config.eos_token_id
+    expected = expected.tolist()
+    expected = expected[: expected.index(eos)] if eos in expected else expected
+    assert [int(word[1:]) for word in answer.split()] == expected
+    return loaded

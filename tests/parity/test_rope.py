@@ -28,6 +28,7 @@ from tests.parity._tiny import (
     TOLERANCE,
     Family,
     build,
+    incremental_logits,
     max_diff,
     padded_batch,
     transformers,
@@ -93,30 +94,6 @@ def test_explicit_head_dim_with_yarn(tmp_path: Path) -> None:
     assert max_diff(logits, expected, mask) <= TOLERANCE
 
 
-def _incremental(step: Any, ids: torch.Tensor) -> torch.Tensor:
-    """Logits of a prefill of PREFIX tokens, then one token per call."""
-    logits, cache = step(ids[:, :PREFIX], None)
-    outputs = [logits]
-    for t in range(PREFIX, ids.shape[1]):
-        logits, cache = step(ids[:, t : t + 1], cache)
-        outputs.append(logits)
-    return torch.cat(outputs, dim=1)
-
-
-def _ours_step(model: Any) -> Any:
-    def step(ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
-        out = model(ids, past_key_values=cache, use_cache=True)
-        return model.logits(out.last_hidden_state), out.past_key_values
-    return step
-
-
-def _their_step(model: Any) -> Any:
-    def step(ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
-        out = model(ids, cache=cache, use_cache=True)
-        return out.logits, out.past_key_values
-    return step
-
-
 @pytest.mark.parametrize("rope", ["default", "linear", "yarn", "llama3"])
 def test_cached_decoding_equals_the_full_pass(rope: str, tmp_path: Path) -> None:
     _, folder = _folder(rope, tmp_path)
@@ -124,7 +101,7 @@ def test_cached_decoding_equals_the_full_pass(rope: str, tmp_path: Path) -> None
     ids = torch.randint(3, 90, (2, LENGTH), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         full = ours.logits(ours(ids).last_hidden_state)
-        assert max_diff(_incremental(_ours_step(ours), ids), full) <= 1e-5
+        assert max_diff(incremental_logits(ours, ids, PREFIX), full) <= 1e-5
 
 
 @pytest.mark.parametrize("rope", ["dynamic", "longrope"])
@@ -135,8 +112,8 @@ def test_length_dependent_cached_decoding_matches_transformers_cached_decoding(r
     ours = from_pretrained(folder).eval()
     ids = torch.randint(3, 90, (2, LENGTH), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        cached = _incremental(_ours_step(ours), ids)
-        assert max_diff(cached, _incremental(_their_step(reference), ids)) <= TOLERANCE
+        cached = incremental_logits(ours, ids, PREFIX)
+        assert max_diff(cached, incremental_logits(reference, ids, PREFIX)) <= TOLERANCE
         # ... which is not the full pass once the prefix is outgrown: the comparison above can see the rule.
         assert max_diff(cached, ours.logits(ours(ids).last_hidden_state)) > 1e-3
 

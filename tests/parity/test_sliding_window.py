@@ -23,9 +23,7 @@ from nlpkit.backbones import from_pretrained
 from nlpkit.backbones.checkpoints import load_checkpoint, save_pretrained
 from tests.parity._tiny import (
     FAMILIES,
-    LEFT_PADDED_PROMPTS,
     TOLERANCE,
-    VOCAB,
     assert_generation_matches,
     build,
     max_diff,

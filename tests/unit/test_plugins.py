@@ -9,6 +9,7 @@ with a ``.dist-info`` folder in ``tmp_path``.
 from __future__ import annotations
 
 import importlib
+import json
 import importlib.metadata
 import sys
 from pathlib import Path
@@ -27,7 +28,9 @@ PRESETS = {
     f"{kind}-{size}" for kind in ("encoder", "decoder", "encoder-decoder") for size in ("tiny", "small", "base")
 }
 DATA_FORMATS = {"csv", "tsv", "json", "jsonl", "parquet", "text"}
-CHECKPOINT_FAMILIES = ["bart", "bert", "distilbert", "gpt2", "llama", "marian", "mistral", "qwen2", "qwen3", "roberta", "t5"]
+# The core plugin's checkpoint families, as the registry snapshot lists them.
+CHECKPOINT_FAMILIES = sorted(json.loads((Path(__file__).with_name("registry_contents.json")).read_text())
+                             ["checkpoint_families"])
 # The task plugins that ship with nlpkit (entry points of the nlpkit distribution).
 BUILTIN_TASKS = ["classification", "generation", "ner", "qa", "translation"]
 

@@ -230,7 +230,10 @@ def _describe(path: str | Path, registries: Registries | None) -> tuple[Checkpoi
     found = _registries(registries, lambda candidate: _model_type(hf_config, candidate) is not None)
     try:
         model_type = detect_family(hf_config, registries=found)
-        config = found.checkpoint_families.get(model_type).config_from_hf(hf_config, model_type)
+        family = found.checkpoint_families.get(model_type)
+        if hasattr(family, "text_model"):  # a multimodal folder: its language model is the backbone
+            model_type, hf_config = family.text_model(hf_config, model_type)
+        config = family.config_from_hf(hf_config, model_type)
     except NlpkitError as error:
         raise NlpkitError(f"{folder / CONFIG_FILE}: {error}") from None
     return CheckpointConfig(folder=folder, family=model_type, config=config, hf_config=hf_config), found
@@ -260,7 +263,7 @@ def load_checkpoint(path: str | Path, *, registries: Registries | None = None) -
         raise NlpkitError(f"{described.folder / CONFIG_FILE}: {error}") from None
     hf_state = {_modern_name(key): value for key, value in read_weights(described.folder).items()}
     if hasattr(family, "state_from_hf"):
-        hf_state = family.state_from_hf(hf_state)
+        hf_state = family.state_from_hf(hf_state, described.config)
     return _map_state(family, described, hf_state, backbone_class)
 
 
@@ -418,7 +421,7 @@ def save_pretrained(
             continue  # the token embedding holds it
         state[hf_names(name, rules)[0].lstrip("/")] = tensor.detach()
     if hasattr(module, "state_to_hf"):
-        state = module.state_to_hf(state)
+        state = module.state_to_hf(state, config)
     for key, tensor in (extra_state or {}).items():
         if key in state:
             raise NlpkitError(f"extra_state tensor {key!r} has the name of a backbone weight")
@@ -555,6 +558,8 @@ def _effective(config: BackboneConfig) -> dict[str, Any]:
     dropped = ["dropout", "attention_dropout"]
     if config.position_embedding != "rotary":
         dropped += ["rope_theta", "rope_scaling", "partial_rotary_factor"]
+    if config.position_embedding != "rotary" or all(config.layer_window(i) is None for i in range(config.num_layers)):
+        dropped += ["local_rope_theta", "local_rope_scaling"]  # read by sliding-window layers only
     if config.position_embedding != "relative":
         dropped += ["relative_attention_num_buckets", "relative_attention_max_distance"]
     if config.position_embedding not in ("learned", "sinusoidal"):

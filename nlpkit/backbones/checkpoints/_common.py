@@ -43,6 +43,7 @@ __all__ = [
     "activation_from_hf",
     "activation_to_hf",
     "check_folder",
+    "decoder_shape_to_hf",
     "hf_names",
     "make_config",
     "read_config",
@@ -64,8 +65,12 @@ class Family(Protocol):
 
     The constants are read-only properties here only so that a module's
     `tuple[str, str]` satisfies `tuple[str, ...]` for mypy. A family may also
-    define `state_from_hf(state)` and `state_to_hf(state)` to reshape tensors
-    between the file and the backbone (GPT-2's fused, transposed `c_attn`).
+    define `state_from_hf(state, config)` and `state_to_hf(state, config)` to
+    reshape tensors between the file and the backbone (GPT-2's fused,
+    transposed `c_attn`; Phi-3's fused `qkv_proj`, split by the config's head
+    counts). A family whose folders may wrap the text model in a multimodal
+    one defines `text_model(hf, model_type)`, returning the text model's
+    `model_type` and `config.json` fields (Gemma 3's `text_config`).
     """
 
     @property
@@ -317,3 +322,21 @@ def token_id(value: Any, vocab_size: int) -> int | None:
 def make_config(**fields: Any) -> BackboneConfig:
     """Builds a BackboneConfig from translated `config.json` fields, checking their types and ranges."""
     return BackboneConfig.from_dict(fields, source=None)  # the caller names config.json
+
+
+def decoder_shape_to_hf(config: BackboneConfig) -> dict[str, Any]:
+    """The `config.json` shape fields every Llama-style decoder family writes the same way (Llama, Phi-3, Gemma)."""
+    return {
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.resolved_num_kv_heads,
+        "head_dim": config.resolved_head_dim,
+        "max_position_embeddings": config.max_positions,
+        "rms_norm_eps": config.norm_eps,
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "attention_dropout": config.attention_dropout,
+        "pad_token_id": config.pad_token_id,
+    }

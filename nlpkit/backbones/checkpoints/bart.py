@@ -79,12 +79,12 @@ def rules(config: BackboneConfig) -> list[Rule]:
     return _RULES
 
 
-def state_from_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
+def state_from_hf(state: dict[str, Tensor], config: BackboneConfig) -> dict[str, Tensor]:
     """Flattens `final_logits_bias` from `(1, vocab)` to `(vocab,)`."""
     return {key: value.flatten() if key == "final_logits_bias" else value for key, value in state.items()}
 
 
-def state_to_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
+def state_to_hf(state: dict[str, Tensor], config: BackboneConfig) -> dict[str, Tensor]:
     """Stores `final_logits_bias` as `(1, vocab)`, as `transformers` registers it."""
     return {key: value[None] if key == "final_logits_bias" else value for key, value in state.items()}
 

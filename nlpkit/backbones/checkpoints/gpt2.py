@@ -72,7 +72,7 @@ def rules(config: BackboneConfig) -> list[Rule]:
     return _RULES
 
 
-def state_from_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
+def state_from_hf(state: dict[str, Tensor], config: BackboneConfig) -> dict[str, Tensor]:
     """Transposes `Conv1D` weights to `nn.Linear` layout and splits the fused `c_attn`."""
     out: dict[str, Tensor] = {}
     for key, value in state.items():
@@ -87,7 +87,7 @@ def state_from_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def state_to_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
+def state_to_hf(state: dict[str, Tensor], config: BackboneConfig) -> dict[str, Tensor]:
     """Fuses query, key and value into `c_attn` and transposes `Conv1D` weights back."""
     out: dict[str, Tensor] = {}
     for key, value in state.items():

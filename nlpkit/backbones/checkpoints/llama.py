@@ -10,17 +10,15 @@ References:
       `head_dim` on queries and keys before rotary (`q_norm`, `k_norm`),
       Llama's `attention_bias` (q, k, v and o), `head_dim` 128 by default,
       and Qwen2's sliding-window fields.
-    - `transformers/modeling_rope_utils.py`: releases from 5.0 on write
-      `rope_parameters: {rope_type, rope_theta}`; older ones wrote
-      `rope_theta` at the top level and scaling in `rope_scaling`.
+    - `transformers/modeling_rope_utils.py`: the rotary settings, read by
+      `_rope.py` (rope types `default`, `linear`, `dynamic`, `yarn`, `llama3`,
+      `longrope` and its alias `su`) and written back as `rope_parameters`.
 
-Rotary types `default`, `linear`, `dynamic`, `yarn`, `llama3` and
-`longrope` (alias `su`) become `BackboneConfig.rope_scaling`, and are written
-back as `rope_parameters`. Refused with an error that names the field: other
-rotary types (e.g. `proportional`), unknown rotary parameters,
-`partial_rotary_factor` (transformers' Llama ignores it for plain rotary and
-fails with scaled rotary, so there is nothing to match) and sliding layers in
-a Llama config. Mistral's `sliding_window` and Qwen2's (and Qwen3's) `use_sliding_window`,
+Refused with an error that names the field: other rotary types (e.g.
+`proportional`), unknown rotary parameters, `partial_rotary_factor`
+(transformers' Llama ignores it for plain rotary and fails with scaled
+rotary, so there is nothing to match; Phi-3 reads it, see `phi3.py`) and
+sliding layers in a Llama config. Mistral's `sliding_window` and Qwen2's (and Qwen3's) `use_sliding_window`,
 `max_window_layers` and `layer_types` become `sliding_window` and
 `layer_types`, read as transformers 5.24 reads them, and are written back.
 """
@@ -34,13 +32,13 @@ from nlpkit.backbones.checkpoints._common import (
     Rule,
     activation_from_hf,
     activation_to_hf,
+    decoder_shape_to_hf,
     make_config,
     token_id,
     unsupported,
 )
-from nlpkit.backbones.config import BackboneConfig, RopeScaling
-from nlpkit.errors import NlpkitError
-from nlpkit.schema import Context, build
+from nlpkit.backbones.checkpoints._rope import read_rope, rope_to_hf
+from nlpkit.backbones.config import BackboneConfig
 
 __all__ = ["ARCHITECTURES", "IGNORED", "MODEL_TYPES", "PREFIXES", "config_from_hf", "config_to_hf", "rules"]
 
@@ -73,77 +71,6 @@ _DEFAULT_MAX_POSITIONS = {"llama": 2048, "mistral": 131072, "qwen2": 32768, "qwe
 def rules(config: BackboneConfig) -> list[Rule]:
     """Name rules (the same for the four model types; only Qwen3 has query and key norms)."""
     return _RULES
-
-
-# rope_parameters keys onto RopeScaling fields (the HF names live only here).
-_ROPE_FIELDS = {"factor": "factor", "original_max_position_embeddings": "original_max_positions",
-                "low_freq_factor": "low_freq_factor", "high_freq_factor": "high_freq_factor",
-                "beta_fast": "beta_fast", "beta_slow": "beta_slow", "truncate": "truncate",
-                "short_factor": "short_factor", "long_factor": "long_factor",
-                "attention_factor": "attention_factor", "mscale": "mscale", "mscale_all_dim": "mscale_all_dim"}
-_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
-_ROPE_ALIASES = {"su": "longrope"}  # Phi-3's early name for longrope
-
-
-def _rope(hf: Mapping[str, Any], max_positions: int) -> tuple[float, RopeScaling | None]:
-    """The rotary base and scaling, from `rope_parameters` (5.x) or `rope_scaling` and the top level (4.x).
-
-    As `transformers`' `standardize_rope_params`, a top-level
-    `original_max_position_embeddings` (Phi-3) wins over the one inside the
-    parameters, and `yarn`, `llama3` and `longrope` default it to
-    `max_position_embeddings`.
-    """
-    if hf.get("partial_rotary_factor", 1.0) != 1.0:
-        # transformers' Llama ignores it (plain rope turns the whole head) or fails (scaled rope): no parity.
-        raise unsupported("partial_rotary_factor", hf["partial_rotary_factor"],
-                          "transformers' Llama family turns the whole head")
-    theta = float(hf.get("rope_theta", 10000.0))
-    for field in ("rope_parameters", "rope_scaling"):
-        params = hf.get(field)
-        if not params:
-            continue
-        if not isinstance(params, Mapping):
-            raise unsupported(field, params, "expected a mapping with rope_type and rope_theta")
-        type_key = "rope_type" if "rope_type" in params else "type"
-        rope_type = params.get(type_key, "default")
-        rope_type = _ROPE_ALIASES.get(rope_type, rope_type)
-        if rope_type not in _ROPE_TYPES:
-            raise unsupported(f"{field}.{type_key}", params[type_key],
-                              f"known rotary types: {', '.join(_ROPE_TYPES)}")
-        if params.get("partial_rotary_factor", 1.0) != 1.0:
-            raise unsupported(f"{field}.partial_rotary_factor", params["partial_rotary_factor"],
-                              "transformers' Llama family turns the whole head")
-        known = {"rope_type", "type", "rope_theta", "partial_rotary_factor", *_ROPE_FIELDS}
-        for key in params:
-            if key not in known:
-                raise unsupported(f"{field}.{key}", params[key], "not a rotary parameter nlpkit implements")
-        theta = float(params.get("rope_theta", theta))
-        if rope_type == "default":
-            return theta, None
-        values = {_ROPE_FIELDS[k]: v for k, v in params.items() if k in _ROPE_FIELDS and v is not None}
-        if rope_type in ("yarn", "llama3", "longrope"):
-            original = hf.get("original_max_position_embeddings")
-            values["original_max_positions"] = original or values.get("original_max_positions", max_positions)
-        try:
-            return theta, build(RopeScaling, dict(values, type=rope_type), (), Context("", template="{key}: {message}"))
-        except NlpkitError as error:
-            raise unsupported(field, dict(params), str(error)) from None
-    return theta, None
-
-
-def _rope_to_hf(config: BackboneConfig) -> dict[str, Any]:
-    """`rope_parameters` as transformers 5 writes them (only the fields the type reads, and its defaults)."""
-    scaling = config.rope_scaling
-    params: dict[str, Any] = {"rope_type": scaling.type if scaling else "default", "rope_theta": config.rope_theta}
-    if scaling is not None:
-        for key, name in _ROPE_FIELDS.items():
-            value = getattr(scaling, name)
-            if name == "truncate":
-                if scaling.type == "yarn" and not value:  # written only when not transformers' default
-                    params[key] = value
-            elif value is not None:
-                params[key] = value
-    return params
 
 
 def _sliding_window(hf: Mapping[str, Any], model_type: str) -> tuple[int | None, list[str] | None]:
@@ -206,7 +133,11 @@ def config_from_hf(hf: Mapping[str, Any], model_type: str) -> BackboneConfig:
     """
     max_positions = hf.get("max_position_embeddings", _DEFAULT_MAX_POSITIONS[model_type])
     sliding_window, layer_types = _sliding_window(hf, model_type)
-    rope_theta, rope_scaling = _rope(hf, max_positions)
+    rope = read_rope(hf, max_positions, aliases={"su": "longrope"})
+    if rope.partial_rotary_factor != 1.0:
+        # transformers' Llama ignores it (plain rope turns the whole head) or fails (scaled rope): no parity.
+        raise unsupported("partial_rotary_factor", rope.partial_rotary_factor,
+                          "transformers' Llama family turns the whole head")
     vocab = hf.get("vocab_size", 151936 if model_type in ("qwen2", "qwen3") else 32000)
     heads = hf.get("num_attention_heads", 32)
     if model_type == "qwen2":
@@ -225,8 +156,8 @@ def config_from_hf(hf: Mapping[str, Any], model_type: str) -> BackboneConfig:
         intermediate_size=hf.get("intermediate_size", 11008),
         max_positions=max_positions,
         position_embedding="rotary",
-        rope_theta=rope_theta,
-        rope_scaling=rope_scaling,
+        rope_theta=rope.theta,
+        rope_scaling=rope.scaling,
         sliding_window=sliding_window,
         layer_types=layer_types,
         norm="rmsnorm",
@@ -254,21 +185,10 @@ def config_to_hf(config: BackboneConfig, model_type: str) -> dict[str, Any]:
     """
     hf: dict[str, Any] = {
         "model_type": model_type,
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.hidden_size,
-        "intermediate_size": config.intermediate_size,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads,
-        "num_key_value_heads": config.resolved_num_kv_heads,
-        "head_dim": config.resolved_head_dim,
+        **decoder_shape_to_hf(config),
         "hidden_act": activation_to_hf(config.activation),
-        "max_position_embeddings": config.max_positions,
-        "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_theta,
-        "rope_parameters": _rope_to_hf(config),
-        "tie_word_embeddings": config.tie_word_embeddings,
-        "attention_dropout": config.attention_dropout,
-        "pad_token_id": config.pad_token_id,
+        "rope_parameters": rope_to_hf(config.rope_theta, config.rope_scaling),
     }
     if model_type == "llama":
         hf.update(attention_bias=config.attention_bias, mlp_bias=config.mlp_bias)
