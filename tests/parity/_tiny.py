@@ -228,3 +228,16 @@ def assert_load_generates_like_transformers(folder: Path, reference: Any) -> Any
     expected = expected[: expected.index(eos)] if eos in expected else expected
     assert [int(word[1:]) for word in answer.split()] == expected
     return loaded
+
+
+def export_and_reload(ours: Any, folder: Path, out: Path, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[Any, float]:
+    """Saves `ours` as the family of `folder`, reloads it with AutoModelForCausalLM; the model and the logits' max diff."""
+    from nlpkit.backbones.checkpoints import load_checkpoint, save_pretrained
+
+    saved = save_pretrained(ours, out, family=load_checkpoint(folder).family)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(saved, attn_implementation="eager").eval()
+    ids, mask = batch
+    with torch.no_grad():
+        diff = max_diff(ours.logits(ours(ids, attention_mask=mask).last_hidden_state),
+                        reloaded(ids, attention_mask=mask).logits, mask)
+    return reloaded, diff

@@ -37,6 +37,7 @@ from tests.parity._tiny import (
     assert_generation_matches,
     assert_load_generates_like_transformers,
     build,
+    export_and_reload,
     incremental_logits,
     max_diff,
     right_padded_batch,
@@ -139,13 +140,9 @@ def test_generation_matches_transformers(models: tuple[str, Path, Any, Any], opt
 
 def test_export_loads_in_transformers(models: tuple[str, Path, Any, Any], tmp_path: Path) -> None:
     _, folder, reference, ours = models
-    out = save_pretrained(ours, tmp_path / "out", family=load_checkpoint(folder).family)
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    out = tmp_path / "out"
+    reloaded, diff = export_and_reload(ours, folder, out, _right_padded())
     assert type(reloaded).__name__ == type(reference).__name__
-    ids, mask = _right_padded()
-    with torch.no_grad():
-        diff = max_diff(ours.logits(ours(ids, attention_mask=mask).last_hidden_state),
-                        reloaded(ids, attention_mask=mask).logits, mask)
     assert diff < TOLERANCE
     assert from_pretrained(out).config == ours.config
 

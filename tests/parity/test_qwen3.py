@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from nlpkit.backbones import from_pretrained
-from nlpkit.backbones.checkpoints import load_checkpoint, save_pretrained
+from nlpkit.backbones.checkpoints import save_pretrained
 from nlpkit.errors import NlpkitError
 from tests.parity._tiny import (
     FAMILIES,
@@ -28,9 +28,9 @@ from tests.parity._tiny import (
     assert_generation_matches,
     assert_load_generates_like_transformers,
     build,
+    export_and_reload,
     max_diff,
     right_padded_batch,
-    transformers,
 )
 
 LENGTH, WINDOW, PAD = 24, 8, 3
@@ -110,18 +110,14 @@ def test_generation_matches_transformers(models, options):
 
 def test_export_loads_in_transformers(models, tmp_path: Path):
     _, folder, _, ours = models
-    out = save_pretrained(ours, tmp_path / "out", family=load_checkpoint(folder).family)
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    out = tmp_path / "out"
+    reloaded, diff = export_and_reload(ours, folder, out, _right_padded())
     assert type(reloaded).__name__ == "Qwen3ForCausalLM"
     assert reloaded.config.head_dim == 12
     assert reloaded.config.attention_bias == ours.config.attention_bias
     assert reloaded.config.layer_types == [
         "sliding_attention" if ours.config.layer_window(i) is not None else "full_attention"
         for i in range(ours.config.num_layers)]
-    ids, mask = _right_padded()
-    with torch.no_grad():
-        diff = max_diff(ours.logits(ours(ids, attention_mask=mask).last_hidden_state),
-                        reloaded(ids, attention_mask=mask).logits, mask)
     assert diff < TOLERANCE
     assert from_pretrained(out).config == ours.config
 

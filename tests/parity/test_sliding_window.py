@@ -20,12 +20,12 @@ import pytest
 import torch
 
 from nlpkit.backbones import from_pretrained
-from nlpkit.backbones.checkpoints import load_checkpoint, save_pretrained
 from tests.parity._tiny import (
     FAMILIES,
     TOLERANCE,
     assert_generation_matches,
     build,
+    export_and_reload,
     max_diff,
     right_padded_batch,
     transformers,
@@ -165,16 +165,12 @@ def test_generation_matches_transformers(models, options):
 
 def test_export_loads_in_transformers(models, tmp_path: Path):
     name, folder, _, ours = models
-    out = save_pretrained(ours, tmp_path / "out", family=load_checkpoint(folder).family)
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    out = tmp_path / "out"
+    reloaded, diff = export_and_reload(ours, folder, out, _right_padded())
     assert reloaded.config.sliding_window == WINDOW
     if name != "mistral":
         expected = _EXPECTED_TYPES[name]
         assert reloaded.config.layer_types == expected
-    ids, mask = _right_padded()
-    with torch.no_grad():
-        diff = max_diff(ours.logits(ours(ids, attention_mask=mask).last_hidden_state),
-                        reloaded(ids, attention_mask=mask).logits, mask)
     assert diff < TOLERANCE
     back = from_pretrained(out).config
     assert (back.sliding_window, back.layer_types) == (ours.config.sliding_window, ours.config.layer_types)
