@@ -31,7 +31,7 @@ from nlpkit.errors import NlpkitError
 from nlpkit.recipe import Recipe, load_recipe
 from nlpkit.registry import Registries
 from nlpkit.schema import Context, validation_error
-from nlpkit.runs import BACKBONE_FILE, TASK_STATE_FILE, RunFolder
+from nlpkit.runs import BACKBONE_FILE, SOURCE_CHECKPOINT_FILE, TASK_STATE_FILE, RunFolder
 from nlpkit.tasks import ExportsToTransformers, Task, TaskModel, TaskTokenizer
 from nlpkit.tokenization import Tokenizer
 
@@ -96,11 +96,13 @@ def build_model(recipe: Recipe, registries: Registries, task: Task, config: Any)
         from nlpkit.backbones.checkpoints import build_from_checkpoint, load_checkpoint
 
         loaded = load_checkpoint(section.pretrained, registries=registries)
+        task.checkpoint_family = loaded.family
         # from_pretrained hands back an inference-ready module (eval mode); training wants dropout on.
         model = TaskModel(build_from_checkpoint(loaded).train(), task.build_head(config), task.renamed_weights)
         _initialise_head(task, model, loaded.family, loaded.extra_state)
         source = {"folder": section.pretrained, "family": loaded.family, "config": loaded.hf_config}
     else:
+        task.checkpoint_family = expressing_family(config, registries)
         model = TaskModel(registries.backbone_kinds.get(config.kind)(config), task.build_head(config),
                           task.renamed_weights)
     if section.gradient_checkpointing:
@@ -109,6 +111,18 @@ def build_model(recipe: Recipe, registries: Registries, task: Task, config: Any)
     if frozen:
         log.info("frozen: %d of %d backbone parameters", frozen, sum(p.numel() for p in model.backbone.parameters()))
     return model, source
+
+
+def expressing_family(config: BackboneConfig, registries: Registries, source: dict[str, Any] | None = None) -> str | None:
+    """The checkpoint family of a backbone: its source folder's, else the first that expresses it, else None."""
+    from nlpkit.backbones.checkpoints import infer_family
+
+    if source and source.get("family"):
+        return str(source["family"])
+    try:
+        return infer_family(config, registries=registries)
+    except NlpkitError:  # a backbone no family expresses keeps nlpkit's own head layout
+        return None
 
 
 def _initialise_head(task: Task, model: TaskModel, family: str, checkpoint_state: dict[str, Any]) -> None:
@@ -195,6 +209,8 @@ def restore_task(run: RunFolder, recipe: Recipe, registries: Registries) -> tupl
     task = _new_task(registries.tasks.get(recipe.task), recipe, Tokenizer.load(run.path))
     task.load_state(run.read_json(TASK_STATE_FILE))
     config = BackboneConfig.from_dict(run.read_json(BACKBONE_FILE), source=str(run.path / BACKBONE_FILE))
+    source = run.read_json(SOURCE_CHECKPOINT_FILE) if (run.path / SOURCE_CHECKPOINT_FILE).is_file() else None
+    task.checkpoint_family = expressing_family(config, registries, source)
     return task, config
 
 

@@ -172,7 +172,7 @@ class LoadedModel:
         source_file = self.path / SOURCE_CHECKPOINT_FILE
         source = json.loads(source_file.read_text(encoding="utf-8")) if source_file.is_file() else {}
         registries = self.plugin_set.registries
-        family = source.get("family") or infer_family(self.model.backbone.config, registries=registries)
+        family = self.task.checkpoint_family or infer_family(self.model.backbone.config, registries=registries)
         spec = self.task.hf_head(family) if isinstance(self.task, ExportsToTransformers) else None
         if spec is None:
             raise NlpkitError(f"task '{self.task.name}' (with these options) has no transformers head for {family} "

@@ -14,7 +14,8 @@ The life of a task object:
    run folder restores it with ``load_state`` for prediction.
 3. ``prepare(dataset)`` maps examples to features (a cached ``datasets.map``
    of ``encode``); ``collate(features)`` pads a batch.
-4. ``build_head(backbone_config)``; ``forward(model, batch)``, ``loss``;
+4. ``build_head(backbone_config)`` (``checkpoint_family`` is set before it);
+   ``forward(model, batch)``, ``loss``;
    ``evaluate_batch`` gives the arguments of every metric's ``update``;
    ``decode`` turns outputs into answers.
 
@@ -25,14 +26,16 @@ cache is asked for); decoders have ``lm_head`` / ``logits``.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
 
 from nlpkit.errors import NlpkitError
 
+from nlpkit.backbones.checkpoints._common import HeadShape
 from nlpkit.backbones.config import BackboneConfig
 
 if TYPE_CHECKING:
@@ -43,7 +46,7 @@ if TYPE_CHECKING:
 
 
 __all__ = ["Task", "TaskModel", "Backbone", "BackboneOutputs", "BackboneConfig", "TaskTokenizer", "GeneratesText", "ExportsToTransformers", "HFHead",
-           "NoOptions", "pad", "NlpkitError"]
+           "HeadShape", "family_head", "head_layers", "head_weights", "NoOptions", "pad", "NlpkitError"]
 
 
 @dataclass
@@ -69,6 +72,54 @@ class HFHead:
     architecture: str
     weights: dict[str, str]
     config: dict[str, Any]
+
+
+def family_head(family: str | None, kind: str) -> HeadShape | None:
+    """The layout of ``family``'s ``transformers`` head class of ``kind`` (``sequence_classification`` ...), or None.
+
+    The family files describe their head classes (``HEADS``), so a task
+    builds its head as the family's class lays it out and exports to it.
+    """
+    from nlpkit.backbones.checkpoints import head_shape
+
+    return head_shape(family, kind)
+
+
+_HEAD_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "tanh": nn.Tanh, "gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU, "silu": nn.SiLU,
+}
+
+
+def head_layers(shape: HeadShape | None, backbone_config: BackboneConfig, outputs: int, dropout: float) -> nn.Sequential:
+    """A head laid out as ``shape``: ``dense``, ``activation`` and ``norm`` where it has them, ``dropout``, ``out``.
+
+    Args:
+        shape: the family's head layout; None for dropout and the output layer alone.
+        backbone_config: the backbone's config (its width, its norms' epsilon).
+        outputs: the output layer's width (labels, 2 for QA's start and end).
+        dropout: the dropout before the output layer.
+    """
+    hidden = backbone_config.hidden_size
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    if shape is not None and shape.transform is not None:
+        layers["dense"] = nn.Linear(hidden, hidden, bias=shape.transform_bias)
+        layers["activation"] = _HEAD_ACTIVATIONS[shape.activation]()
+        if shape.norm is not None:
+            layers["norm"] = nn.LayerNorm(hidden, eps=backbone_config.norm_eps, bias=shape.norm_bias)
+    layers["dropout"] = nn.Dropout(dropout)
+    layers["out"] = nn.Linear(hidden, outputs)
+    return nn.Sequential(layers)
+
+
+def head_weights(shape: HeadShape) -> dict[str, str]:
+    """The parameter names of a :func:`head_layers` head -> the family's names (``HFHead.weights``)."""
+    layers = [("out", shape.output, True)]
+    if shape.transform is not None:
+        layers.append(("dense", shape.transform, shape.transform_bias))
+        if shape.norm is not None:
+            layers.append(("norm", shape.norm, shape.norm_bias))
+    return {f"{ours}.{parameter}": f"{theirs}.{parameter}" for ours, theirs, bias in layers
+            for parameter in (("weight", "bias") if bias else ("weight",))}
 
 
 class BackboneOutputs(Protocol):
@@ -243,6 +294,11 @@ class Task:
         renamed_weights: old name prefixes of the model's weights (``head.0.``)
             mapped to new ones (``head.dense.``) after a change of the head, so
             that run folders written before it still load.
+        checkpoint_family: the backbone's checkpoint family (``bert``,
+            ``electra`` ...: a pretrained folder's, else the first family that
+            expresses the config; None when none does), set by nlpkit before
+            ``build_head`` so that a head can take the family's layout
+            (:func:`family_head` and :func:`head_layers`).
 
     A task whose answers the backbone's LM head writes also derives from
     :class:`GeneratesText`; one that can be exported in Hugging Face format,
@@ -262,6 +318,7 @@ class Task:
     renamed_weights: ClassVar[dict[str, str]] = {}
     padded_features: ClassVar[dict[str, int]] = {"token_type_ids": 0}
     learnt_attributes: ClassVar[tuple[str, ...]] = ()
+    checkpoint_family: str | None = None
 
     def __init__(self, config: Any, tokenizer: TaskTokenizer) -> None:
         self.config = config

@@ -12,6 +12,8 @@ them in from a Hugging Face `config.json`):
 | BERT          | layernorm, post | learned                | type_vocab_size=2, embedding_norm            |
 | RoBERTa       | layernorm, post | learned, offset 2      | type_vocab_size=1, embedding_norm            |
 | DistilBERT    | layernorm, post | learned                | embedding_norm                               |
+| XLM-R         | layernorm, post | learned, offset 2      | as RoBERTa                                   |
+| ELECTRA       | layernorm, post | learned                | as BERT; embedding_size (a projection)       |
 | GPT-2         | layernorm, pre  | learned                | gelu_tanh, final_norm, tied head             |
 | Llama/Mistral | rmsnorm, pre    | rotary                 | gated silu MLP, num_kv_heads, sliding_window |
 | Qwen2         | rmsnorm, pre    | rotary                 | as Llama; q/k/v attention_bias, layer_types  |
@@ -169,6 +171,11 @@ class BackboneConfig:
         relative_attention_max_distance: T5 distance beyond which buckets saturate.
         type_vocab_size: Rows of the token-type (segment) embedding; 0 means
             none. BERT uses 2, RoBERTa 1. Encoders only.
+        embedding_size: Width of the token, position and token-type
+            embeddings and their norm when it differs from `hidden_size`;
+            a Linear (`embeddings.projection`) then maps them onto the
+            residual stream (ELECTRA's `embeddings_project`). `None` means
+            `hidden_size`.
         norm: `layernorm` (with bias) or `rmsnorm` (no mean subtraction, no
             bias: Llama and T5).
         norm_eps: Epsilon of every normalisation layer.
@@ -241,6 +248,7 @@ class BackboneConfig:
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     type_vocab_size: int = 0
+    embedding_size: int | None = None
     norm: Norm = "layernorm"
     norm_eps: float = 1e-5
     norm_unit_offset: bool = False
@@ -297,6 +305,8 @@ class BackboneConfig:
         if self.norm_unit_offset and self.norm != "rmsnorm":
             raise ValueError("norm_unit_offset applies only to norm 'rmsnorm'")
 
+        if self.embedding_size is not None and self.embedding_size < 1:
+            raise ValueError(f"embedding_size must be >= 1 or None, got {self.embedding_size}")
         if self.head_dim is None and self.hidden_size % self.num_heads != 0:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads}) "
@@ -339,6 +349,11 @@ class BackboneConfig:
         if (self.kind == "encoder" and self.position_offset > 0
                 and self.position_embedding in ("learned", "sinusoidal") and self.pad_token_id is None):
             raise ValueError("pad_token_id is needed by an encoder with position_offset > 0 (RoBERTa positions)")
+
+    @property
+    def resolved_embedding_size(self) -> int:
+        """Width of the embeddings (`embedding_size` or `hidden_size`)."""
+        return self.embedding_size if self.embedding_size is not None else self.hidden_size
 
     @property
     def resolved_head_dim(self) -> int:

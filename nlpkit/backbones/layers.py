@@ -246,7 +246,10 @@ class RelativePositionBias(nn.Module):
 
 
 class Embeddings(nn.Module):
-    """Token, position and token-type embeddings, then scale, norm and dropout.
+    """Token, position and token-type embeddings, then scale, norm, dropout and a projection onto the stream.
+
+    The projection exists only when `embedding_size` differs from
+    `hidden_size` (ELECTRA).
 
     With `with_token=False` the caller looks tokens up itself and passes
     `inputs_embeds`; the encoder-decoder does this so its two stacks share one
@@ -256,17 +259,19 @@ class Embeddings(nn.Module):
     def __init__(self, config: BackboneConfig, with_token: bool = True) -> None:
         super().__init__()
         self.config = config
-        self.token = nn.Embedding(config.vocab_size, config.hidden_size) if with_token else None
+        width = config.resolved_embedding_size
+        self.token = nn.Embedding(config.vocab_size, width) if with_token else None
         num_positions = config.max_positions + config.position_offset
         if config.position_embedding == "learned":
-            self.position: nn.Module | None = nn.Embedding(num_positions, config.hidden_size)
+            self.position: nn.Module | None = nn.Embedding(num_positions, width)
         elif config.position_embedding == "sinusoidal":
-            self.position = SinusoidalPositions(num_positions, config.hidden_size)
+            self.position = SinusoidalPositions(num_positions, width)
         else:
             self.position = None  # rotary and relative act inside attention
-        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size else None
-        self.norm = make_norm(config) if config.embedding_norm else None
+        self.token_type = nn.Embedding(config.type_vocab_size, width) if config.type_vocab_size else None
+        self.norm = make_norm(config, width) if config.embedding_norm else None
         self.dropout = Dropout(config.dropout)
+        self.projection = nn.Linear(width, config.hidden_size) if width != config.hidden_size else None
         self.scale = math.sqrt(config.hidden_size) if config.scale_embedding else 1.0
 
     def forward(
@@ -297,7 +302,8 @@ class Embeddings(nn.Module):
             x = x + (self.token_type.weight[0] if token_type_ids is None else self.token_type(token_type_ids))
         if self.norm is not None:
             x = self.norm(x)
-        return self.dropout(x)
+        x = self.dropout(x)
+        return self.projection(x) if self.projection is not None else x
 
 
 def check_positions(config: BackboneConfig, total_length: int) -> None:

@@ -1,10 +1,10 @@
 """Text classification of a sentence or a pair, one label or several (labels.py): the plugin to copy.
 
-The head is BERT's: a tanh "pooler" on the first token (or the tokens' mean), then a linear layer."""
+The head pools the first token (or the tokens' mean), then takes the backbone family's layout (hf.py): BERT's
+tanh "pooler" and a linear layer, RoBERTa's and ELECTRA's classifier.dense and out_proj ..."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -14,8 +14,8 @@ import torchmetrics
 from torch import nn
 
 import nlpkit
-from nlpkit.tasks import BackboneConfig, HFHead, Task, TaskModel, TaskTokenizer
-from nlpkit_classification.hf import sequence_classification_head
+from nlpkit.tasks import BackboneConfig, HFHead, Task, TaskModel, TaskTokenizer, head_layers
+from nlpkit_classification.hf import classification_layout, sequence_classification_head
 from nlpkit_classification.labels import RowLabels
 
 @dataclass
@@ -54,9 +54,8 @@ class Classification(Task):
         return features
 
     def build_head(self, backbone_config: BackboneConfig) -> nn.Module:
-        hidden, labels = backbone_config.hidden_size, len(self.labels)
-        return nn.Sequential(OrderedDict(dense=nn.Linear(hidden, hidden), tanh=nn.Tanh(),
-                                         dropout=nn.Dropout(self.config.dropout), out=nn.Linear(hidden, labels)))
+        return head_layers(classification_layout(self.checkpoint_family), backbone_config, len(self.labels),
+                           self.config.dropout)
 
     def forward(self, model: TaskModel, batch: dict[str, Any]) -> torch.Tensor:
         mask = batch["attention_mask"]

@@ -1,32 +1,36 @@
 """Classification heads as ``transformers`` sequence-classification heads (export, pretrained heads).
 
-nlpkit's head is a tanh layer on the first token, dropout, then a linear layer:
-exactly BERT's pooler + classifier, and RoBERTa's ``classifier.dense`` +
-``classifier.out_proj``. Mean pooling has no counterpart there.
+The head takes its family's layout (``family_head``: the family file's
+``HEADS`` table): BERT's tanh pooler + classifier, RoBERTa's and ELECTRA's
+``classifier.dense`` + ``classifier.out_proj`` (tanh / GELU), DistilBERT's
+``pre_classifier`` (ReLU) ... Without a family it is BERT's layout, which
+then has no class to export to. Mean pooling exists only where the class
+offers it.
 """
 
 from __future__ import annotations
 
-from nlpkit.tasks import HFHead
+from nlpkit.tasks import HeadShape, HFHead, family_head, head_weights
 
-# family -> (architecture, the names of the tanh layer and of the output layer)
-_HEADS = {
-    "bert": ("BertForSequenceClassification", "pooler.dense", "classifier"),
-    "roberta": ("RobertaForSequenceClassification", "classifier.dense", "classifier.out_proj"),
-}
+# nlpkit's own layout, for backbones whose family has no classification class.
+OWN_LAYOUT = HeadShape("", "classifier", "pooler.dense", "tanh")
+
+
+def classification_layout(family: str | None) -> HeadShape:
+    """The layout a classification head takes on a backbone of ``family``."""
+    return family_head(family, "sequence_classification") or OWN_LAYOUT
 
 
 def sequence_classification_head(family: str, labels: list[str], multi_label: bool, pooling: str) -> HFHead | None:
     """The HF head matching a classification head, or None when there is none."""
-    if family not in _HEADS or pooling != "cls":
+    shape = family_head(family, "sequence_classification")
+    if shape is None or pooling not in shape.poolings:
         return None
-    architecture, dense, output = _HEADS[family]
-    weights = {f"dense.{p}": f"{dense}.{p}" for p in ("weight", "bias")}
-    weights.update({f"out.{p}": f"{output}.{p}" for p in ("weight", "bias")})
     config = {
         "num_labels": len(labels),
         "id2label": dict(enumerate(labels)),
         "label2id": {label: i for i, label in enumerate(labels)},
         "problem_type": "multi_label_classification" if multi_label else "single_label_classification",
+        **{key: value.format(pooling=pooling) if isinstance(value, str) else value for key, value in shape.config.items()},
     }
-    return HFHead(architecture, weights, config)
+    return HFHead(shape.architecture, head_weights(shape), config)

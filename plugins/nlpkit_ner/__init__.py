@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nlpkit
-from nlpkit.tasks import NlpkitError, Task, pad
+from nlpkit.tasks import NlpkitError, Task, family_head, head_layers, pad
 from nlpkit_ner.alignment import place_words, word_windows
 from nlpkit_ner.data import FORMATS, join_words, split_words
 from nlpkit_ner.metrics import EntityScore
@@ -63,6 +63,7 @@ class NerOptions:
 
 class Ner(Task):
     name = "ner"
+    renamed_weights = {"head.1.": "head.out."}  # run folders from before the head took its family's layout
     backbone_kinds = ("encoder",)
     config_class = NerOptions
     input_columns = ("tokens",)  # pre-split words in training data; raw text when predicting
@@ -224,7 +225,8 @@ class Ner(Task):
     # -- model ------------------------------------------------------------------
 
     def build_head(self, backbone_config):
-        return nn.Sequential(nn.Dropout(self.config.dropout), nn.Linear(backbone_config.hidden_size, len(self.labels)))
+        shape = family_head(self.checkpoint_family, "token_classification")
+        return head_layers(shape, backbone_config, len(self.labels), self.config.dropout)
 
     def forward(self, model, batch):
         real = batch["window_mask"]

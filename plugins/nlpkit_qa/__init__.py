@@ -35,7 +35,7 @@ from torch import nn
 from torchmetrics.text import SQuAD
 
 import nlpkit
-from nlpkit.tasks import BackboneConfig, HFHead, NlpkitError, Task, TaskModel, pad
+from nlpkit.tasks import BackboneConfig, HFHead, NlpkitError, Task, TaskModel, family_head, head_layers, pad
 from nlpkit_qa.data import ANSWER_COLUMNS, FORMATS, check_answers, gold_answers
 from nlpkit_qa.hf import question_answering_head
 from nlpkit_qa.spans import Span, answer_tokens, best_span, characters, context_span
@@ -62,6 +62,8 @@ class QAOptions:
 
 class QuestionAnswering(Task):
     name = "qa"
+    # Run folders from before the head took its family's layout (a bare Linear then).
+    renamed_weights = {"head.weight": "head.out.weight", "head.bias": "head.out.bias"}
     backbone_kinds = ("encoder",)
     config_class = QAOptions
     input_columns = ("question", "context")
@@ -174,7 +176,8 @@ class QuestionAnswering(Task):
     # -- model ------------------------------------------------------------------
 
     def build_head(self, backbone_config: BackboneConfig) -> nn.Module:
-        return nn.Linear(backbone_config.hidden_size, 2)  # a start and an end score per token
+        # A start and an end score per token; no dropout before them, as in the transformers classes.
+        return head_layers(family_head(self.checkpoint_family, "question_answering"), backbone_config, 2, 0.0)
 
     def forward(self, model: TaskModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         real = batch["window_mask"]

@@ -105,7 +105,7 @@ def test_sharded_bin(name: str, models: dict[str, Any], tmp_path: Path) -> None:
     assert max(diffs.values()) <= TOLERANCE, diffs
 
 
-@pytest.mark.parametrize("name", ["bert", "roberta", "distilbert"])
+@pytest.mark.parametrize("name", ["bert", "roberta", "xlm-roberta", "electra", "distilbert"])
 def test_head_weights_come_back_as_extra_state(name: str, models: dict[str, Any], tmp_path: Path) -> None:
     from safetensors import safe_open
 

@@ -49,6 +49,7 @@ from nlpkit.backbones.checkpoints._common import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     Family,
+    HeadShape,
     Rule,
     check_folder,
     hf_names,
@@ -61,11 +62,13 @@ from nlpkit.registry import Registries
 
 __all__ = [
     "CheckpointConfig",
+    "HeadShape",
     "LoadedCheckpoint",
     "checkpoint_config",
     "detect_family",
     "from_pretrained",
     "generation_defaults",
+    "head_shape",
     "infer_family",
     "load_checkpoint",
     "save_pretrained",
@@ -202,6 +205,30 @@ def detect_family(config_json: Mapping[str, Any], *, registries: Registries | No
     if config_json.get("model_type") is None:
         raise NlpkitError(f"config.json names no model_type (nor a known architecture); supported: {supported}")
     raise NlpkitError(f"unsupported model_type {config_json['model_type']!r}; supported: {supported}")
+
+
+def head_shape(model_type: str | None, kind: str, *, registries: Registries | None = None) -> HeadShape | None:
+    """The layout of a family's `transformers` head class of one kind, from its family file's `HEADS`.
+
+    Args:
+        model_type: The checkpoint family (`bert`, `electra` ...); None for a
+            backbone no family expresses.
+        kind: `sequence_classification`, `token_classification`,
+            `question_answering`, or a kind a plugin's family describes.
+        registries: Where families are registered; None: the installed plugins'.
+
+    Returns:
+        The head's shape, or None where the family has no such class (or no
+        family is known).
+    """
+    if model_type is None:
+        return None
+    found = _registries(registries, lambda candidate: model_type in candidate.checkpoint_families)
+    if model_type not in found.checkpoint_families:
+        return None
+    heads = getattr(found.checkpoint_families.get(model_type), "HEADS", {})
+    shape: HeadShape | None = heads.get(model_type, {}).get(kind)
+    return shape
 
 
 def checkpoint_config(path: str | Path, *, registries: Registries | None = None) -> CheckpointConfig:

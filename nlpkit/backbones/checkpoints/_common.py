@@ -15,7 +15,9 @@ holds what they share:
   in the file, saving writes it under its first name), so loading and
   saving cannot drift apart. A right-hand side starting with `/` names a top-level weight
   of a head class (`/lm_head`), which sits outside the base model's prefix;
-- the translation of activation names shared by several families.
+- the translation of activation names shared by several families;
+- `HeadShape`, the layout of a family's `transformers` task-head classes
+  that the family files' `HEADS` tables describe.
 
 Every user-facing failure raises `NlpkitError` with a one-line message that
 names the file or the field.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +41,7 @@ from nlpkit.errors import NlpkitError
 __all__ = [
     "CONFIG_FILE",
     "Family",
+    "HeadShape",
     "Rule",
     "WEIGHTS_FILE",
     "activation_from_hf",
@@ -59,6 +63,49 @@ _WEIGHT_SOURCES = ("model.safetensors", "model.safetensors.index.json", "pytorch
 
 Rule = tuple[str, str]
 
+@dataclass(frozen=True)
+class HeadShape:
+    """How one `transformers` task-head class of a family lays out its head.
+
+    Every encoder head class in `transformers` is an optional transform (a
+    Linear, an activation, an optional norm) followed by dropout and an output
+    Linear; the families differ in names and activations (BERT's
+    `pooler.dense` + tanh, RoBERTa's `classifier.dense` + tanh, ELECTRA's
+    `classifier.dense` + GELU, DeBERTa's `pooler.dense` + GELU, ModernBERT's
+    `head.dense` + GELU + `head.norm`). The task plugins build their heads
+    from this shape, so an exported run loads into the family's class with
+    the same outputs, and a pretrained checkpoint's head starts the task's.
+
+    Attributes:
+        architecture: The head class written to `architectures`
+            (`BertForSequenceClassification`).
+        output: The output Linear's name without the base-model prefix
+            (`classifier`, `classifier.out_proj`, `qa_outputs`).
+        transform: The Linear before the activation (`pooler.dense`), or None
+            for a head that is dropout and the output only.
+        activation: The transform's activation, an `activation_to_hf` name or
+            `tanh`.
+        transform_bias: Whether that Linear has a bias (not ModernBERT's by default).
+        norm: A LayerNorm after the activation (`head.norm`), or None.
+        norm_bias: Whether that norm has a bias.
+        poolings: For sequence classification, the poolings the class offers
+            (`cls`: the first token; `mean`: the mean over real tokens).
+        config: `config.json` entries that make the class build this layout
+            (the activation's key, the pooling's key: `{pooling}` is replaced
+            by the pooling used).
+    """
+
+    architecture: str
+    output: str
+    transform: str | None = None
+    activation: str = "tanh"
+    _: KW_ONLY
+    transform_bias: bool = True
+    norm: str | None = None
+    norm_bias: bool = True
+    poolings: tuple[str, ...] = ("cls",)
+    config: Mapping[str, Any] = field(default_factory=dict)
+
 
 class Family(Protocol):
     """What a family file offers: each is a plain module with these names.
@@ -70,7 +117,10 @@ class Family(Protocol):
     transposed `c_attn`; Phi-3's fused `qkv_proj`, split by the config's head
     counts). A family whose folders may wrap the text model in a multimodal
     one defines `text_model(hf, model_type)`, returning the text model's
-    `model_type` and `config.json` fields (Gemma 3's `text_config`).
+    `model_type` and `config.json` fields (Gemma 3's `text_config`). An
+    encoder family describes its task-head classes in `HEADS`: per model
+    type, per head kind (`sequence_classification`, `token_classification`,
+    `question_answering`), a `HeadShape`.
     """
 
     @property

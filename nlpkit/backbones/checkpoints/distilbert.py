@@ -17,14 +17,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nlpkit.backbones.checkpoints._common import Rule, activation_from_hf, activation_to_hf, make_config
+from nlpkit.backbones.checkpoints._common import HeadShape, Rule, activation_from_hf, activation_to_hf, make_config
 from nlpkit.backbones.config import BackboneConfig
 
-__all__ = ["ARCHITECTURES", "IGNORED", "MODEL_TYPES", "PREFIXES", "config_from_hf", "config_to_hf", "rules"]
+__all__ = ["ARCHITECTURES", "HEADS", "IGNORED", "MODEL_TYPES", "PREFIXES", "config_from_hf", "config_to_hf", "rules"]
 
 MODEL_TYPES = ("distilbert",)
 ARCHITECTURES = {"distilbert": "DistilBertModel"}
 PREFIXES = ("distilbert.",)
+HEADS = {"distilbert": {
+    # `DistilBertForSequenceClassification`: pre_classifier, ReLU, dropout, classifier.
+    "sequence_classification": HeadShape("DistilBertForSequenceClassification", "classifier", "pre_classifier", "relu"),
+    "token_classification": HeadShape("DistilBertForTokenClassification", "classifier"),
+    "question_answering": HeadShape("DistilBertForQuestionAnswering", "qa_outputs"),
+}}
 IGNORED = (r"(.*\.)?embeddings\.position_ids",)
 
 _LAYER_NORM_EPS = 1e-12  # hard-coded in `modeling_distilbert.py`
