@@ -105,6 +105,12 @@ def build_model(recipe: Recipe, registries: Registries, task: Task, config: Any)
         task.checkpoint_family = expressing_family(config, registries)
         model = TaskModel(registries.backbone_kinds.get(config.kind)(config), task.build_head(config),
                           task.renamed_weights)
+    if recipe.peft is not None:
+        from nlpkit.adapters import apply_adapters
+
+        trainable, total = apply_adapters(model.backbone, recipe.peft)
+        log.info("LoRA adapters: %s of %s backbone parameters train (%.2f%%)", f"{trainable:,}", f"{total:,}",
+                 100 * trainable / total)
     if section.gradient_checkpointing:
         checkpoint_layers(model.backbone)
     frozen = freeze(model.backbone, section.freeze_embeddings, section.freeze_layers, section.freeze)
@@ -234,7 +240,16 @@ def restore(run: RunFolder, registries: Registries) -> Restored:
     recipe.source = str(run.path / "recipe.yaml")
     task, config = restore_task(run, recipe, registries)
     model = TaskModel(registries.backbone_kinds.get(config.kind)(config), task.build_head(config), task.renamed_weights)
-    run.load_weights(model)
+    if recipe.peft is not None:
+        from nlpkit.adapters import apply_adapters, merge_adapters
+
+        apply_adapters(model.backbone, recipe.peft)
+        run.load_weights(model)
+        # Merged once here, a run with adapters answers at the plain backbone's speed (packed CPU path
+        # included) and exports as a plain checkpoint.
+        merge_adapters(model.backbone)
+    else:
+        run.load_weights(model)
     return Restored(recipe, task, model.eval())
 
 

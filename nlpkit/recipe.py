@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Recipe",
     "BackboneSection",
+    "PeftSection",
     "TokenizerSection",
     "DataSection",
     "OptimizationSection",
@@ -115,6 +116,44 @@ class BackboneSection:
 
     def __post_init__(self) -> None:
         at_least(self, 0, "freeze_layers")
+
+
+@dataclass
+class PeftSection:
+    """LoRA adapters on the backbone instead of training all of its weights (``nlpkit/adapters.py``, through peft).
+
+    ``target_modules`` names Linear layers in nlpkit's terms: ``query``,
+    ``key``, ``value``, ``attention_output`` (the attention's output
+    projection), ``mlp`` (every Linear of the feed-forward block),
+    ``all-linear``, or regular expressions over module names
+    (``attention.(query|value)``, ``decoder.layers.*mlp.up``).
+    ``layers`` limits them to those layer indices. The defaults are the LoRA
+    paper's: rank 8 on the query and value projections. The task head trains
+    whole.
+    """
+
+    method: Literal["lora"] = "lora"
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    use_dora: bool = False
+    use_rslora: bool = False
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    layers: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("peft") is None:
+            raise ValueError('method: LoRA adapters need the peft package: pip install "nlpkit[peft]"')
+        at_least(self, 1, "r", "alpha")
+        within(self, "dropout", 0, 1)
+        if not self.target_modules:
+            from nlpkit.adapters import TARGETS
+
+            raise ValueError(f"target_modules: expected at least one of {', '.join(TARGETS)} or a pattern")
+        if self.layers is not None and (not self.layers or min(self.layers) < 0):
+            raise ValueError(f"layers: expected a non-empty list of layer indices >= 0, got {self.layers}")
 
 
 @dataclass
@@ -246,6 +285,7 @@ class Recipe:
     optimization: OptimizationSection = field(default_factory=OptimizationSection)
     training: TrainingSection = field(default_factory=TrainingSection)
     trainer: dict[str, Any] = field(default_factory=dict)
+    peft: PeftSection | None = None
     output_dir: str = "runs"
     name: str | None = None
     # The task's own section, stored under the task's name in YAML; a dataclass

@@ -124,6 +124,23 @@ def test_killed_mid_epoch_then_again_in_a_later_epoch_resumes_to_the_whole_run(t
     assert_same_run(only_run(runs, "full"), cut)
 
 
+def test_a_lora_run_killed_mid_epoch_resumes_the_same_adapter(tmp_path):
+    pytest.importorskip("peft")
+    recipe_path = classification_recipe(tmp_path, epochs=1)
+    recipe = yaml.safe_load(recipe_path.read_text())
+    recipe["peft"] = {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["query", "value", "mlp"]}
+    recipe_path.write_text(yaml.safe_dump(recipe))
+    runs = tmp_path / "runs"
+    run_to_the_end("run", str(recipe_path), "name=full")
+
+    run_and_kill(["run", str(recipe_path), "name=cut"], lambda: bool(list(runs.glob("cut-*/checkpoints/last.ckpt"))))
+    cut = only_run(runs, "cut")
+    assert checkpoint_epoch(cut / "checkpoints" / "last.ckpt") == 0
+    run_to_the_end("run", str(recipe_path), "name=cut", "--resume", str(cut))
+    assert_same_run(only_run(runs, "full"), cut)
+    assert any("lora_A" in name for name in load_file(cut / "model.safetensors"))  # the adapter was resumed, not redone
+
+
 def sample_blocks(run_dir: Path) -> int:
     return sum(line.startswith("step ") for line in (run_dir / "samples.txt").read_text().splitlines())
 

@@ -1,0 +1,83 @@
+"""Runs with LoRA adapters (`peft:` in a recipe): what trains, the run folder, load, export.
+
+A tiny random BERT saved by transformers is fine-tuned for two steps with
+adapters on its query and value layers; the run folder's weights hold the
+adapters beside the frozen base weights, `nlpkit.load` merges them, and the
+export (merged) loads in transformers with the unmerged run's logits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import nlpkit
+from nlpkit.adapters import apply_adapters
+from nlpkit.backbones import from_pretrained
+from nlpkit.cli import main
+from nlpkit.testing import tiny_classification_data, tiny_classification_rows, tiny_recipe, tiny_tokenizer
+from tests.helpers import assert_one_line_error, save_tiny_bert
+
+peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: Any) -> Path:
+    tokenizer = tiny_tokenizer([r["text"] for r in tiny_classification_rows(200, 0)], kind="wordpiece",
+                               vocab_size=200, max_length=64)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), tokenizer)
+
+
+def _recipe(tiny_bert: Path, tmp_path: Path, peft_section: dict[str, Any]) -> dict[str, Any]:
+    recipe = tiny_recipe("classification", tiny_classification_data(tmp_path / "data"), tmp_path / "runs")
+    recipe["backbone"] = {"pretrained": str(tiny_bert)}
+    recipe["tokenizer"] = {"max_length": 64}
+    recipe["peft"] = peft_section
+    return recipe
+
+
+def test_a_lora_run_trains_only_adapters_and_head_then_loads_merged_and_exports(tiny_bert: Path, tmp_path: Path) -> None:
+    result = nlpkit.run(_recipe(tiny_bert, tmp_path, {"r": 4, "alpha": 8, "target_modules": ["query", "value"]}))
+    weights = load_file(result.run_dir / "model.safetensors")
+    base = from_pretrained(tiny_bert).state_dict()
+    adapters = {name for name in weights if "lora_" in name}
+    assert len(adapters) == 2 * 2 * 2  # lora_A and lora_B of query and value in 2 layers
+    for name, tensor in weights.items():  # the base weights stayed as the checkpoint has them
+        plain = name.removeprefix("backbone.").replace(".base_layer.", ".")
+        if name.startswith("backbone.") and "lora_" not in name:
+            assert torch.equal(tensor, base[plain]), name
+    assert any(not torch.equal(weights[n], torch.zeros_like(weights[n])) for n in adapters if "lora_B" in n)
+
+    model = nlpkit.load(result.run_dir)
+    assert not any("lora_" in name for name, _ in model.model.named_parameters())  # merged at load
+    rows = tiny_classification_rows(3, 5)
+    batch = model.task.collate(model.features({"text": [r["text"] for r in rows]}))
+    # The unmerged run: the backbone with its adapters applied, the trained weights loaded.
+    unmerged = nlpkit.load(result.run_dir)
+    apply_adapters(backbone := from_pretrained(tiny_bert), unmerged.recipe.peft)
+    unmerged.model.backbone = backbone
+    unmerged.model.load_state_dict({k: v for k, v in weights.items()})
+    with torch.no_grad():
+        expected = unmerged.task.forward(unmerged.model.eval(), batch)
+        assert (model.task.forward(model.model, batch) - expected).abs().max().item() < 1e-5
+
+    out = model.export(tmp_path / "exported")
+    hf_model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    with torch.no_grad():
+        assert (hf_model(**inputs).logits - expected).abs().max().item() < 1e-4
+
+
+def test_targets_matching_nothing_fail_in_one_line(tiny_bert: Path, tmp_path: Path, capsys: Any) -> None:
+    import yaml
+
+    recipe = tmp_path / "lora.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe(tiny_bert, tmp_path, {"target_modules": ["q_proj", "v_proj"]})))
+    assert_one_line_error(main(["run", str(recipe)]), capsys.readouterr(),
+                          ["peft.target_modules: ['q_proj', 'v_proj'] match no Linear layer", "attention.query"])
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
