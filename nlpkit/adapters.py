@@ -31,7 +31,7 @@ from nlpkit.errors import NlpkitError
 if TYPE_CHECKING:
     from nlpkit.recipe import PeftSection
 
-__all__ = ["TARGETS", "apply_adapters", "merge_adapters", "target_module_names"]
+__all__ = ["TARGETS", "apply_adapters", "base_weight_names", "merge_adapters", "target_module_names"]
 
 ADAPTER_NAME = "default"
 
@@ -121,3 +121,12 @@ def merge_adapters(backbone: nn.Module) -> int:
             setattr(parent, child, module.get_base_layer())
             merged += 1
     return merged
+
+
+def base_weight_names(model: nn.Module) -> set[str]:
+    """The state names of a model's frozen backbone weights (``backbone.*`` but no adapter's).
+
+    A LoRA run fine-tuned from a checkpoint folder saves everything else: the
+    folder holds these.
+    """
+    return {name for name in model.state_dict() if name.startswith("backbone.") and "lora_" not in name}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -94,13 +95,16 @@ def build_model(recipe: Recipe, registries: Registries, task: Task, config: Any)
     source = None
     if section.pretrained:
         from nlpkit.backbones.checkpoints import build_from_checkpoint, load_checkpoint
+        from nlpkit.backbones.checkpoints._common import fingerprint
 
         loaded = load_checkpoint(section.pretrained, registries=registries)
         task.checkpoint_family = loaded.family
         # from_pretrained hands back an inference-ready module (eval mode); training wants dropout on.
         model = TaskModel(build_from_checkpoint(loaded).train(), task.build_head(config), task.renamed_weights)
         _initialise_head(task, model, loaded.family, loaded.extra_state)
-        source = {"folder": section.pretrained, "family": loaded.family, "config": loaded.hf_config}
+        # The fingerprint lets a LoRA run, which keeps only its adapters, refuse another base later.
+        source = {"folder": section.pretrained, "family": loaded.family, "config": loaded.hf_config,
+                  "fingerprint": fingerprint(Path(section.pretrained))}
     else:
         task.checkpoint_family = expressing_family(config, registries)
         model = TaskModel(registries.backbone_kinds.get(config.kind)(config), task.build_head(config),
@@ -239,17 +243,37 @@ def restore(run: RunFolder, registries: Registries) -> Restored:
     recipe = load_recipe(run.read_recipe(), registries=registries, check_files=False)
     recipe.source = str(run.path / "recipe.yaml")
     task, config = restore_task(run, recipe, registries)
-    model = TaskModel(registries.backbone_kinds.get(config.kind)(config), task.build_head(config), task.renamed_weights)
-    if recipe.peft is not None:
-        from nlpkit.adapters import apply_adapters, merge_adapters
+    if recipe.peft is None:
+        model = TaskModel(registries.backbone_kinds.get(config.kind)(config), task.build_head(config),
+                          task.renamed_weights)
+        run.load_weights(model)
+        return Restored(recipe, task, model.eval())
+    from nlpkit.adapters import apply_adapters, base_weight_names, merge_adapters
 
-        apply_adapters(model.backbone, recipe.peft)
-        run.load_weights(model)
-        # Merged once here, a run with adapters answers at the plain backbone's speed (packed CPU path
-        # included) and exports as a plain checkpoint.
-        merge_adapters(model.backbone)
-    else:
-        run.load_weights(model)
+    from_folder = recipe.backbone.pretrained is not None
+    backbone = _adapters_base(run, registries) if from_folder else registries.backbone_kinds.get(config.kind)(config)
+    model = TaskModel(backbone, task.build_head(config), task.renamed_weights)
+    apply_adapters(model.backbone, recipe.peft)
+    run.load_weights(model, loaded_already=base_weight_names(model) if from_folder else None)
+    # Merged once here, a run with adapters answers at the plain backbone's speed (packed CPU path
+    # included) and exports as a plain checkpoint.
+    merge_adapters(model.backbone)
     return Restored(recipe, task, model.eval())
+
+
+def _adapters_base(run: RunFolder, registries: Registries) -> Any:
+    """The base checkpoint a LoRA run's adapters were trained on, refused if it is not the same any more."""
+    from nlpkit.backbones.checkpoints import build_from_checkpoint, load_checkpoint
+    from nlpkit.backbones.checkpoints._common import fingerprint
+
+    source = run.read_json(SOURCE_CHECKPOINT_FILE)
+    folder = Path(source["folder"])
+    if not (folder / "config.json").is_file():
+        raise NlpkitError(f"{run.path}: this LoRA run keeps only its adapters; its base checkpoint {folder} "
+                          f"is not there any more")
+    if fingerprint(folder) != source.get("fingerprint"):
+        raise NlpkitError(f"{run.path}: its adapters were trained on another checkpoint than the one now in "
+                          f"{folder} (config.json or the weight files changed)")
+    return build_from_checkpoint(load_checkpoint(folder, registries=registries))
 
 

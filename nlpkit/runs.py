@@ -157,12 +157,23 @@ class RunFolder:
     def write_recipe(self, recipe: dict[str, Any]) -> None:
         atomic_write(self.path / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))
 
-    def save_weights(self, model: Any) -> None:
-        """Save a module's weights as safetensors (tied weights stored once)."""
-        from safetensors.torch import save_model
+    def save_weights(self, model: Any, leave_out: set[str] | None = None) -> None:
+        """Save a module's weights as safetensors (tied weights stored once).
 
+        Args:
+            model: the module.
+            leave_out: state names not to save (a LoRA run's frozen base
+                weights, which its base checkpoint folder holds).
+        """
+        from safetensors.torch import save_file, save_model
+
+        metadata = {"format": "pt", "nlpkit_format_version": str(FORMAT_VERSION)}
         with atomic_file(self.path / WEIGHTS_FILE) as tmp:
-            save_model(model, str(tmp), metadata={"format": "pt", "nlpkit_format_version": str(FORMAT_VERSION)})
+            if leave_out:
+                kept = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in leave_out}
+                save_file(kept, str(tmp), metadata=metadata)
+            else:
+                save_model(model, str(tmp), metadata=metadata)
 
     # -- reading --------------------------------------------------------------
 
@@ -184,13 +195,17 @@ class RunFolder:
             raise NlpkitError(f"{path}: expected the run's recipe (a mapping of sections), got {type(recipe).__name__}")
         return recipe
 
-    def load_weights(self, model: Any) -> None:
+    def load_weights(self, model: Any, loaded_already: set[str] | None = None) -> None:
+        """Load the saved weights into ``model``; every one of its weights must be in the file or ``loaded_already``."""
         from safetensors.torch import load_file
 
         try:
             # Not safetensors' load_model: it reports the name of a tied weight stored once (a decoder's
             # LM head) as unexpected once the backbone's tie hook has filled it in; a strict load is right.
-            model.load_state_dict(load_file(str(self.path / WEIGHTS_FILE)))
+            result = model.load_state_dict(load_file(str(self.path / WEIGHTS_FILE)), strict=not loaded_already)
+            missing = set(result.missing_keys) - (loaded_already or set())
+            if missing or result.unexpected_keys:
+                raise RuntimeError(f"missing {sorted(missing)[:3]}, unexpected {result.unexpected_keys[:3]}")
         except Exception as error:  # safetensors raises its own error types for bad files
             raise NlpkitError(f"{self.path / WEIGHTS_FILE}: cannot load weights: {str(error).splitlines()[0]}") from None
 

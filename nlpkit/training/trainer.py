@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nlpkit.adapters import base_weight_names
 from nlpkit.assembly import build_model, prepare_inputs
 from nlpkit.errors import NlpkitError
 from nlpkit.plugins import PluginSet, load_plugins
@@ -312,7 +313,9 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
                 metrics.update(results)
         metrics = {k: float(v) for k, v in sorted(metrics.items())}
         if trainer.is_global_zero:
-            run.save_weights(model)
+            # A LoRA run from a checkpoint folder keeps its adapters and head; the folder keeps the rest.
+            adapters_only = recipe.peft is not None and recipe.backbone.pretrained is not None
+            run.save_weights(model, leave_out=base_weight_names(model) if adapters_only else None)
             run.write_json(METRICS_FILE, metrics)
             run.mark_finished()
     except BaseException as error:

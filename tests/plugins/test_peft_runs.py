@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import nlpkit
 from nlpkit.adapters import apply_adapters
@@ -44,24 +44,21 @@ def _recipe(tiny_bert: Path, tmp_path: Path, peft_section: dict[str, Any]) -> di
 def test_a_lora_run_trains_only_adapters_and_head_then_loads_merged_and_exports(tiny_bert: Path, tmp_path: Path) -> None:
     result = nlpkit.run(_recipe(tiny_bert, tmp_path, {"r": 4, "alpha": 8, "target_modules": ["query", "value"]}))
     weights = load_file(result.run_dir / "model.safetensors")
-    base = from_pretrained(tiny_bert).state_dict()
-    adapters = {name for name in weights if "lora_" in name}
-    assert len(adapters) == 2 * 2 * 2  # lora_A and lora_B of query and value in 2 layers
-    for name, tensor in weights.items():  # the base weights stayed as the checkpoint has them
-        plain = name.removeprefix("backbone.").replace(".base_layer.", ".")
-        if name.startswith("backbone.") and "lora_" not in name:
-            assert torch.equal(tensor, base[plain]), name
-    assert any(not torch.equal(weights[n], torch.zeros_like(weights[n])) for n in adapters if "lora_B" in n)
+    # The run keeps its adapters and head; the base weights stay in the checkpoint folder.
+    assert {name for name in weights if not name.startswith("head.")} == {
+        f"backbone.layers.{i}.attention.{which}.lora_{part}.default.weight"
+        for i in range(2) for which in ("query", "value") for part in "AB"}
+    assert any(not torch.equal(weights[n], torch.zeros_like(weights[n])) for n in weights if "lora_B" in n)
 
     model = nlpkit.load(result.run_dir)
     assert not any("lora_" in name for name, _ in model.model.named_parameters())  # merged at load
     rows = tiny_classification_rows(3, 5)
     batch = model.task.collate(model.features({"text": [r["text"] for r in rows]}))
-    # The unmerged run: the backbone with its adapters applied, the trained weights loaded.
+    # The unmerged run: the base backbone with its adapters applied, the trained weights loaded.
     unmerged = nlpkit.load(result.run_dir)
     apply_adapters(backbone := from_pretrained(tiny_bert), unmerged.recipe.peft)
     unmerged.model.backbone = backbone
-    unmerged.model.load_state_dict({k: v for k, v in weights.items()})
+    assert not unmerged.model.load_state_dict(weights, strict=False).unexpected_keys
     with torch.no_grad():
         expected = unmerged.task.forward(unmerged.model.eval(), batch)
         assert (model.task.forward(model.model, batch) - expected).abs().max().item() < 1e-5
@@ -81,3 +78,21 @@ def test_targets_matching_nothing_fail_in_one_line(tiny_bert: Path, tmp_path: Pa
     assert_one_line_error(main(["run", str(recipe)]), capsys.readouterr(),
                           ["peft.target_modules: ['q_proj', 'v_proj'] match no Linear layer", "attention.query"])
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_lora_run_refuses_a_base_folder_that_changed(tiny_bert: Path, tmp_path: Path) -> None:
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_bert, base)
+    result = nlpkit.run(_recipe(base, tmp_path, {"r": 2}))
+    texts = [r["text"] for r in tiny_classification_rows(2, 5)]
+    expected = nlpkit.load(result.run_dir).predict(texts)
+    shutil.copy(base / "model.safetensors", tmp_path / "kept.safetensors")
+    weights = load_file(base / "model.safetensors")
+    # Another checkpoint of the family in its place: here one more tensor (the fingerprint reads headers, not values).
+    save_file(weights | {"pooler.extra": torch.zeros(1)}, base / "model.safetensors")
+    with pytest.raises(nlpkit.NlpkitError, match="its adapters were trained on another checkpoint than the one now in"):
+        nlpkit.load(result.run_dir)
+    shutil.copy(tmp_path / "kept.safetensors", base / "model.safetensors")  # the same checkpoint: it loads again
+    assert nlpkit.load(result.run_dir).predict(texts) == expected
