@@ -12,6 +12,8 @@ them in from a Hugging Face `config.json`):
 | BERT          | layernorm, post | learned                | type_vocab_size=2, embedding_norm            |
 | RoBERTa       | layernorm, post | learned, offset 2      | type_vocab_size=1, embedding_norm            |
 | DistilBERT    | layernorm, post | learned                | embedding_norm                               |
+| ModernBERT    | layernorm, pre  | rotary                 | norm_bias, first_layer_attention_norm, local rope |
+|               |                 |                        | two-sided sliding_window, layer_types, gated gelu |
 | GPT-2         | layernorm, pre  | learned                | gelu_tanh, final_norm, tied head             |
 | Llama/Mistral | rmsnorm, pre    | rotary                 | gated silu MLP, num_kv_heads, sliding_window |
 | Qwen2         | rmsnorm, pre    | rotary                 | as Llama; q/k/v attention_bias, layer_types  |
@@ -23,7 +25,6 @@ them in from a Hugging Face `config.json`):
 | BART          | layernorm, post | learned, offset 2      | embedding_norm, lm_head_bias                 |
 | Marian        | layernorm, post | sinusoidal             | scale_embedding, silu, lm_head_bias          |
 | T5 / Flan-T5  | rmsnorm, pre    | relative               | attention_scale=1.0, head_dim, scale_lm_head_input |
-| ModernBERT    | layernorm, pre  | rotary                 | norm_bias=False, gated gelu, first_layer_attention_norm=False, local rope, bidirectional sliding_window, layer_types |
 
 The config stores only plain values so that it serialises to YAML/JSON and
 round-trips through `to_dict`/`from_dict`. Defaults that depend on other

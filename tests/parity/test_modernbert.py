@@ -167,3 +167,25 @@ def test_unsupported_rotary_type_is_refused_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(NlpkitError, match=r"rope_parameters\.sliding_attention\.rope_type='proportional'") as error:
         from_pretrained(tmp_path)
     assert "\n" not in str(error.value)
+
+
+# The fields of answerdotai/ModernBERT-base's config.json that shape the backbone (the older spelling).
+_RELEASED_BASE = dict(model_type="modernbert", vocab_size=50368, hidden_size=768, intermediate_size=1152,
+                      num_hidden_layers=22, num_attention_heads=12, max_position_embeddings=8192,
+                      global_attn_every_n_layers=3, local_attention=128, global_rope_theta=160000.0,
+                      local_rope_theta=10000.0, norm_eps=1e-5, norm_bias=False, hidden_activation="gelu",
+                      pad_token_id=50283, reference_compile=True, deterministic_flash_attn=False,
+                      classifier_pooling="mean")
+
+
+def test_released_config_reads_as_transformers_reads_it() -> None:
+    from nlpkit.backbones.checkpoints import modernbert
+
+    hf = transformers.ModernBertConfig(**_RELEASED_BASE)
+    config = modernbert.config_from_hf(_RELEASED_BASE, "modernbert")
+    assert [config.layer_window(i) is not None for i in range(config.num_layers)] == [
+        t == "sliding_attention" for t in hf.layer_types]
+    assert config.sliding_window == hf.sliding_window + 1 == 65  # |i - j| <= 64
+    assert (config.rope_theta, config.local_rope_theta) == (hf.rope_parameters["full_attention"]["rope_theta"],
+                                                            hf.rope_parameters["sliding_attention"]["rope_theta"])
+    assert (config.intermediate_size, config.activation, config.gated_mlp) == (1152, "gelu", True)

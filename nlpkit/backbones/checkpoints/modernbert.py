@@ -153,7 +153,7 @@ def config_from_hf(hf: Mapping[str, Any], model_type: str) -> BackboneConfig:
         NlpkitError: On a rotary type or parameter nlpkit does not implement,
             a partial rotary head, or an unknown activation.
     """
-    layers, hidden, heads = hf.get("num_hidden_layers", 22), hf.get("hidden_size", 768), hf.get("num_attention_heads", 12)
+    layers, heads = hf.get("num_hidden_layers", 22), hf.get("num_attention_heads", 12)
     max_positions = hf.get("max_position_embeddings", 8192)
     types = _layer_types(hf, layers)
     full = read_rope(hf, max_positions, default_theta=_GLOBAL_ROPE_THETA, layer_type="full_attention",
@@ -171,7 +171,7 @@ def config_from_hf(hf: Mapping[str, Any], model_type: str) -> BackboneConfig:
     return make_config(
         kind="encoder",
         vocab_size=vocab,
-        hidden_size=hidden,
+        hidden_size=hf.get("hidden_size", 768),
         num_layers=layers,
         num_heads=heads,
         intermediate_size=hf.get("intermediate_size", 1152),
