@@ -14,6 +14,8 @@ them in from a Hugging Face `config.json`):
 | DistilBERT    | layernorm, post | learned                | embedding_norm                               |
 | XLM-R         | layernorm, post | learned, offset 2      | as RoBERTa                                   |
 | ELECTRA       | layernorm, post | learned                | as BERT; embedding_size (a projection)       |
+| ModernBERT    | layernorm, pre  | rotary                 | norm_bias, first_layer_attention_norm, local rope |
+|               |                 |                        | two-sided sliding_window, layer_types, gated gelu |
 | GPT-2         | layernorm, pre  | learned                | gelu_tanh, final_norm, tied head             |
 | Llama/Mistral | rmsnorm, pre    | rotary                 | gated silu MLP, num_kv_heads, sliding_window |
 | Qwen2         | rmsnorm, pre    | rotary                 | as Llama; q/k/v attention_bias, layer_types  |
@@ -159,14 +161,18 @@ class BackboneConfig:
         partial_rotary_factor: Fraction of each head that is rotated: the
             first `int(head_dim * partial_rotary_factor)` dimensions (GPT-NeoX,
             Phi layout); the rest pass unchanged.
-        sliding_window: Decoders only: a query at position `i` sees keys `j`
-            with `i - sliding_window < j <= i` (Mistral, Qwen2; Beltagy et al.
-            2020, https://arxiv.org/abs/2004.05150); `None` means full causal
-            attention.
-        layer_types: Decoders only: per layer `full_attention` or
-            `sliding_attention` (Qwen2's `max_window_layers`, alternating
-            patterns); `None` means every layer slides when `sliding_window`
-            is set.
+        sliding_window: Local attention of the sliding layers (Beltagy et al.
+            2020, https://arxiv.org/abs/2004.05150). In a decoder a query at
+            position `i` sees keys `j` with `i - sliding_window < j <= i`
+            (Mistral, Qwen2, Gemma 2 and 3). In an encoder the window is the
+            same on both sides: `|i - j| < sliding_window`, so a query sees
+            `2 * sliding_window - 1` keys (ModernBERT's `local_attention`
+            of 128 is a `sliding_window` of 65: `|i - j| <= 64`). `None`
+            means full attention. Not for encoder-decoders.
+        layer_types: Per layer `full_attention` or `sliding_attention`
+            (Qwen2's `max_window_layers`, alternating patterns of Gemma and
+            ModernBERT); `None` means every layer slides when
+            `sliding_window` is set. Not for encoder-decoders.
         relative_attention_num_buckets: T5 relative position buckets.
         relative_attention_max_distance: T5 distance beyond which buckets saturate.
         type_vocab_size: Rows of the token-type (segment) embedding; 0 means
@@ -179,13 +185,20 @@ class BackboneConfig:
         norm: `layernorm` (with bias) or `rmsnorm` (no mean subtraction, no
             bias: Llama and T5).
         norm_eps: Epsilon of every normalisation layer.
+        norm_bias: LayerNorms have a bias; False: a bias-less LayerNorm
+            (ModernBERT's `norm_bias`). RMSNorm never has one.
         norm_unit_offset: RMSNorm weights are stored as offsets from one
             (Gemma): the norm multiplies by `1 + weight`, in float32 before
             casting back (`GemmaRMSNorm`), and starts from zeros.
         norm_position: `pre` (GPT-2, Llama, T5) or `post` (BERT, BART, Marian)
             relative to each residual branch.
         embedding_norm: Normalise the summed embeddings (BERT, RoBERTa,
-            DistilBERT, BART).
+            DistilBERT, BART, ModernBERT).
+        first_layer_attention_norm: A pre-norm first layer normalises its
+            attention input. False: layer 0 has no attention norm and its
+            attention reads the embeddings as they are (ModernBERT, whose
+            `embedding_norm` has normalised them already; its `attn_norm`
+            of layer 0 is an `nn.Identity`).
         branch_output_norm: Pre-norm layers also normalise each branch's
             output before it joins the residual stream (Gemma 2 and 3's
             `post_attention_layernorm` and `post_feedforward_layernorm`).
@@ -251,9 +264,11 @@ class BackboneConfig:
     embedding_size: int | None = None
     norm: Norm = "layernorm"
     norm_eps: float = 1e-5
+    norm_bias: bool = True
     norm_unit_offset: bool = False
     norm_position: NormPosition = "pre"
     embedding_norm: bool = False
+    first_layer_attention_norm: bool = True
     branch_output_norm: bool = False
     final_norm: bool = True
     scale_embedding: bool = False
@@ -304,6 +319,10 @@ class BackboneConfig:
             raise ValueError("branch_output_norm applies only to norm_position 'pre'")
         if self.norm_unit_offset and self.norm != "rmsnorm":
             raise ValueError("norm_unit_offset applies only to norm 'rmsnorm'")
+        if not self.norm_bias and self.norm != "layernorm":
+            raise ValueError("norm_bias=False applies only to norm 'layernorm' (RMSNorm has no bias)")
+        if not self.first_layer_attention_norm and self.norm_position != "pre":
+            raise ValueError("first_layer_attention_norm=False applies only to norm_position 'pre'")
 
         if self.embedding_size is not None and self.embedding_size < 1:
             raise ValueError(f"embedding_size must be >= 1 or None, got {self.embedding_size}")
@@ -336,8 +355,9 @@ class BackboneConfig:
             raise ValueError(f"type_vocab_size applies only to kind 'encoder', not {self.kind!r}")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"sliding_window must be >= 1 or None, got {self.sliding_window}")
-        if (self.sliding_window is not None or self.layer_types is not None) and self.kind != "decoder":
-            raise ValueError(f"sliding_window and layer_types apply only to kind 'decoder', not {self.kind!r}")
+        if (self.sliding_window is not None or self.layer_types is not None) and self.kind == "encoder-decoder":
+            raise ValueError("sliding_window and layer_types apply only to kinds 'encoder' and 'decoder', "
+                             "not 'encoder-decoder'")
         if self.layer_types is not None:
             if len(self.layer_types) != self.num_layers:
                 raise ValueError(f"layer_types needs one entry per layer ({self.num_layers}), "
@@ -372,7 +392,7 @@ class BackboneConfig:
         return self.rope_theta, self.rope_scaling
 
     def layer_window(self, layer_index: int) -> int | None:
-        """The sliding window of one layer, or None for full causal attention."""
+        """The sliding window of one layer, or None for full attention (causal in a decoder)."""
         if self.layer_types is not None and self.layer_types[layer_index] != "sliding_attention":
             return None
         return self.sliding_window

@@ -1,4 +1,4 @@
-"""Bidirectional Transformer encoder (BERT, RoBERTa, DistilBERT, T5's encoder).
+"""Bidirectional Transformer encoder (BERT, RoBERTa, DistilBERT, ModernBERT, T5's encoder).
 
 References:
     - Devlin et al. 2019, BERT (https://arxiv.org/abs/1810.04805);
@@ -7,6 +7,10 @@ References:
       count from `padding_idx + 1` and skip padding
       (`create_position_ids_from_input_ids`).
     - Sanh et al. 2019, DistilBERT (https://arxiv.org/abs/1910.01108).
+    - Warner et al. 2024, ModernBERT (https://arxiv.org/abs/2412.13663):
+      global layers alternate with local ones that see a window on both
+      sides (`sliding_window`, `layer_types`), each kind with its own rotary
+      base; `transformers/models/modernbert/modeling_modernbert.py`.
 
 The encoder has no LM head: tasks put their own head on `last_hidden_state`.
 """
@@ -38,7 +42,8 @@ class Encoder(nn.Module):
 
     Sub-modules: `embeddings.{token,position,token_type,norm}`,
     `relative_position_bias.embedding` (relative positions only),
-    `layers.N.{attention,attention_norm,mlp,mlp_norm}`, `final_norm`.
+    `layers.N.{attention,attention_norm,mlp,mlp_norm}` (layer 0's `attention_norm` an
+    `nn.Identity` without `first_layer_attention_norm`), `final_norm`.
 
     Args:
         config: A config with `kind="encoder"`.
@@ -112,19 +117,32 @@ class Encoder(nn.Module):
         x = self.embeddings(input_ids, position_ids, token_type_ids)  # (batch, seq, hidden)
 
         dtype = compute_dtype(x)
-        rotary = None
+        rotary = local_rotary = None
         if config.position_embedding == "rotary":
-            rotary = rotary_cos_sin(position_ids, config, dtype)
+            rotary = local_rotary = rotary_cos_sin(position_ids, config, dtype)
+            if config.local_rope_theta is not None:  # ModernBERT: local layers turn at their own base
+                local_rotary = rotary_cos_sin(position_ids, config, dtype, sliding=True)
         mask, _ = make_attention_mask(
             attention_mask, length, length, causal=False, dtype=dtype, device=x.device,
             explicit=self.relative_position_bias is not None,
         )
-        if self.relative_position_bias is not None:
+        # Local layers get a second mask only when some key lies outside the window.
+        window = config.sliding_window
+        local_mask = mask
+        if window is not None and length > window:
+            local_mask, _ = make_attention_mask(attention_mask, length, length, causal=False, dtype=dtype,
+                                                device=x.device, explicit=self.relative_position_bias is not None,
+                                                sliding_window=window)
+        if self.relative_position_bias is not None and mask is not None and local_mask is not None:
             # Computed once and shared by all layers, as T5 does from its first layer.
-            mask = mask + self.relative_position_bias(length, length, past_length=0).to(dtype)  # (batch, heads, q, k)
+            bias = self.relative_position_bias(length, length, past_length=0).to(dtype)  # (1, heads, q, k)
+            mask, local_mask = mask + bias, (mask + bias if local_mask is mask else local_mask + bias)
 
-        for layer in self.layers:
-            x = layer(x, mask, rotary=rotary)
+        for i, layer in enumerate(self.layers):
+            if config.layer_window(i) is None:
+                x = layer(x, mask, rotary=rotary)
+            else:
+                x = layer(x, local_mask, rotary=local_rotary)
         if self.final_norm is not None:
             x = self.final_norm(x)
         return BackboneOutput(last_hidden_state=x)

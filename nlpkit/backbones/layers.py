@@ -103,7 +103,7 @@ def make_norm(config: BackboneConfig, size: int | None = None) -> nn.Module:
     size = size or config.hidden_size
     if config.norm == "rmsnorm":
         return RMSNorm(size, config.norm_eps, config.norm_unit_offset)
-    return nn.LayerNorm(size, eps=config.norm_eps)
+    return nn.LayerNorm(size, eps=config.norm_eps, bias=config.norm_bias)
 
 
 def soft_cap(x: Tensor, cap: float | None) -> Tensor:
@@ -355,10 +355,12 @@ def make_attention_mask(
         explicit: Always return a tensor (the caller adds a bias to it).
         sliding_window: Also hide keys `window` or more indices older than the
             query (`transformers`' `sliding_window_causal_mask`: query `i` sees
-            `i - window < j <= i`). Indices count padding too, as in
-            `transformers`; a row's real tokens are contiguous, so index and
-            position distances agree. Ignored (no extra work) when
-            `key_length <= sliding_window`, where no key is old enough.
+            `i - window < j <= i`) and, without `causal`, as many indices
+            newer too (`sliding_window_bidirectional_overlay`: `|i - j| <
+            window`). Indices count padding too, as in `transformers`; a
+            row's real tokens are contiguous, so index and position distances
+            agree. Ignored (no extra work) when `key_length <= sliding_window`,
+            where no key is that far away.
 
     Returns:
         `(mask, is_causal)`: mask is `(batch or 1, 1, query_length, key_length)`
@@ -392,6 +394,8 @@ def make_attention_mask(
             allowed = allowed & (key_position <= query_position)
         if window is not None:
             allowed = allowed & (key_position > query_position - window)
+            if not causal:  # an encoder's window reaches as far ahead as behind
+                allowed = allowed & (key_position < query_position + window)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
     return mask.masked_fill(~allowed, torch.finfo(dtype).min), False
 
@@ -584,7 +588,9 @@ class TransformerLayer(nn.Module):
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
         self.attention = Attention(config, layer_index)
-        self.attention_norm = make_norm(config)
+        # ModernBERT's first layer reads the already normalised embeddings as they are.
+        normalised_input = layer_index == 0 and not config.first_layer_attention_norm
+        self.attention_norm = nn.Identity() if normalised_input else make_norm(config)
         if cross_attention:
             self.cross_attention: Attention | None = Attention(config, layer_index, cross=True)
             self.cross_attention_norm: nn.Module | None = make_norm(config)

@@ -68,6 +68,14 @@ FAMILIES = {
         Family("distilbert", "encoder", "DistilBertForSequenceClassification", "DistilBertConfig",
                dict(vocab_size=VOCAB, dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS, hidden_dim=FFN,
                     max_position_embeddings=POSITIONS, pad_token_id=0)),
+        # Biases everywhere (the split of the fused Wqkv and Wi biases shows), global layers 0 and 2 around a
+        # local one whose window (|i - j| <= 2) is shorter than padded_batch's rows.
+        Family("modernbert", "encoder", "ModernBertForSequenceClassification", "ModernBertConfig",
+               dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=3, num_attention_heads=HEADS,
+                    intermediate_size=FFN, max_position_embeddings=POSITIONS, global_attn_every_n_layers=2,
+                    local_attention=4, norm_bias=True, attention_bias=True, mlp_bias=True, num_labels=3,
+                    classifier_pooling="mean", pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+                    sep_token_id=2)),
         Family("gpt2", "decoder", "GPT2LMHeadModel", "GPT2Config",
                dict(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=FFN, n_positions=POSITIONS,
                     bos_token_id=1, eos_token_id=2)),

@@ -15,6 +15,7 @@ cover their data and answers; these cover the families.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ transformers = pytest.importorskip("transformers")
 # Two token types for every family here: nlpkit's trained tokenizers mark a pair's second segment with
 # type 1 (RoBERTa's own tokenizer folders never do; the backbone parity tests keep its one type).
 _TYPES = {"roberta": dict(type_vocab_size=2), "xlm-roberta": dict(type_vocab_size=2)}
-ENCODERS = ["bert", "roberta", "xlm-roberta", "electra", "distilbert"]
+ENCODERS = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "modernbert"]
 HEADS = {"classification": "AutoModelForSequenceClassification", "ner": "AutoModelForTokenClassification",
          "qa": "AutoModelForQuestionAnswering"}
 
@@ -58,14 +59,20 @@ def _pretrained(family: str, tokenizer: Any, folder: Path) -> None:
     tokenizer.save(folder)
 
 
+def _inputs(hf_model: Any, batch: dict[str, Any], window: bool = False) -> dict[str, torch.Tensor]:
+    """The batch's tensors that the transformers class takes (ModernBERT has no token types)."""
+    names = [name for name in ("input_ids", "attention_mask", "token_type_ids")
+             if name in inspect.signature(hf_model.forward).parameters]
+    return {name: batch[name][:, 0] if window else batch[name] for name in names}
+
+
 def _logits(task: str, model: Any, hf_model: Any, tmp_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Ours and transformers' logits on the same token ids, over real tokens."""
     if task == "classification":
         rows = tiny_classification_rows(3, 5, pairs=True)
         batch = model.task.collate(model.features({k: [r[k] for r in rows] for k in ("text", "text_pair")}))
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
         with torch.no_grad():
-            return model.task.forward(model.model, batch), hf_model(**inputs).logits
+            return model.task.forward(model.model, batch), hf_model(**_inputs(hf_model, batch)).logits
     if task == "ner":
         batch = model.task.collate(model.features({"tokens": [row["tokens"] for row in ner_rows(4, 9)]}))
         ids, mask = batch["input_ids"][:, 0], batch["attention_mask"][:, 0]
@@ -75,7 +82,7 @@ def _logits(task: str, model: Any, hf_model: Any, tmp_path: Path) -> tuple[torch
         return ours[mask.bool()], theirs[mask.bool()]
     rows = qa_rows(4, 12)
     batch = model.task.collate(model.features({k: [r[k] for r in rows] for k in ("question", "context")}))
-    inputs = {k: batch[k][:, 0] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    inputs = _inputs(hf_model, batch, window=True)
     with torch.no_grad():
         ours, theirs = model.task.forward(model.model, batch), hf_model(**inputs)
     real = inputs["attention_mask"].bool()
