@@ -96,3 +96,15 @@ def test_a_lora_run_refuses_a_base_folder_that_changed(tiny_bert: Path, tmp_path
         nlpkit.load(result.run_dir)
     shutil.copy(tmp_path / "kept.safetensors", base / "model.safetensors")  # the same checkpoint: it loads again
     assert nlpkit.load(result.run_dir).predict(texts) == expected
+
+
+def test_adapters_train_with_bf16_gradient_checkpointing_and_token_batches(tiny_bert: Path, tmp_path: Path) -> None:
+    recipe = _recipe(tiny_bert, tmp_path, {"r": 4, "use_dora": True, "target_modules": ["all-linear"]})
+    recipe["backbone"]["gradient_checkpointing"] = True
+    recipe["training"].update(precision="bf16-mixed", max_tokens=64, batch_size=4)
+    result = nlpkit.run(recipe)
+    weights = load_file(result.run_dir / "model.safetensors")
+    magnitudes = [name for name in weights if "lora_magnitude_vector" in name]
+    assert len(magnitudes) == 2 * 6  # DoRA on the 6 Linear layers of each of the 2 layers
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
+    assert any(weights[name].abs().max() > 0 for name in weights if "lora_B" in name)  # lora_B starts at zero
