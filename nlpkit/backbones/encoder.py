@@ -7,6 +7,9 @@ References:
       count from `padding_idx + 1` and skip padding
       (`create_position_ids_from_input_ids`).
     - Sanh et al. 2019, DistilBERT (https://arxiv.org/abs/1910.01108).
+    - He et al. 2021, DeBERTa (https://arxiv.org/abs/2006.03654):
+      disentangled attention over relative embeddings shared by all layers;
+      `transformers/models/deberta_v2/modeling_deberta_v2.py`.
 
 The encoder has no LM head: tasks put their own head on `last_hidden_state`.
 """
@@ -20,6 +23,7 @@ from nlpkit.backbones.config import BackboneConfig
 from nlpkit.backbones.cache import BackboneOutput
 from nlpkit.backbones.layers import (
     Embeddings,
+    RelativeEmbeddings,
     RelativePositionBias,
     TransformerLayer,
     check_positions,
@@ -38,6 +42,7 @@ class Encoder(nn.Module):
 
     Sub-modules: `embeddings.{token,position,token_type,norm}`,
     `relative_position_bias.embedding` (relative positions only),
+    `relative_embeddings.{embedding,norm}` (disentangled attention only),
     `layers.N.{attention,attention_norm,mlp,mlp_norm}`, `final_norm`.
 
     Args:
@@ -58,6 +63,9 @@ class Encoder(nn.Module):
         self.embeddings = Embeddings(config)
         self.relative_position_bias = (
             RelativePositionBias(config, bidirectional=True) if config.position_embedding == "relative" else None
+        )
+        self.relative_embeddings = (
+            RelativeEmbeddings(config) if config.disentangled_attention is not None else None
         )
         self.layers = nn.ModuleList(TransformerLayer(config, i) for i in range(config.num_layers))
         self.final_norm = make_norm(config) if config.final_norm else None
@@ -110,6 +118,9 @@ class Encoder(nn.Module):
         check_positions(config, length)
         position_ids = self._position_ids(input_ids)
         x = self.embeddings(input_ids, position_ids, token_type_ids)  # (batch, seq, hidden)
+        if config.mask_embeddings and attention_mask is not None:
+            # DeBERTa zeroes the padding rows; padded keys are masked anyway, this keeps their outputs equal too.
+            x = x * attention_mask[..., None].to(x.dtype)
 
         dtype = compute_dtype(x)
         rotary = None
@@ -117,14 +128,15 @@ class Encoder(nn.Module):
             rotary = rotary_cos_sin(position_ids, config, dtype)
         mask, _ = make_attention_mask(
             attention_mask, length, length, causal=False, dtype=dtype, device=x.device,
-            explicit=self.relative_position_bias is not None,
+            explicit=self.relative_position_bias is not None or self.relative_embeddings is not None,
         )
         if self.relative_position_bias is not None:
             # Computed once and shared by all layers, as T5 does from its first layer.
             mask = mask + self.relative_position_bias(length, length, past_length=0).to(dtype)  # (batch, heads, q, k)
 
+        relative = self.relative_embeddings(length) if self.relative_embeddings is not None else None
         for layer in self.layers:
-            x = layer(x, mask, rotary=rotary)
+            x = layer(x, mask, rotary=rotary, relative=relative)
         if self.final_norm is not None:
             x = self.final_norm(x)
         return BackboneOutput(last_hidden_state=x)
