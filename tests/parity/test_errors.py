@@ -81,8 +81,8 @@ def test_unsupported_model_type_lists_the_supported_ones(tmp_path: Path) -> None
     folder = _folder(tmp_path)
     _edit_config(folder, model_type="xlnet")
     message = _error(folder, "unsupported model_type 'xlnet'")
-    assert ("supported: bart, bert, distilbert, gemma, gemma2, gemma3, gemma3_text, gpt2, llama, marian, mistral, "
-            "phi3, qwen2, qwen3, roberta, t5") in message
+    assert ("supported: bart, bert, deberta-v2, distilbert, gemma, gemma2, gemma3, gemma3_text, gpt2, llama, marian, "
+            "mistral, phi3, qwen2, qwen3, roberta, t5") in message
     assert "config.json" in message
 
 
