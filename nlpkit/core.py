@@ -40,7 +40,7 @@ def nlpkit_register_data_formats() -> dict[str, Callable[..., Any]]:
 @hookimpl
 def nlpkit_register_checkpoint_families() -> dict[str, Family]:
     # One family file per architecture, each reading the model types it lists (bert.py: bert and roberta).
-    from nlpkit.backbones.checkpoints import bart, bert, distilbert, gemma, gpt2, llama, modernbert, phi3, t5
+    from nlpkit.backbones.checkpoints import bart, bert, deberta, distilbert, gemma, gpt2, llama, modernbert, phi3, t5
 
-    families: tuple[Family, ...] = (bert, distilbert, modernbert, gpt2, llama, phi3, gemma, bart, t5)
+    families: tuple[Family, ...] = (bert, distilbert, deberta, modernbert, gpt2, llama, phi3, gemma, bart, t5)
     return {model_type: family for family in families for model_type in family.MODEL_TYPES}

@@ -27,6 +27,8 @@ them in from a Hugging Face `config.json`):
 | BART          | layernorm, post | learned, offset 2      | embedding_norm, lm_head_bias                 |
 | Marian        | layernorm, post | sinusoidal             | scale_embedding, silu, lm_head_bias          |
 | T5 / Flan-T5  | rmsnorm, pre    | relative               | attention_scale=1.0, head_dim, scale_lm_head_input |
+| DeBERTa-v2    | layernorm, post | learned + disentangled | disentangled_attention (c2p, p2c), mask_embeddings |
+| DeBERTa-v3    | layernorm, post | none + disentangled    | as v2; relative_position_buckets, shared proj.  |
 
 The config stores only plain values so that it serialises to YAML/JSON and
 round-trips through `to_dict`/`from_dict`. Defaults that depend on other
@@ -46,15 +48,16 @@ from nlpkit.schema import Context, build, check_fields
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["BackboneConfig", "RopeScaling"]
+__all__ = ["BackboneConfig", "DisentangledTerm", "RopeScaling"]
 
 Kind = Literal["encoder", "decoder", "encoder-decoder"]
-PositionEmbedding = Literal["learned", "sinusoidal", "rotary", "relative"]
+PositionEmbedding = Literal["learned", "sinusoidal", "rotary", "relative", "none"]
 Norm = Literal["layernorm", "rmsnorm"]
 NormPosition = Literal["pre", "post"]
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
 RopeType = Literal["linear", "dynamic", "yarn", "llama3", "longrope"]
 LayerType = Literal["full_attention", "sliding_attention"]
+DisentangledTerm = Literal["c2p", "p2c"]
 
 
 @dataclass
@@ -143,7 +146,9 @@ class BackboneConfig:
         position_embedding: `learned` (BERT, GPT-2, BART), `sinusoidal`
             (Marian: first half sin, second half cos), `rotary` (Llama,
             `rotate_half` layout) or `relative` (T5 buckets, shared by all
-            layers of a stack; not available for decoder-only models).
+            layers of a stack; not available for decoder-only models) or
+            `none` (no absolute positions: DeBERTa-v3, whose positions are
+            all in `disentangled_attention`).
         position_offset: Added to position ids before the table lookup:
             2 for RoBERTa and BART. In an `Encoder` a non-zero offset also
             switches to RoBERTa's padding-aware ids (pads get
@@ -175,6 +180,30 @@ class BackboneConfig:
             `sliding_window` is set. Not for encoder-decoders.
         relative_attention_num_buckets: T5 relative position buckets.
         relative_attention_max_distance: T5 distance beyond which buckets saturate.
+        disentangled_attention: Encoders only: DeBERTa's relative terms
+            added to the attention scores before the softmax (He et al.
+            2021, https://arxiv.org/abs/2006.03654): `c2p` (each query
+            against the keys of relative positions) and/or `p2c` (each key
+            against the queries of relative positions), from one table of
+            relative embeddings shared by all layers. The scores are then
+            scaled by `(head_dim * (1 + len(terms))) ** -0.5` unless
+            `attention_scale` is set. `None` means plain attention.
+        max_relative_positions: Relative distances the disentangled terms
+            tell apart (DeBERTa's `max_relative_positions`); `None` means
+            `max_positions`. Without buckets the table has twice as many rows.
+        relative_position_buckets: Log-spaced buckets of the relative
+            distances (DeBERTa-v3's `position_buckets`): distances under half
+            of it stay exact, longer ones grow logarithmically up to
+            `max_relative_positions`; the table then has `2 * buckets` rows.
+            `None` means exact distances, clamped.
+        shared_position_projections: The disentangled terms project the
+            relative embeddings with the content query and key projections
+            (DeBERTa-v3's `share_att_key`) instead of their own
+            `position_key` / `position_query`.
+        relative_embedding_norm: LayerNorm the relative embeddings before
+            they are projected (DeBERTa's `norm_rel_ebd="layer_norm"`).
+        mask_embeddings: Encoders: multiply the embeddings by the attention
+            mask, so padding rows start as zeros (`DebertaV2Embeddings`).
         type_vocab_size: Rows of the token-type (segment) embedding; 0 means
             none. BERT uses 2, RoBERTa 1. Encoders only.
         embedding_size: Width of the token, position and token-type
@@ -260,6 +289,12 @@ class BackboneConfig:
     layer_types: list[LayerType] | None = None
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
+    disentangled_attention: list[DisentangledTerm] | None = None
+    max_relative_positions: int | None = None
+    relative_position_buckets: int | None = None
+    shared_position_projections: bool = False
+    relative_embedding_norm: bool = False
+    mask_embeddings: bool = False
     type_vocab_size: int = 0
     embedding_size: int | None = None
     norm: Norm = "layernorm"
@@ -296,7 +331,8 @@ class BackboneConfig:
                      "max_positions", "relative_attention_num_buckets", "relative_attention_max_distance"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("num_decoder_layers", "num_kv_heads", "head_dim"):
+        for name in ("num_decoder_layers", "num_kv_heads", "head_dim", "max_relative_positions",
+                     "relative_position_buckets"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive or None, got {value}")
@@ -351,6 +387,15 @@ class BackboneConfig:
             raise ValueError("position_embedding 'relative' needs kind 'encoder' or 'encoder-decoder'")
         if self.num_decoder_layers is not None and self.kind != "encoder-decoder":
             raise ValueError(f"num_decoder_layers applies only to kind 'encoder-decoder', not {self.kind!r}")
+        if self.disentangled_attention is not None:
+            if self.kind != "encoder":
+                raise ValueError(f"disentangled_attention applies only to kind 'encoder', not {self.kind!r}")
+            if not self.disentangled_attention or len(set(self.disentangled_attention)) != len(
+                    self.disentangled_attention):
+                raise ValueError(f"disentangled_attention needs distinct terms among c2p, p2c (None for none), "
+                                 f"got {self.disentangled_attention}")
+        if self.relative_position_buckets is not None and self.relative_position_buckets < 2:
+            raise ValueError(f"relative_position_buckets must be >= 2 or None, got {self.relative_position_buckets}")
         if self.type_vocab_size > 0 and self.kind != "encoder":
             raise ValueError(f"type_vocab_size applies only to kind 'encoder', not {self.kind!r}")
         if self.sliding_window is not None and self.sliding_window < 1:
@@ -379,6 +424,13 @@ class BackboneConfig:
     def resolved_head_dim(self) -> int:
         """Width of one attention head (`head_dim` or `hidden_size // num_heads`)."""
         return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
+
+    @property
+    def relative_position_span(self) -> int:
+        """Distances on each side of the disentangled relative table: it has `2 * span` rows (DeBERTa's `att_span`)."""
+        if self.relative_position_buckets is not None:
+            return self.relative_position_buckets
+        return self.max_relative_positions if self.max_relative_positions is not None else self.max_positions
 
     @property
     def rotary_dim(self) -> int:

@@ -11,6 +11,9 @@ References:
       global layers alternate with local ones that see a window on both
       sides (`sliding_window`, `layer_types`), each kind with its own rotary
       base; `transformers/models/modernbert/modeling_modernbert.py`.
+    - He et al. 2021, DeBERTa (https://arxiv.org/abs/2006.03654):
+      disentangled attention over relative embeddings shared by all layers;
+      `transformers/models/deberta_v2/modeling_deberta_v2.py`.
 
 The encoder has no LM head: tasks put their own head on `last_hidden_state`.
 """
@@ -24,6 +27,7 @@ from nlpkit.backbones.config import BackboneConfig
 from nlpkit.backbones.cache import BackboneOutput
 from nlpkit.backbones.layers import (
     Embeddings,
+    RelativeEmbeddings,
     RelativePositionBias,
     TransformerLayer,
     check_positions,
@@ -42,6 +46,7 @@ class Encoder(nn.Module):
 
     Sub-modules: `embeddings.{token,position,token_type,norm}`,
     `relative_position_bias.embedding` (relative positions only),
+    `relative_embeddings.{embedding,norm}` (disentangled attention only),
     `layers.N.{attention,attention_norm,mlp,mlp_norm}` (layer 0's `attention_norm` an
     `nn.Identity` without `first_layer_attention_norm`), `final_norm`.
 
@@ -63,6 +68,9 @@ class Encoder(nn.Module):
         self.embeddings = Embeddings(config)
         self.relative_position_bias = (
             RelativePositionBias(config, bidirectional=True) if config.position_embedding == "relative" else None
+        )
+        self.relative_embeddings = (
+            RelativeEmbeddings(config) if config.disentangled_attention is not None else None
         )
         self.layers = nn.ModuleList(TransformerLayer(config, i) for i in range(config.num_layers))
         self.final_norm = make_norm(config) if config.final_norm else None
@@ -115,6 +123,9 @@ class Encoder(nn.Module):
         check_positions(config, length)
         position_ids = self._position_ids(input_ids)
         x = self.embeddings(input_ids, position_ids, token_type_ids)  # (batch, seq, hidden)
+        if config.mask_embeddings and attention_mask is not None:
+            # DeBERTa zeroes the padding rows; padded keys are masked anyway, this keeps their outputs equal too.
+            x = x * attention_mask[..., None].to(x.dtype)
 
         dtype = compute_dtype(x)
         rotary = local_rotary = None
@@ -124,7 +135,7 @@ class Encoder(nn.Module):
                 local_rotary = rotary_cos_sin(position_ids, config, dtype, sliding=True)
         mask, _ = make_attention_mask(
             attention_mask, length, length, causal=False, dtype=dtype, device=x.device,
-            explicit=self.relative_position_bias is not None,
+            explicit=self.relative_position_bias is not None or self.relative_embeddings is not None,
         )
         # Local layers get a second mask only when some key lies outside the window.
         window = config.sliding_window
@@ -138,11 +149,12 @@ class Encoder(nn.Module):
             bias = self.relative_position_bias(length, length, past_length=0).to(dtype)  # (1, heads, q, k)
             mask, local_mask = mask + bias, (mask + bias if local_mask is mask else local_mask + bias)
 
+        relative = self.relative_embeddings(length) if self.relative_embeddings is not None else None
         for i, layer in enumerate(self.layers):
             if config.layer_window(i) is None:
-                x = layer(x, mask, rotary=rotary)
+                x = layer(x, mask, rotary=rotary, relative=relative)
             else:
-                x = layer(x, local_mask, rotary=local_rotary)
+                x = layer(x, local_mask, rotary=local_rotary, relative=relative)
         if self.final_norm is not None:
             x = self.final_norm(x)
         return BackboneOutput(last_hidden_state=x)

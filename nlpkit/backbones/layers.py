@@ -15,6 +15,9 @@ needs it, so that a weight mapping gives identical outputs:
   then all cosines; `MarianSinusoidalPositionalEmbedding`).
 - Relative position buckets: Raffel et al. 2020 (T5), copied from
   `T5Attention._relative_position_bucket`.
+- Disentangled attention: He et al. 2021 (DeBERTa,
+  https://arxiv.org/abs/2006.03654), as `DisentangledSelfAttention` and
+  `make_log_bucket_position` of `modeling_deberta_v2.py` compute it.
 - Attention goes through `torch.nn.functional.scaled_dot_product_attention`
   so each device picks its fastest kernel.
 
@@ -52,11 +55,14 @@ __all__ = [
     "MLP",
     "RMSNorm",
     "RelativePositionBias",
+    "RelativeEmbeddings",
     "SinusoidalPositions",
     "TransformerLayer",
     "apply_rotary",
     "check_positions",
     "compute_dtype",
+    "deberta_relative_positions",
+    "disentangled_attention",
     "init_weights",
     "make_attention_mask",
     "make_norm",
@@ -238,6 +244,54 @@ class RelativePositionBias(nn.Module):
             key_position - query_position, self.bidirectional, self.num_buckets, self.max_distance
         )
         return self.embedding(bucket).permute(2, 0, 1)[None]  # (1, heads, query, key)
+
+
+def deberta_relative_positions(length: int, buckets: int | None, max_distance: int, device: torch.device) -> Tensor:
+    """`(length, length)` query-minus-key distances, log-bucketed as DeBERTa-v3 does when `buckets` is set.
+
+    Distances under `buckets // 2` stay exact; longer ones map to
+    `sign * (mid + ceil(log(|d| / mid) / log((max_distance - 1) / mid) * (mid - 1)))`
+    (`make_log_bucket_position`), an odd function of the distance.
+    """
+    positions = torch.arange(length, device=device)
+    relative = positions[:, None] - positions[None, :]
+    if buckets is None:
+        return relative
+    mid = buckets // 2
+    # Inside (-mid, mid) the log below is not taken: mid - 1 only keeps it finite there.
+    absolute = torch.where(relative.abs() < mid, torch.full_like(relative, mid - 1), relative.abs()).float()
+    log_position = torch.ceil(torch.log(absolute / mid) / math.log((max_distance - 1) / mid) * (mid - 1)) + mid
+    return torch.where(absolute <= mid, relative.float(), log_position * torch.sign(relative)).long()
+
+
+class RelativeEmbeddings(nn.Module):
+    """DeBERTa's table of relative-position embeddings, shared by all layers (`encoder.rel_embeddings`).
+
+    Row `span + d` embeds the (bucketed, clamped) distance `d` from query to
+    key. One instance per encoder: the table, its optional LayerNorm and the
+    distance index are computed once per forward pass.
+    """
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        self.span = config.relative_position_span
+        self.buckets = config.relative_position_buckets
+        self.max_distance = (config.max_relative_positions if config.max_relative_positions is not None
+                             else config.max_positions)
+        self.embedding = nn.Embedding(2 * self.span, config.hidden_size)
+        self.norm = make_norm(config) if config.relative_embedding_norm else None
+        self.dropout = Dropout(config.dropout)
+
+    def forward(self, length: int) -> tuple[Tensor, Tensor]:
+        """The `(2 * span, hidden)` embeddings and the `(length, length)` row of each query-key pair."""
+        table = self.embedding.weight
+        if self.norm is not None:
+            table = self.norm(table)
+        distance = deberta_relative_positions(length, self.buckets, self.max_distance, table.device)
+        # c2p reads row span + d(q, k) and p2c row span - d(k, q): the distances are odd in (q, k),
+        # so one index serves both terms.
+        index = (distance + self.span).clamp(0, 2 * self.span - 1)
+        return self.dropout(table), index
 
 
 # ---------------------------------------------------------------------------
@@ -446,6 +500,13 @@ class Attention(nn.Module):
         use_qk_norm = config.qk_norm and not cross
         self.query_norm = make_norm(config, self.head_dim) if use_qk_norm else None
         self.key_norm = make_norm(config, self.head_dim) if use_qk_norm else None
+        # DeBERTa: relative-position terms of the scores; with shared projections they reuse query and key.
+        self.disentangled = list(config.disentangled_attention or [])
+        if self.disentangled and self.scale is None:
+            self.scale = (self.head_dim * (1 + len(self.disentangled))) ** -0.5
+        separate = self.disentangled and not config.shared_position_projections
+        self.position_key = Linear(hidden, inner) if separate and "c2p" in self.disentangled else None
+        self.position_query = Linear(hidden, inner) if separate and "p2c" in self.disentangled else None
 
     def _split_kv(self, states: Tensor) -> tuple[Tensor, Tensor]:
         batch, length, _ = states.shape
@@ -461,6 +522,7 @@ class Attention(nn.Module):
         rotary: tuple[Tensor, Tensor] | None = None,
         cache: KVCache | None = None,
         memory: Tensor | None = None,
+        relative: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Attends from `x` to itself (or to `memory` for cross-attention).
 
@@ -472,6 +534,8 @@ class Attention(nn.Module):
             cache: KV cache to read and write, or None.
             memory: `(batch, source_seq, hidden)` encoder output for
                 cross-attention; may be None when the cache already holds it.
+            relative: `(embeddings, index)` from `RelativeEmbeddings`, for
+                disentangled attention (DeBERTa).
 
         Returns:
             `(batch, seq, hidden)`.
@@ -498,7 +562,12 @@ class Attention(nn.Module):
                 q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
             if cache is not None:
                 k, v = cache.update(self.layer_index, k, v)  # (batch, kv_heads, past + seq, head_dim)
-        if self.softcap is not None:
+        if self.disentangled:
+            if relative is None:
+                raise ValueError("disentangled attention needs the relative embeddings and their index")
+            y = disentangled_attention(q, k, v, mask, self._relative_terms(*relative), self.scale or 1.0,
+                                       self.dropout_p if self.training else 0.0)
+        elif self.softcap is not None:
             y = softcapped_attention(q, k, v, mask, is_causal, self.scale, self.softcap,
                                      self.dropout_p if self.training else 0.0)
         elif self.training and self.dropout_p > 0.0 and q.device.type == "cpu":
@@ -515,6 +584,72 @@ class Attention(nn.Module):
             )  # (batch, heads, seq, head_dim)
         y = y.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
         return self.output(y)
+
+
+    def _relative_terms(self, embeddings: Tensor, index: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per disentangled term, the `(heads, 2 * span, head_dim)` projected relative embeddings and the index."""
+        heads = self.num_heads
+
+        def project(linear: Linear) -> Tensor:
+            return linear(embeddings).view(-1, heads, self.head_dim).transpose(0, 1)
+
+        terms = {}
+        if "c2p" in self.disentangled:
+            terms["c2p"] = (project(self.position_key or self.key), index)
+        if "p2c" in self.disentangled:
+            terms["p2c"] = (project(self.position_query or self.query), index)
+        return terms
+
+
+def disentangled_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+                           terms: dict[str, tuple[Tensor, Tensor]], scale: float, dropout_p: float) -> Tensor:
+    """DeBERTa's attention: content scores plus content-to-position and position-to-content scores.
+
+    `scores[q, k] = (q . k + q . Pk[i(q, k)] + k . Pq[i(q, k)]) * scale`,
+    where `Pk` / `Pq` are the projected relative embeddings and `i` their
+    row for the pair; then the additive mask, softmax, dropout, the values.
+
+    The scores are computed in float32, with autocast off: under fp16
+    autocast `q . k` of a trained DeBERTa can pass fp16's 65504 (the reason
+    `transformers` divides the key by the scale first), and even scaled
+    first, the sum of three terms can (measured: transformers' scale-first
+    forward gives inf/NaN under fp16 autocast on `tests/parity/test_deberta.py`'s
+    input where each term is ~30,000; this path stays within 4e-4 of fp32
+    there). float32 costs a `(batch, heads, q, k)`
+    float32 tensor, which an encoder of a few hundred tokens affords, and it
+    removes the overflow instead of moving it; the weights go back to the
+    values' dtype for the last product.
+
+    Args:
+        q: `(batch, heads, queries, head_dim)`.
+        k: `(batch, heads, keys, head_dim)`, keys == queries (self-attention).
+        v: Same shape as `k`.
+        mask: Additive mask broadcastable to `(batch, heads, queries, keys)`, or None.
+        terms: `c2p` and/or `p2c` -> (projected relative embeddings
+            `(heads, 2 * span, head_dim)`, `(queries, keys)` row index).
+        scale: Multiplier of every term.
+        dropout_p: Probability of dropping an attention weight (0 in eval).
+
+    Returns:
+        `(batch, heads, queries, head_dim)`.
+    """
+    batch, heads, queries, _ = q.shape
+    with torch.autocast(q.device.type, enabled=False):
+        q32, k32 = q.float(), k.float()
+        scores = torch.matmul(q32, k32.transpose(2, 3))
+        for term, (projected, index) in terms.items():
+            # c2p scores each query against every relative key and picks the key's row; p2c the same from the key.
+            expanded = index.expand(batch, heads, queries, queries)
+            if term == "c2p":
+                scores = scores + torch.gather(torch.matmul(q32, projected.float().transpose(1, 2)), -1, expanded)
+            else:
+                by_key = torch.matmul(k32, projected.float().transpose(1, 2))  # (batch, heads, keys, 2 * span)
+                scores = scores + torch.gather(by_key, -1, expanded.transpose(2, 3)).transpose(2, 3)
+        scores = scores * scale
+        if mask is not None:
+            scores = scores + mask.float()
+        weights = F.dropout(F.softmax(scores, dim=-1), p=dropout_p)
+    return torch.matmul(weights.to(v.dtype), v)
 
 
 def softcapped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, scale: float | None,
@@ -619,9 +754,15 @@ class TransformerLayer(nn.Module):
         cache: KVCache | None = None,
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
+        relative: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        """Runs one layer on `(batch, seq, hidden)` and returns the same shape."""
-        x = self._residual(x, self.attention_norm, lambda h: self.attention(h, mask, is_causal, rotary, cache),
+        """Runs one layer on `(batch, seq, hidden)` and returns the same shape.
+
+        `relative` holds DeBERTa's relative embeddings and their index (see
+        `RelativeEmbeddings`) for disentangled attention.
+        """
+        x = self._residual(x, self.attention_norm,
+                           lambda h: self.attention(h, mask, is_causal, rotary, cache, relative=relative),
                            self.attention_output_norm)
         cross_attention, cross_attention_norm = self.cross_attention, self.cross_attention_norm
         if cross_attention is not None and cross_attention_norm is not None:  # set together in __init__

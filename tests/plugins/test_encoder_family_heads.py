@@ -24,7 +24,8 @@ import torch
 
 import nlpkit
 from nlpkit.testing import tiny_classification_data, tiny_classification_rows, tiny_recipe, tiny_tokenizer
-from tests.parity._tiny import FAMILIES, build
+from tests.parity._tiny import FAMILIES, Family, build
+from tests.parity.test_deberta import VARIANTS
 from tests.plugins.test_ner import conll_files, ner_rows
 from tests.plugins.test_qa import qa_files, qa_rows, texts_of
 
@@ -33,7 +34,10 @@ transformers = pytest.importorskip("transformers")
 # Two token types for every family here: nlpkit's trained tokenizers mark a pair's second segment with
 # type 1 (RoBERTa's own tokenizer folders never do; the backbone parity tests keep its one type).
 _TYPES = {"roberta": dict(type_vocab_size=2), "xlm-roberta": dict(type_vocab_size=2)}
-ENCODERS = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "modernbert"]
+# The parity tests' configs; DeBERTa's is its v3 variant (shared position projections, log buckets).
+SPECS = {**FAMILIES, "deberta-v2": Family("deberta-v2", "encoder", "DebertaV2ForSequenceClassification",
+                                          "DebertaV2Config", VARIANTS["v3"])}
+ENCODERS = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "modernbert", "deberta-v2"]
 HEADS = {"classification": "AutoModelForSequenceClassification", "ner": "AutoModelForTokenClassification",
          "qa": "AutoModelForQuestionAnswering"}
 
@@ -49,7 +53,7 @@ def _task_data(task: str, folder: Path) -> tuple[dict[str, Any], list[str], dict
 
 
 def _pretrained(family: str, tokenizer: Any, folder: Path) -> None:
-    spec = FAMILIES[family]
+    spec = SPECS[family]
     pad = tokenizer.pad_token_id
     # 64 usable positions; RoBERTa's table has pad_token_id + 1 rows more (its positions count from there).
     positions = 64 + (pad + 1 if family in ("roberta", "xlm-roberta") else 0)
