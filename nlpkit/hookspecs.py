@@ -139,8 +139,8 @@ def nlpkit_register_checkpoint_families() -> dict[str, Family] | None:
     look families up there. nlpkit's core plugin registers ``bert``,
     ``roberta``, ``distilbert``, ``gpt2``, ``llama``, ``mistral``, ``qwen2``,
     ``qwen3``, ``phi3``, ``gemma``, ``gemma2``, ``gemma3_text``, ``gemma3``
-    (multimodal folders, read as their text model), ``bart``, ``marian`` and
-    ``t5``.
+    (multimodal folders, read as their text model), ``bart``, ``marian``,
+    ``t5`` and ``mt5`` (``umt5`` is registered to be refused).
 
     A family is any object with the names that
     ``nlpkit.backbones.checkpoints._common.Family`` lists, usually a module
@@ -150,7 +150,9 @@ def nlpkit_register_checkpoint_families() -> dict[str, Family] | None:
     ``rules(config)``, and optionally ``state_from_hf(state, config)`` /
     ``state_to_hf(state, config)``.
     ``config_from_hf({}, model_type)`` must give the family's defaults
-    (``infer_family`` reads the kind a family writes from it), and the
+    (``infer_family`` reads the kind a family writes from it; a model type
+    registered only to be refused with its reason, like ``umt5``, raises
+    ``NlpkitError`` there instead and is never inferred), and the
     config's ``kind`` must be a registered backbone kind.
 
     Returns:

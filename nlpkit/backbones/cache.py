@@ -90,8 +90,9 @@ class KVCache:
             config = config_or_dims
             if config.kind == "encoder":
                 raise ValueError("kind 'encoder' has no KV cache; use a decoder or encoder-decoder config")
-            num_layers = config.resolved_num_decoder_layers if config.kind == "encoder-decoder" else config.num_layers
-            num_kv_heads, head_dim = config.resolved_num_kv_heads, config.resolved_head_dim
+            if config.kind == "encoder-decoder":
+                config = config.decoder_side()  # the decoder's layers and heads, which may differ from the encoder's
+            num_layers, num_kv_heads, head_dim = config.num_layers, config.resolved_num_kv_heads, config.resolved_head_dim
         else:
             num_layers, num_kv_heads, head_dim = config_or_dims
         if batch_size <= 0 or max_length <= 0:

@@ -134,12 +134,19 @@ class BackboneConfig:
         num_layers: Number of layers; the encoder's stack for an encoder-decoder.
         num_decoder_layers: Decoder layers of an encoder-decoder; `None` means
             `num_layers` (T5 and BART style symmetry).
-        num_heads: Query heads per attention layer.
+        num_heads: Query heads per attention layer; the encoder's for an
+            encoder-decoder.
+        num_decoder_heads: Query heads of the decoder of an encoder-decoder
+            (self- and cross-attention); `None` means `num_heads`. BART and
+            Marian may give the stacks different head counts.
         num_kv_heads: Key/value heads for grouped-query attention (Llama,
             Mistral, Qwen2); `None` means `num_heads` (ordinary multi-head).
         head_dim: Width of one head; `None` means `hidden_size // num_heads`.
             Flan-T5-small and some Qwen/Mistral sizes need an explicit value.
-        intermediate_size: Hidden width of the feed-forward block.
+        intermediate_size: Hidden width of the feed-forward block; the
+            encoder's for an encoder-decoder.
+        decoder_intermediate_size: Feed-forward width of the decoder of an
+            encoder-decoder; `None` means `intermediate_size`.
         max_positions: Number of usable positions for learned and sinusoidal
             tables (the table itself has `max_positions + position_offset`
             rows). Ignored by rotary and relative positions.
@@ -274,9 +281,11 @@ class BackboneConfig:
     num_layers: int = 12
     num_decoder_layers: int | None = None
     num_heads: int = 12
+    num_decoder_heads: int | None = None
     num_kv_heads: int | None = None
     head_dim: int | None = None
     intermediate_size: int = 3072
+    decoder_intermediate_size: int | None = None
     max_positions: int = 512
     position_embedding: PositionEmbedding = "learned"
     position_offset: int = 0
@@ -331,8 +340,8 @@ class BackboneConfig:
                      "max_positions", "relative_attention_num_buckets", "relative_attention_max_distance"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("num_decoder_layers", "num_kv_heads", "head_dim", "max_relative_positions",
-                     "relative_position_buckets"):
+        for name in ("num_decoder_layers", "num_decoder_heads", "num_kv_heads", "head_dim",
+                     "decoder_intermediate_size", "max_relative_positions", "relative_position_buckets"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive or None, got {value}")
@@ -385,8 +394,16 @@ class BackboneConfig:
                                      f"got {len(factors)}")
         if self.position_embedding == "relative" and self.kind == "decoder":
             raise ValueError("position_embedding 'relative' needs kind 'encoder' or 'encoder-decoder'")
-        if self.num_decoder_layers is not None and self.kind != "encoder-decoder":
-            raise ValueError(f"num_decoder_layers applies only to kind 'encoder-decoder', not {self.kind!r}")
+        for name in ("num_decoder_layers", "num_decoder_heads", "decoder_intermediate_size"):
+            if getattr(self, name) is not None and self.kind != "encoder-decoder":
+                raise ValueError(f"{name} applies only to kind 'encoder-decoder', not {self.kind!r}")
+        if self.num_decoder_heads is not None:
+            if self.head_dim is None and self.hidden_size % self.num_decoder_heads != 0:
+                raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_decoder_heads "
+                                 f"({self.num_decoder_heads}) when head_dim is not set")
+            if self.num_kv_heads is not None and self.num_decoder_heads % self.num_kv_heads != 0:
+                raise ValueError(f"num_decoder_heads ({self.num_decoder_heads}) must be divisible by num_kv_heads "
+                                 f"({self.num_kv_heads})")
         if self.disentangled_attention is not None:
             if self.kind != "encoder":
                 raise ValueError(f"disentangled_attention applies only to kind 'encoder', not {self.kind!r}")
@@ -458,6 +475,37 @@ class BackboneConfig:
     def resolved_num_decoder_layers(self) -> int:
         """Decoder layers of an encoder-decoder (`num_decoder_layers` or `num_layers`)."""
         return self.num_decoder_layers if self.num_decoder_layers is not None else self.num_layers
+
+    @property
+    def resolved_num_decoder_heads(self) -> int:
+        """Query heads of an encoder-decoder's decoder (`num_decoder_heads` or `num_heads`)."""
+        return self.num_decoder_heads if self.num_decoder_heads is not None else self.num_heads
+
+    @property
+    def resolved_decoder_intermediate_size(self) -> int:
+        """Feed-forward width of an encoder-decoder's decoder (`decoder_intermediate_size` or `intermediate_size`)."""
+        return self.decoder_intermediate_size if self.decoder_intermediate_size is not None else self.intermediate_size
+
+    def decoder_side(self) -> BackboneConfig:
+        """The config the decoder stack of an encoder-decoder is built from: its layers, heads and widths.
+
+        The shared modules (layers, KV cache) read `num_layers`, `num_heads`
+        and `intermediate_size`; the decoder of an asymmetric encoder-decoder
+        gets a copy with its own values there (and `head_dim`, when unset,
+        follows its head count as BART's `d_model // decoder_attention_heads`
+        does). The copy of a copy is the same.
+        """
+        if self.kind != "encoder-decoder":
+            raise ValueError(f"decoder_side applies only to kind 'encoder-decoder', not {self.kind!r}")
+        return dataclasses.replace(
+            self,
+            num_layers=self.resolved_num_decoder_layers,
+            num_heads=self.resolved_num_decoder_heads,
+            intermediate_size=self.resolved_decoder_intermediate_size,
+            num_decoder_layers=None,
+            num_decoder_heads=None,
+            decoder_intermediate_size=None,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the fields as a plain dict (JSON/YAML serialisable)."""

@@ -14,7 +14,8 @@ References:
 
 One token table is shared by the encoder, the decoder and (when tied) the LM
 head, as in all three families. Each stack has its own positions, embedding
-norm, relative-position bias and final norm.
+norm, relative-position bias and final norm; the decoder its own layer count,
+head count and feed-forward width (`BackboneConfig.decoder_side`).
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ class EncoderDecoder(nn.Module):
         self.config = config
         self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
         self.encoder = Stack(config, config.num_layers, causal=False)
-        self.decoder = Stack(config, config.resolved_num_decoder_layers, causal=True)
+        # The decoder may differ from the encoder in layers, heads and feed-forward width (BART, Marian).
+        self.decoder = Stack(config.decoder_side(), config.resolved_num_decoder_layers, causal=True)
         self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.lm_head_bias:
             # A buffer, not a Parameter: BART/Marian keep it fixed during training.

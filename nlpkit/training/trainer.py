@@ -12,6 +12,7 @@ from typing import Any
 
 from nlpkit.adapters import base_weight_names
 from nlpkit.assembly import build_model, prepare_inputs
+from nlpkit.backbones.config import config_of
 from nlpkit.errors import NlpkitError
 from nlpkit.plugins import PluginSet, load_plugins
 from nlpkit.recipe import Recipe, load_recipe, recipe_to_dict
@@ -293,7 +294,10 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
             inputs.tokenizer.save(run.path)
             if source is not None:
                 run.write_json(SOURCE_CHECKPOINT_FILE, source)
-            run.write_start(recipe.task, resolved, config.to_dict(), task.state(), [p.name for p in plugin_set.plugins])
+            # The config the backbone was built with: a pretrained folder's weights settle what its config.json
+            # cannot say alone (a T5 v1.1 or mT5 head of its own is untied), and loading the run must build the same.
+            built = config_of(model.backbone)
+            run.write_start(recipe.task, resolved, built.to_dict(), task.state(), [p.name for p in plugin_set.plugins])
         module = TaskModule(task, model, recipe.optimization, resolved)
         datamodule = TaskDataModule(task, inputs.splits, recipe.training, recipe.data.group_by_length)
         trainer, checkpoint, recent = _trainer(recipe, run, resumed_recipe)

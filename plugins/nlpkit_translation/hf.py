@@ -3,7 +3,7 @@
 The task adds no weights of its own: the backbone's LM head writes the
 target, and the checkpoint families already save it under the names of
 their generation classes (``BartForConditionalGeneration``, ``MarianMTModel``,
-``T5ForConditionalGeneration``).
+``T5ForConditionalGeneration``, ``MT5ForConditionalGeneration``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any
 
 from nlpkit.tasks import HFHead
 
-_ARCHITECTURES = {"bart": "BartForConditionalGeneration", "marian": "MarianMTModel", "t5": "T5ForConditionalGeneration"}
+_ARCHITECTURES = {"bart": "BartForConditionalGeneration", "marian": "MarianMTModel", "t5": "T5ForConditionalGeneration",
+                  "mt5": "MT5ForConditionalGeneration"}
 
 
 def seq2seq_lm_head(family: str, generation_defaults: dict[str, Any]) -> HFHead | None:

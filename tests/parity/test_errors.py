@@ -103,7 +103,8 @@ def test_model_type_from_architectures_of_old_configs() -> None:
         ("llama", {"layer_types": ["sliding_attention", "full_attention"]}, "layer_types='sliding_attention'"),
         ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=True"),
         ("bert", {"position_embedding_type": "relative_key"}, "position_embedding_type='relative_key'"),
-        ("bart", {"decoder_attention_heads": 2}, "decoder_attention_heads=2"),
+        ("marian", {"vocab_size": 100, "decoder_vocab_size": 50}, "decoder_vocab_size=50"),
+        ("umt5", {}, "model_type='umt5'"),
         ("t5", {"feed_forward_proj": "gated-mish"}, "feed_forward_proj='mish'"),
     ],
 )

@@ -581,7 +581,10 @@ def _effective(config: BackboneConfig) -> dict[str, Any]:
     values = config.to_dict()
     values.update(num_kv_heads=config.resolved_num_kv_heads, head_dim=config.resolved_head_dim,
                   attention_scale=config.attention_scale or config.resolved_head_dim**-0.5)
-    values["num_decoder_layers"] = config.resolved_num_decoder_layers if config.kind == "encoder-decoder" else None
+    encoder_decoder = config.kind == "encoder-decoder"
+    values["num_decoder_layers"] = config.resolved_num_decoder_layers if encoder_decoder else None
+    values["num_decoder_heads"] = config.resolved_num_decoder_heads if encoder_decoder else None
+    values["decoder_intermediate_size"] = config.resolved_decoder_intermediate_size if encoder_decoder else None
     dropped = ["dropout", "attention_dropout"]
     if config.position_embedding != "rotary":
         dropped += ["rope_theta", "rope_scaling", "partial_rotary_factor"]
@@ -652,7 +655,10 @@ def _expressing(config: BackboneConfig, registries: Registries) -> tuple[str | N
     ordered = sorted(families.items(), key=lambda item: families.owner(item[0]) not in ESSENTIAL_PLUGINS)
     reasons: list[str] = []
     for model_type, family in ordered:
-        probe = family.config_from_hf({}, model_type)
+        try:
+            probe = family.config_from_hf({}, model_type)
+        except NlpkitError:
+            continue  # a model type registered only to be refused with its reason (umt5) expresses nothing
         if probe.kind != config.kind:
             continue
         fields = family.config_to_hf(config, model_type)

@@ -92,16 +92,14 @@ def state_to_hf(state: dict[str, Tensor], config: BackboneConfig) -> dict[str, T
 def config_from_hf(hf: Mapping[str, Any], model_type: str) -> BackboneConfig:
     """Translates a BART or Marian `config.json`.
 
+    The encoder and decoder may differ in layers, heads and feed-forward
+    width (`num_decoder_layers`, `num_decoder_heads`,
+    `decoder_intermediate_size`).
+
     Raises:
-        NlpkitError: When the encoder and decoder differ in heads or
-            feed-forward width, or (Marian) do not share one vocabulary.
+        NlpkitError: When (Marian) the stacks do not share one vocabulary.
     """
     marian = model_type == "marian"
-    for encoder_field, decoder_field, default in (("encoder_attention_heads", "decoder_attention_heads", 16),
-                                                  ("encoder_ffn_dim", "decoder_ffn_dim", 4096)):
-        if hf.get(encoder_field, default) != hf.get(decoder_field, default):
-            raise unsupported(decoder_field, hf.get(decoder_field, default), f"must equal {encoder_field} "
-                              f"({hf.get(encoder_field, default)}): one width serves both stacks")
     vocab = hf.get("vocab_size", 58101 if marian else 50265)
     if marian:
         if not hf.get("share_encoder_decoder_embeddings", True):
@@ -115,7 +113,9 @@ def config_from_hf(hf: Mapping[str, Any], model_type: str) -> BackboneConfig:
         num_layers=hf.get("encoder_layers", 12),
         num_decoder_layers=hf.get("decoder_layers", 12),
         num_heads=hf.get("encoder_attention_heads", 16),
+        num_decoder_heads=hf.get("decoder_attention_heads", 16),
         intermediate_size=hf.get("encoder_ffn_dim", 4096),
+        decoder_intermediate_size=hf.get("decoder_ffn_dim", 4096),
         max_positions=hf.get("max_position_embeddings", 1024),
         position_embedding="sinusoidal" if marian else "learned",
         position_offset=0 if marian else 2,  # BartLearnedPositionalEmbedding's fixed offset
@@ -144,9 +144,9 @@ def config_to_hf(config: BackboneConfig, model_type: str) -> dict[str, Any]:
         "encoder_layers": config.num_layers,
         "decoder_layers": config.resolved_num_decoder_layers,
         "encoder_attention_heads": config.num_heads,
-        "decoder_attention_heads": config.num_heads,
+        "decoder_attention_heads": config.resolved_num_decoder_heads,
         "encoder_ffn_dim": config.intermediate_size,
-        "decoder_ffn_dim": config.intermediate_size,
+        "decoder_ffn_dim": config.resolved_decoder_intermediate_size,
         "max_position_embeddings": config.max_positions,
         "scale_embedding": config.scale_embedding,
         "activation_function": activation_to_hf(config.activation),

@@ -1,4 +1,4 @@
-"""T5 checkpoints (v1.0, and v1.1 / Flan-T5) onto the `EncoderDecoder`.
+"""T5 checkpoints (v1.0, v1.1 / Flan-T5, and mT5) onto the `EncoderDecoder`.
 
 References:
     - `transformers/models/t5/modeling_t5.py` and `configuration_t5.py`
@@ -9,6 +9,12 @@ References:
       changes (gated-GELU, untied head, no output rescaling) in
       google-research/text-to-text-transfer-transformer
       `released_checkpoints.md`.
+    - `transformers/models/mt5/modeling_mt5.py` and `configuration_mt5.py`:
+      the v1.1 layout under its own model type (gated-GELU by default, 250112
+      tokens); its head never rescales the decoder output.
+    - `transformers/models/umt5/modeling_umt5.py`: every layer holds its own
+      relative position bias, which the shared stacks (one bias per stack,
+      held by the first layer) cannot express; `umt5` is refused.
 
 Tied head and output scaling, across releases: before 5.0, `config.json`
 said `tie_word_embeddings: false` for v1.1 and the model both untied the
@@ -18,7 +24,8 @@ the rescaling in `scale_decoder_outputs`; a file that still holds its own
 `lm_head.weight` (different from `shared`) then stays untied. So the
 rescaling comes from `scale_decoder_outputs` when present (else from
 `tie_word_embeddings`), and tying is settled by the weights themselves in
-`checkpoints/__init__.py`.
+`checkpoints/__init__.py`. mT5 has no `scale_decoder_outputs`: its model
+never rescales, whatever `tie_word_embeddings` says (5.x always writes true).
 """
 
 from __future__ import annotations
@@ -38,8 +45,9 @@ from nlpkit.backbones.config import BackboneConfig
 
 __all__ = ["ARCHITECTURES", "IGNORED", "MODEL_TYPES", "PREFIXES", "config_from_hf", "config_to_hf", "rules"]
 
-MODEL_TYPES = ("t5",)
-ARCHITECTURES = {"t5": "T5ForConditionalGeneration"}
+MODEL_TYPES = ("t5", "mt5", "umt5")
+ARCHITECTURES = {"t5": "T5ForConditionalGeneration", "mt5": "MT5ForConditionalGeneration",
+                 "umt5": "UMT5ForConditionalGeneration"}
 PREFIXES = ()  # T5's head class keeps the base model's names
 IGNORED = (
     r"(encoder|decoder)\.embed_tokens\.weight",  # tied copies of `shared`
@@ -94,20 +102,31 @@ def _activation(projection: Any) -> tuple[str, bool]:
 
 
 def config_from_hf(hf: Mapping[str, Any], model_type: str) -> BackboneConfig:
-    """Translates a T5 `config.json` written by any `transformers` release."""
-    activation, gated = _activation(hf.get("feed_forward_proj", "relu"))
+    """Translates a T5 or mT5 `config.json` written by any `transformers` release.
+
+    Raises:
+        NlpkitError: For `umt5`, and a `feed_forward_proj` that is not
+            `ACT` or `gated-ACT`.
+    """
+    if model_type == "umt5":
+        raise unsupported("model_type", model_type, "UMT5 gives every layer its own relative position bias; "
+                          "nlpkit's T5 stacks share one, held by their first layer")
+    mt5 = model_type == "mt5"
+    activation, gated = _activation(hf.get("feed_forward_proj", "gated-gelu" if mt5 else "relu"))
     tied = hf.get("tie_word_embeddings", True)
-    scale = hf.get("scale_decoder_outputs", tied is not False)
-    vocab = hf.get("vocab_size", 32128)
+    # MT5ForConditionalGeneration never rescales the decoder output before its head.
+    scale = False if mt5 else hf.get("scale_decoder_outputs", tied is not False)
+    vocab = hf.get("vocab_size", 250112 if mt5 else 32128)
+    layers = 8 if mt5 else 6  # the configuration classes' defaults
     return make_config(
         kind="encoder-decoder",
         vocab_size=vocab,
         hidden_size=hf.get("d_model", 512),
-        num_layers=hf.get("num_layers", 6),
-        num_decoder_layers=hf.get("num_decoder_layers") or hf.get("num_layers", 6),
-        num_heads=hf.get("num_heads", 8),
+        num_layers=hf.get("num_layers", layers),
+        num_decoder_layers=hf.get("num_decoder_layers") or hf.get("num_layers", layers),
+        num_heads=hf.get("num_heads", 6 if mt5 else 8),
         head_dim=hf.get("d_kv", 64),
-        intermediate_size=hf.get("d_ff", 2048),
+        intermediate_size=hf.get("d_ff", 1024 if mt5 else 2048),
         max_positions=hf.get("n_positions", 512),  # unused by relative positions; kept for the round trip
         position_embedding="relative",
         relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
@@ -131,11 +150,11 @@ def config_from_hf(hf: Mapping[str, Any], model_type: str) -> BackboneConfig:
 
 
 def config_to_hf(config: BackboneConfig, model_type: str) -> dict[str, Any]:
-    """The `config.json` fields of a T5 checkpoint for `config`, readable before and after 5.0."""
+    """The `config.json` fields of a T5 or mT5 checkpoint for `config`, readable before and after 5.0."""
     act = activation_to_hf(config.activation)
     if config.gated_mlp:
         act = "gated-gelu" if act == "gelu_new" else f"gated-{act}"
-    return {
+    hf: dict[str, Any] = {
         "model_type": model_type,
         "is_encoder_decoder": True,
         "vocab_size": config.vocab_size,
@@ -151,7 +170,9 @@ def config_to_hf(config: BackboneConfig, model_type: str) -> dict[str, Any]:
         "layer_norm_epsilon": config.norm_eps,
         "feed_forward_proj": act,
         "tie_word_embeddings": config.tie_word_embeddings,
-        "scale_decoder_outputs": config.scale_lm_head_input,
         "dropout_rate": config.dropout,
         "pad_token_id": config.pad_token_id,
     }
+    if model_type != "mt5":  # mT5 never rescales: a rescaled config reads back different and is refused
+        hf["scale_decoder_outputs"] = config.scale_lm_head_input
+    return hf
