@@ -267,6 +267,8 @@ def _adapters_base(run: RunFolder, registries: Registries) -> Any:
     from nlpkit.backbones.checkpoints._common import fingerprint
 
     source = run.read_json(SOURCE_CHECKPOINT_FILE)
+    if not isinstance(source, dict) or not isinstance(source.get("folder"), str):
+        raise NlpkitError(f"{run.path / SOURCE_CHECKPOINT_FILE}: expected the base checkpoint's 'folder' in it")
     folder = Path(source["folder"])
     if not (folder / "config.json").is_file():
         raise NlpkitError(f"{run.path}: this LoRA run keeps only its adapters; its base checkpoint {folder} "

@@ -205,16 +205,21 @@ def read_weights(folder: Path) -> dict[str, Tensor]:
         NlpkitError: No weights file, a shard named by an index that is
             absent, or a file that cannot be read (corrupt or truncated).
     """
+    files = _weight_files(folder)
+    state: dict[str, Tensor] = {}
+    for file in files:
+        state.update(_read_safetensors(file) if file.suffix == ".safetensors" else _read_bin(file))
+    return state
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The weight files in use: the first of `_WEIGHT_SOURCES` present, an index read into its shards."""
     for name in _WEIGHT_SOURCES:
         if (folder / name).is_file():
             break
     else:
         raise NlpkitError(f"no weights in {folder}: expected one of {', '.join(_WEIGHT_SOURCES)}")
-    files = _shard_files(folder / name) if name.endswith(".index.json") else [folder / name]
-    state: dict[str, Tensor] = {}
-    for file in files:
-        state.update(_read_safetensors(file) if file.suffix == ".safetensors" else _read_bin(file))
-    return state
+    return _shard_files(folder / name) if name.endswith(".index.json") else [folder / name]
 
 
 def fingerprint(folder: Path) -> str:
@@ -228,12 +233,7 @@ def fingerprint(folder: Path) -> str:
     import struct
 
     digest = hashlib.sha256((folder / CONFIG_FILE).read_bytes())
-    for name in _WEIGHT_SOURCES:
-        if (folder / name).is_file():
-            break
-    else:
-        raise NlpkitError(f"no weights in {folder}: expected one of {', '.join(_WEIGHT_SOURCES)}")
-    files = _shard_files(folder / name) if name.endswith(".index.json") else [folder / name]
+    files = _weight_files(folder)
     for file in files:
         digest.update(f"{file.name}\0{file.stat().st_size}\0".encode())
         if file.suffix == ".safetensors":
