@@ -16,22 +16,30 @@ References:
       2024, DoRA (https://arxiv.org/abs/2402.09353); Kalajdzievski 2023,
       rsLoRA (https://arxiv.org/abs/2312.03732).
     - ``peft/mapping.py`` (``inject_adapter_in_model``) and
-      ``peft/tuners/lora/layer.py`` (``LoraLayer.merge``, ``get_base_layer``).
+      ``peft/tuners/lora/layer.py`` (``LoraLayer.merge``, ``get_base_layer``),
+      ``peft/utils/save_and_load.py`` (``get_peft_model_state_dict``: the
+      names of an adapter folder's tensors).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torch import nn
+from torch import Tensor, nn
 
+from nlpkit.backbones.cpu import Dropout
 from nlpkit.errors import NlpkitError
 
 if TYPE_CHECKING:
     from nlpkit.recipe import PeftSection
+    from nlpkit.registry import Registries
+    from nlpkit.tasks import HFHead
 
-__all__ = ["TARGETS", "apply_adapters", "base_weight_names", "merge_adapters", "target_module_names"]
+__all__ = ["TARGETS", "apply_adapters", "base_weight_names", "merge_adapters", "save_peft_adapter",
+           "target_module_names"]
 
 ADAPTER_NAME = "default"
 
@@ -96,12 +104,29 @@ def apply_adapters(backbone: nn.Module, section: PeftSection) -> tuple[int, int]
                         use_dora=section.use_dora, use_rslora=section.use_rslora, bias="none",
                         target_modules=target_module_names(backbone, section))
     inject_adapter_in_model(config, backbone, adapter_name=ADAPTER_NAME)
+    _use_fast_dropout(backbone)
     trainable = 0
     for name, parameter in backbone.named_parameters():
         adapter = "lora_" in name  # lora_A, lora_B and DoRA's lora_magnitude_vector
         parameter.requires_grad_(adapter)
         trainable += parameter.numel() if adapter else 0
     return trainable, sum(p.numel() for p in backbone.parameters())
+
+
+def _use_fast_dropout(backbone: nn.Module) -> None:
+    """Give peft's adapter dropouts the backbone's own CPU dropout (the same distribution and scaling).
+
+    peft draws each adapter's dropout with `nn.Dropout`, whose `bernoulli_` runs on one thread on
+    CPUs other than Intel's (`nlpkit.backbones.cpu.Dropout`); with adapters on every Linear layer
+    that made a MiniLM SST-2 LoRA step slower than a full fine-tuning step.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    for module in backbone.modules():
+        if isinstance(module, LoraLayer):
+            for name, dropout in module.lora_dropout.items():
+                if type(dropout) is nn.Dropout:
+                    module.lora_dropout[name] = Dropout(dropout.p)
 
 
 def merge_adapters(backbone: nn.Module) -> int:
@@ -130,3 +155,76 @@ def base_weight_names(model: nn.Module) -> set[str]:
     folder holds these.
     """
     return {name for name in model.state_dict() if name.startswith("backbone.") and "lora_" not in name}
+
+
+# peft's task types, by the transformers head class an encoder task exports to.
+_ENCODER_TASK_TYPES = {"ForSequenceClassification": "SEQ_CLS", "ForTokenClassification": "TOKEN_CLS",
+                       "ForQuestionAnswering": "QUESTION_ANS"}
+_KIND_TASK_TYPES = {"decoder": "CAUSAL_LM", "encoder-decoder": "SEQ_2_SEQ_LM"}
+
+
+def save_peft_adapter(model: nn.Module, saved: Mapping[str, Tensor], section: PeftSection, family: str, head: HFHead,
+                      base: str, folder: Path, registries: Registries) -> None:
+    """Write a LoRA run's adapters as a PEFT adapter folder for ``family``'s ``transformers`` class.
+
+    ``adapter_config.json`` (peft's own ``LoraConfig``) and
+    ``adapter_model.safetensors`` with the tensors named as
+    ``PeftModel.save_pretrained`` names them on the class ``head`` exports to
+    (``base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight``);
+    the task head goes in whole, as peft's ``modules_to_save``.
+
+    Args:
+        model: the run's model (its backbone's layers name the adapters' places).
+        saved: the run's saved weights (``backbone.<layer>.lora_A.default.weight`` ...).
+        section: the run's ``peft:`` section (rank, alpha ...).
+        family: the checkpoint family of the base model.
+        head: the task head's ``transformers`` class and weight names.
+        base: the base checkpoint folder (``base_model_name_or_path``).
+        folder: where to write.
+        registries: where the family is registered.
+
+    Raises:
+        NlpkitError: an adapted layer that ``family`` fuses with others into
+            one weight (GPT-2's ``c_attn``): that adapter has no PEFT form.
+    """
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    from nlpkit.backbones.checkpoints import head_class_prefix, hf_module_names
+
+    backbone: nn.Module = model.backbone  # type: ignore[assignment]
+    places = hf_module_names(backbone, family, registries=registries)
+    tensors: dict[str, Tensor] = {}
+    targets: set[str] = set()
+    for key, tensor in saved.items():
+        if not key.startswith("backbone.") or ".lora_" not in key:
+            continue
+        layer, _, parameter = key.removeprefix("backbone.").partition(".lora_")
+        place = places.get(layer)
+        if place is None:
+            raise NlpkitError(f"--adapter: {family} checkpoints fuse nlpkit's {layer} with other layers into one "
+                              f"weight, so its adapter has no PEFT form; export the merged model with --merge")
+        # As peft saves them: `lora_A.default.weight` -> `lora_A.weight`, and DoRA's
+        # `lora_magnitude_vector.default.weight` -> `lora_magnitude_vector`.
+        name = f"lora_{parameter}".replace(f".{ADAPTER_NAME}", "")
+        if name.startswith("lora_magnitude_vector"):
+            name = "lora_magnitude_vector"
+        tensors[f"base_model.model.{place}.{name}"] = tensor
+        targets.add(place)
+    prefix = head_class_prefix(family, registries=registries)
+    head_state = model.head.state_dict()  # type: ignore[operator]
+    modules_to_save: set[str] = set()
+    for ours, theirs in head.weights.items():
+        full = (prefix if theirs in head.inside_base_model else "") + theirs
+        tensors[f"base_model.model.{full}"] = head_state[ours]
+        modules_to_save.add(full.rpartition(".")[0])
+    kind = backbone.config.kind  # type: ignore[union-attr]
+    task_type = _KIND_TASK_TYPES.get(kind) or next(
+        (value for suffix, value in _ENCODER_TASK_TYPES.items() if head.architecture.endswith(suffix)), None)
+    config = LoraConfig(r=section.r, lora_alpha=section.alpha, lora_dropout=section.dropout, use_dora=section.use_dora,
+                        use_rslora=section.use_rslora, bias="none", target_modules=sorted(targets),
+                        modules_to_save=sorted(modules_to_save) or None, task_type=task_type,
+                        base_model_name_or_path=base, inference_mode=True)
+    config.save_pretrained(str(folder))
+    save_file({key: value.detach().contiguous() for key, value in tensors.items()},
+              str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})

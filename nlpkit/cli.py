@@ -247,7 +247,7 @@ def _read_lines(path: str) -> list[str]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Write a trained run as a Hugging Face-format folder that transformers loads."""
+    """Write a trained run as a Hugging Face-format folder that transformers loads (or a PEFT adapter folder)."""
     model = _load_run(args)
     print(f"exported to {model.export(args.out, format=args.format, overwrite=args.overwrite)}")
     return 0
@@ -396,7 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = verb("export", cmd_export)
     sub.add_argument("run_dir", help="a run folder")
     sub.add_argument("out", help="the folder to write")
-    sub.add_argument("--format", default="hf", help="export format (hf: a Hugging Face-format folder)")
+    sub.add_argument("--format", default="hf", choices=("hf", "peft"),
+                     help="hf: a Hugging Face-format folder (the default); peft: a LoRA run's PEFT adapter folder")
+    kept = sub.add_mutually_exclusive_group()
+    kept.add_argument("--merge", dest="format", action="store_const", const="hf",
+                      help="a LoRA run's adapters merged into the weights (the same as --format hf)")
+    kept.add_argument("--adapter", dest="format", action="store_const", const="peft",
+                      help="a LoRA run's adapters and head as a PEFT adapter folder for its base checkpoint "
+                           "(the same as --format peft)")
     sub.add_argument("--overwrite", action="store_true", help="replace the model a folder already holds")
     verb("plugins", cmd_plugins)
     sub = verb("new-plugin", cmd_new_plugin)

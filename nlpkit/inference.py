@@ -13,9 +13,9 @@ from nlpkit.backbones.config import config_of
 from nlpkit.backbones.cpu import pack_for_cpu_inference
 from nlpkit.errors import NlpkitError
 from nlpkit.plugins import PluginSet, load_plugins
-from nlpkit.recipe import Recipe
+from nlpkit.recipe import PeftSection, Recipe
 from nlpkit.registry import Registries
-from nlpkit.runs import RUN_FILE, SOURCE_CHECKPOINT_FILE, RunFolder
+from nlpkit.runs import RUN_FILE, SOURCE_CHECKPOINT_FILE, WEIGHTS_FILE, RunFolder
 from nlpkit.tasks import ExportsToTransformers, GeneratesText, Task, TaskModel
 
 __all__ = ["LoadedModel", "PretrainedModel", "load"]
@@ -139,29 +139,41 @@ class LoadedModel:
         return _in_batches(self.generate, texts, batch_size, options)
 
     def export(self, folder: str | Path, format: str = "hf", overwrite: bool = False) -> Path:
-        """Write the model as a Hugging Face-format folder that ``transformers`` loads.
+        """Write the model as a Hugging Face-format folder that ``transformers`` loads, or a LoRA run's adapter.
 
-        The backbone goes under its family's names, the task head as the
-        matching ``transformers`` head class (e.g. ``BertForSequenceClassification``),
-        with the tokenizer beside it. A fine-tuned checkpoint keeps its family
-        and the rest of its original ``config.json``. The files are written
-        beside ``folder`` first and moved in once all are written, so a failed
-        export leaves ``folder`` as it was.
+        ``hf`` (``nlpkit export --merge``, the default): the backbone goes under
+        its family's names, the task head as the matching ``transformers`` head
+        class (e.g. ``BertForSequenceClassification``); a LoRA run's adapters
+        are merged into the weights. A fine-tuned checkpoint keeps its family
+        and the rest of its original ``config.json``.
+
+        ``peft`` (``nlpkit export --adapter``): a LoRA run fine-tuned from a
+        checkpoint folder, as a PEFT adapter folder (``adapter_config.json``,
+        ``adapter_model.safetensors``) that
+        ``peft.PeftModel.from_pretrained(AutoModelFor...(base), folder)``
+        loads onto that checkpoint; the task head is saved whole
+        (``modules_to_save``).
+
+        Either way the tokenizer goes beside the model, and the files are
+        written beside ``folder`` first and moved in once all are written, so
+        a failed export leaves ``folder`` as it was.
 
         Args:
             folder: where to write (created if needed).
-            format: ``hf``, the only format so far.
+            format: ``hf`` or ``peft``.
             overwrite: replace the model files ``folder`` already holds.
 
         Raises:
             NlpkitError: an unknown format, ``folder`` is a file or already
                 holds a model (without ``overwrite``), a backbone no family can
-                express, or a task head without a ``transformers`` counterpart.
+                express, a task head without a ``transformers`` counterpart;
+                for ``peft``: a run without adapters or without a base
+                checkpoint folder, a layer the family fuses with others.
         """
         from nlpkit.backbones.checkpoints import infer_family, save_pretrained
 
-        if format != "hf":
-            raise NlpkitError(f"--format: unknown export format '{format}'; known: hf")
+        if format not in ("hf", "peft"):
+            raise NlpkitError(f"--format: unknown export format '{format}'; known: hf, peft")
         target = Path(folder)
         if target.exists() and not target.is_dir():
             raise NlpkitError(f"{target} is a file; export writes a folder")
@@ -171,21 +183,41 @@ class LoadedModel:
                               f"pass --overwrite to replace it")
         source_file = self.path / SOURCE_CHECKPOINT_FILE
         source = json.loads(source_file.read_text(encoding="utf-8")) if source_file.is_file() else {}
+        adapters = self._adapter_section(source) if format == "peft" else None
         registries = self.plugin_set.registries
         family = self.task.checkpoint_family or infer_family(self.model.backbone.config, registries=registries)
         spec = self.task.hf_head(family) if isinstance(self.task, ExportsToTransformers) else None
         if spec is None:
             raise NlpkitError(f"task '{self.task.name}' (with these options) has no transformers head for {family} "
                               f"checkpoints, so it cannot be exported in Hugging Face format")
-        head_state = self.model.head.state_dict()
-        extra = {hf_name: head_state[name] for name, hf_name in spec.weights.items()}
-        hf_config = {**source.get("config", {}), **spec.config, "architectures": [spec.architecture]}
         with staged_folder(target) as staging:
-            save_pretrained(self.model.backbone, staging, family, extra, hf_config, registries=registries)
+            if adapters is not None:
+                from safetensors.torch import load_file
+
+                from nlpkit.adapters import save_peft_adapter
+
+                # The run's own file holds the adapters as trained (the loaded model has them merged).
+                saved = load_file(str(self.path / WEIGHTS_FILE))
+                save_peft_adapter(self.model, saved, adapters, family, spec, source["folder"], staging, registries)
+            else:
+                head_state = self.model.head.state_dict()
+                extra = {hf_name: head_state[name] for name, hf_name in spec.weights.items()}
+                hf_config = {**source.get("config", {}), **spec.config, "architectures": [spec.architecture]}
+                save_pretrained(self.model.backbone, staging, family, extra, hf_config, registries=registries)
             self.task.tokenizer.save(staging)
             for stale in held:  # an old shard or .bin would be read before (or beside) the new weights
                 stale.unlink()
         return target
+
+    def _adapter_section(self, source: dict[str, Any]) -> PeftSection:
+        """The run's ``peft:`` section; refused for a run without adapters, or without a base checkpoint for them."""
+        if self.recipe.peft is None:
+            raise NlpkitError(f"--adapter: {self.path} is not a LoRA run (its recipe has no peft: section); "
+                              f"export the model with --merge")
+        if self.recipe.backbone.pretrained is None or not isinstance(source.get("folder"), str):
+            raise NlpkitError(f"--adapter: {self.path} trained its adapters on a backbone it built itself (no "
+                              f"backbone.pretrained), so no checkpoint can take them; export the model with --merge")
+        return self.recipe.peft
 
     def evaluate(self, data: str | Path, format: str | None = None, batch_size: int = 32) -> dict[str, float]:
         """Score the model on a labelled file with the task's loss and metrics.
@@ -337,7 +369,7 @@ class PretrainedModel:
 
 
 # What makes a folder a model to transformers and to nlpkit: export refuses to mix its files with these.
-_MODEL_FILE_PATTERNS = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json", "*.bin",
+_MODEL_FILE_PATTERNS = ("config.json", "adapter_config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json", "*.bin",
                         "*.bin.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                         "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "*.model", "*.spm")
 

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 
 __all__ = ["Task", "TaskModel", "Backbone", "BackboneOutputs", "BackboneConfig", "TaskTokenizer", "GeneratesText", "ExportsToTransformers", "HFHead",
-           "HeadShape", "family_head", "head_layers", "head_weights", "NoOptions", "pad", "NlpkitError"]
+           "HeadShape", "family_head", "head_layers", "head_weights", "shaped_hf_head", "NoOptions", "pad", "NlpkitError"]
 
 
 @dataclass
@@ -67,11 +67,15 @@ class HFHead:
         weights: head parameter name (``dense.weight``) -> checkpoint tensor name
             without the base-model prefix (``pooler.dense.weight``).
         config: ``config.json`` entries the head class reads (``num_labels``, ``id2label`` ...).
+        inside_base_model: the checkpoint names among ``weights`` that the
+            class keeps inside its base model (BERT's ``pooler.dense.weight``
+            is ``bert.pooler.dense.weight`` there); the others are top-level.
     """
 
     architecture: str
     weights: dict[str, str]
     config: dict[str, Any]
+    inside_base_model: tuple[str, ...] = ()
 
 
 def family_head(family: str | None, kind: str) -> HeadShape | None:
@@ -120,6 +124,13 @@ def head_weights(shape: HeadShape) -> dict[str, str]:
             layers.append(("norm", shape.norm, shape.norm_bias))
     return {f"{ours}.{parameter}": f"{theirs}.{parameter}" for ours, theirs, bias in layers
             for parameter in (("weight", "bias") if bias else ("weight",))}
+
+
+def shaped_hf_head(shape: HeadShape, config: dict[str, Any]) -> HFHead:
+    """The :class:`HFHead` of a :func:`head_layers` head laid out as ``shape``, with the class's ``config``."""
+    weights = head_weights(shape)
+    inside = tuple(theirs for theirs in weights.values() if theirs.rpartition(".")[0] in shape.inside_base_model)
+    return HFHead(shape.architecture, weights, config, inside_base_model=inside)
 
 
 class BackboneOutputs(Protocol):

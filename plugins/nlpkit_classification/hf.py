@@ -10,7 +10,7 @@ offers it.
 
 from __future__ import annotations
 
-from nlpkit.tasks import HeadShape, HFHead, family_head, head_weights
+from nlpkit.tasks import HeadShape, HFHead, family_head, shaped_hf_head
 
 # nlpkit's own layout, for backbones whose family has no classification class.
 OWN_LAYOUT = HeadShape("", "classifier", "pooler.dense", "tanh")
@@ -33,4 +33,4 @@ def sequence_classification_head(family: str, labels: list[str], multi_label: bo
         "problem_type": "multi_label_classification" if multi_label else "single_label_classification",
         **{key: value.format(pooling=pooling) if isinstance(value, str) else value for key, value in shape.config.items()},
     }
-    return HFHead(shape.architecture, head_weights(shape), config)
+    return shaped_hf_head(shape, config)

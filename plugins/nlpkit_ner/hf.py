@@ -8,7 +8,7 @@ class has one (ModernBERT's ``head``).
 
 from __future__ import annotations
 
-from nlpkit.tasks import HFHead, family_head, head_weights
+from nlpkit.tasks import HFHead, family_head, shaped_hf_head
 
 
 def token_classification_head(family: str, labels: list[str]) -> HFHead | None:
@@ -22,4 +22,4 @@ def token_classification_head(family: str, labels: list[str]) -> HFHead | None:
         "label2id": {label: i for i, label in enumerate(labels)},
         **shape.config,
     }
-    return HFHead(shape.architecture, head_weights(shape), config)
+    return shaped_hf_head(shape, config)

@@ -9,7 +9,7 @@ and an end score, after a transform where the family's class has one
 
 from __future__ import annotations
 
-from nlpkit.tasks import HFHead, family_head, head_weights
+from nlpkit.tasks import HFHead, family_head, shaped_hf_head
 
 
 def question_answering_head(family: str) -> HFHead | None:
@@ -20,4 +20,4 @@ def question_answering_head(family: str) -> HFHead | None:
     # qa_outputs has config.num_labels outputs: two, whatever a fine-tuned source checkpoint had.
     config = {"num_labels": 2, "id2label": {0: "LABEL_0", 1: "LABEL_1"}, "label2id": {"LABEL_0": 0, "LABEL_1": 1},
               **shape.config}
-    return HFHead(shape.architecture, head_weights(shape), config)
+    return shaped_hf_head(shape, config)

@@ -18,6 +18,10 @@ import sys
 from pathlib import Path
 
 import yaml
+from safetensors.torch import load_file
+
+from nlpkit.testing import tiny_classification_data, tiny_classification_rows, tiny_recipe, tiny_tokenizer
+from tests.helpers import save_tiny_bert
 
 NLPKIT = str(Path(sys.executable).parent / "nlpkit")
 REPO = Path(__file__).resolve().parents[2]
@@ -63,3 +67,37 @@ def test_quickstart_on_two_processes_trains_each_on_half_the_data_into_the_same_
                                capture_output=True, text=True, timeout=300, env=env)
     assert predicted.returncode == 0, predicted.stderr
     assert json.loads(predicted.stdout)["label"] in ("business", "science", "sports", "world")
+
+
+def test_a_lora_run_on_two_processes_keeps_one_adapter_in_step(tmp_path):
+    # A tiny BERT folder with adapters on every Linear layer; the probe reports after the first step.
+    tokenizer = tiny_tokenizer([r["text"] for r in tiny_classification_rows(200, 0)], kind="wordpiece",
+                               vocab_size=200, max_length=64)
+    base = save_tiny_bert(tmp_path / "base", tokenizer)
+    recipe = tiny_recipe("ddp-probe", tiny_classification_data(tmp_path / "data"), tmp_path / "runs")
+    recipe.update(backbone={"pretrained": str(base)}, tokenizer={"max_length": 64},
+                  peft={"r": 4, "target_modules": ["all-linear"]})
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    env = {**os.environ, "NLPKIT_DDP_PROBE_DIR": str(probes),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(
+        [NLPKIT, "run", "recipe.yaml", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+         "trainer.enable_progress_bar=false", "--plugin", "ddp_probe"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "LoRA adapters:" in result.stderr + result.stdout
+
+    reports = {path.name: json.loads(path.read_text()) for path in probes.iterdir()}
+    assert sorted(reports) == ["rank-0.json", "rank-1.json"], reports
+    first, second = reports["rank-0.json"], reports["rank-1.json"]
+    assert first["world_size"] == 2 and first["train_data"] != second["train_data"]
+    assert first["weights"] == second["weights"]  # the adapters' gradients were averaged: one adapter
+
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    weights = load_file(run_dir / "model.safetensors")
+    assert {name.split(".")[0] for name in weights} == {"backbone", "head"}
+    assert all("lora_" in name for name in weights if name.startswith("backbone."))
+    assert any(weights[name].abs().max() > 0 for name in weights if "lora_B" in name)  # lora_B starts at zero

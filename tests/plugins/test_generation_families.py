@@ -50,7 +50,7 @@ def tokenizer() -> Any:
 
 def _pretrained(family: str, tokenizer: Any, folder: Path) -> Any:
     ids = {role: tokenizer.token_id(role) for role in ("bos", "eos", "pad")}
-    config = dict(FAMILIES[family].config, **CHANGES[family], vocab_size=tokenizer.vocab_size, max_position_embeddings=64,
+    config = dict(FAMILIES[family].config, **CHANGES.get(family, {}), vocab_size=tokenizer.vocab_size, max_position_embeddings=64,
                   bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"])
     reference = build(dataclasses.replace(FAMILIES[family], config=config))
     reference.save_pretrained(folder)

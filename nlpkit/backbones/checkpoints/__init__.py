@@ -68,7 +68,9 @@ __all__ = [
     "detect_family",
     "from_pretrained",
     "generation_defaults",
+    "head_class_prefix",
     "head_shape",
+    "hf_module_names",
     "infer_family",
     "load_checkpoint",
     "save_pretrained",
@@ -441,14 +443,7 @@ def save_pretrained(
     if mismatch:
         raise NlpkitError(f"cannot save this backbone as a {model_type} checkpoint: {mismatch}")
 
-    rules = module.rules(config)
-    state: dict[str, Tensor] = {}
-    for name, tensor in backbone.state_dict().items():
-        if name == "lm_head.weight" and config.tie_word_embeddings:
-            continue  # the token embedding holds it
-        state[hf_names(name, rules)[0].lstrip("/")] = tensor.detach()
-    if hasattr(module, "state_to_hf"):
-        state = module.state_to_hf(state, config)
+    state = _hf_state(backbone.state_dict(), config, module)
     for key, tensor in (extra_state or {}).items():
         if key in state:
             raise NlpkitError(f"extra_state tensor {key!r} has the name of a backbone weight")
@@ -462,6 +457,67 @@ def save_pretrained(
     os.chmod(out / WEIGHTS_FILE, file_mode())  # safetensors writes 0600, whatever the umask
     (out / CONFIG_FILE).write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
+
+
+def _hf_state(backbone_state: Mapping[str, Tensor], config: BackboneConfig, module: Family) -> dict[str, Tensor]:
+    """A backbone's weights under its family's names (base-model names; `/` head weights at the top)."""
+    rules = module.rules(config)
+    state: dict[str, Tensor] = {}
+    for name, tensor in backbone_state.items():
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue  # the token embedding holds it
+        state[hf_names(name, rules)[0].lstrip("/")] = tensor.detach()
+    if hasattr(module, "state_to_hf"):
+        state = module.state_to_hf(state, config)
+    return state
+
+
+def hf_module_names(backbone: nn.Module, family: str, *, registries: Registries | None = None) -> dict[str, str | None]:
+    """Each Linear layer of a backbone -> its module's full name in the family's `transformers` head class.
+
+    Full names: under the head class's base-model attribute (`bert.encoder.layer.0.attention.self.query`,
+    `model.layers.0.self_attn.q_proj`), as peft names the layers it adapts. None where the family fuses
+    the layer with others into one weight (GPT-2's `c_attn`, Phi-3's `qkv_proj`, ModernBERT's `Wqkv`)
+    or stores it elsewhere, so that no module of the class is that layer alone.
+
+    Raises:
+        NlpkitError: an unknown family.
+    """
+    module = _family(family, registries)
+    config: BackboneConfig = backbone.config  # type: ignore[assignment]
+    # On meta tensors: only the names matter, and fusing a 10 GB model's layers would copy them.
+    written = _hf_state({key: value.to("meta") for key, value in backbone.state_dict().items()}, config, module)
+    rules, prefix = module.rules(config), _head_class_prefix(family, module)
+    names: dict[str, str | None] = {}
+    for name, layer in backbone.named_modules():
+        if isinstance(layer, nn.Linear):
+            hf_weight = hf_names(f"{name}.weight", rules)[0]
+            kept = not hf_weight.startswith("/") and hf_weight in written
+            names[name] = prefix + hf_weight.removesuffix(".weight") if kept else None
+    return names
+
+
+def head_class_prefix(family: str, *, registries: Registries | None = None) -> str:
+    """The base-model attribute of a family's head classes (`bert.`, `roberta.`, `model.`; T5's none).
+
+    Raises:
+        NlpkitError: an unknown family.
+    """
+    return _head_class_prefix(family, _family(family, registries))
+
+
+def _family(family: str, registries: Registries | None) -> Family:
+    found = _registries(registries, lambda candidate: family in candidate.checkpoint_families)
+    if family not in found.checkpoint_families:
+        supported = ", ".join(found.checkpoint_families.names())
+        raise NlpkitError(f"unsupported model_type {family!r}; supported: {supported}")
+    module: Family = found.checkpoint_families.get(family)
+    return module
+
+
+def _head_class_prefix(family: str, module: Family) -> str:
+    prefixes: Mapping[str, str] = getattr(module, "HEAD_CLASS_PREFIXES", {})
+    return prefixes.get(family, module.PREFIXES[0] if module.PREFIXES else "")
 
 
 # ---------------------------------------------------------------------------

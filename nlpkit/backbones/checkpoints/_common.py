@@ -94,6 +94,9 @@ class HeadShape:
         config: `config.json` entries that make the class build this layout
             (the activation's key, the pooling's key: `{pooling}` is replaced
             by the pooling used).
+        inside_base_model: The head's layers the class keeps inside its base
+            model (BERT's `pooler.dense` is `bert.pooler.dense`); the others
+            sit at the class's top level.
     """
 
     architecture: str
@@ -106,6 +109,7 @@ class HeadShape:
     norm_bias: bool = True
     poolings: tuple[str, ...] = ("cls",)
     config: Mapping[str, Any] = field(default_factory=dict)
+    inside_base_model: tuple[str, ...] = ()
 
 
 class Family(Protocol):
@@ -121,7 +125,9 @@ class Family(Protocol):
     `model_type` and `config.json` fields (Gemma 3's `text_config`). An
     encoder family describes its task-head classes in `HEADS`: per model
     type, per head kind (`sequence_classification`, `token_classification`,
-    `question_answering`), a `HeadShape`.
+    `question_answering`), a `HeadShape`. Where its types' head classes name
+    their base model differently, `HEAD_CLASS_PREFIXES` maps each type to its
+    prefix there (`xlm-roberta`: `roberta.`); otherwise it is `PREFIXES[0]`.
     """
 
     @property

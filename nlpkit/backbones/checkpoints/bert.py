@@ -37,12 +37,15 @@ from nlpkit.backbones.checkpoints._common import (
 from nlpkit.backbones.config import BackboneConfig
 from nlpkit.errors import NlpkitError
 
-__all__ = ["ARCHITECTURES", "HEADS", "IGNORED", "MODEL_TYPES", "PREFIXES", "config_from_hf", "config_to_hf", "rules"]
+__all__ = ["ARCHITECTURES", "HEADS", "HEAD_CLASS_PREFIXES", "IGNORED", "MODEL_TYPES", "PREFIXES", "config_from_hf",
+           "config_to_hf", "rules"]
 
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra")
 ARCHITECTURES = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel",
                  "electra": "ElectraModel"}
 PREFIXES = ("bert.", "roberta.", "electra.")
+# The base model's attribute in each type's head classes (XLM-R's classes subclass RoBERTa's).
+HEAD_CLASS_PREFIXES = {"bert": "bert.", "roberta": "roberta.", "xlm-roberta": "roberta.", "electra": "electra."}
 # The config classes' defaults where ELECTRA's (the small discriminator's) differ from BERT's.
 _BERT_DEFAULTS = {"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072}
 _ELECTRA_DEFAULTS = {"hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024, "embedding_size": 128}
@@ -60,7 +63,8 @@ def _heads(stem: str, classification: HeadShape) -> dict[str, HeadShape]:
 # BERT pools with its base model's `pooler` (tanh); RoBERTa's head has its own tanh `classifier.dense`,
 # ELECTRA's the same layer with GELU (`ElectraClassificationHead`).
 HEADS = {
-    "bert": _heads("Bert", HeadShape("BertForSequenceClassification", "classifier", "pooler.dense", "tanh")),
+    "bert": _heads("Bert", HeadShape("BertForSequenceClassification", "classifier", "pooler.dense", "tanh",
+                                     inside_base_model=("pooler.dense",))),
     "roberta": _heads("Roberta", HeadShape("RobertaForSequenceClassification", "classifier.out_proj",
                                            "classifier.dense", "tanh")),
     "xlm-roberta": _heads("XLMRoberta", HeadShape("XLMRobertaForSequenceClassification", "classifier.out_proj",
