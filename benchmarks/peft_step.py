@@ -22,7 +22,7 @@ Sides:
   only; fused AdamW).
 - `peft-lora`: `AutoModelFor...from_pretrained(folder)` wrapped by
   `peft.get_peft_model` with the same `LoraConfig` (r 16, alpha 32, dropout
-  0.05; BERT's pooler and classifier trained whole as `modules_to_save`,
+  0 as peft's default, `--lora-dropout` for another; BERT's pooler and classifier trained whole as `modules_to_save`,
   as nlpkit's head is), fused AdamW on its trainable parameters.
 - `nlpkit-full` and `transformers-full`: the same models, every weight trained.
 
@@ -64,7 +64,8 @@ MODELS: dict[str, dict[str, Any]] = {
                        hf_targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
 }
 SIDES = ("nlpkit-lora", "peft-lora", "nlpkit-full", "transformers-full")
-RANK, ALPHA, DROPOUT = 16, 32, 0.05
+RANK, ALPHA = 16, 32
+DROPOUT = 0.0  # peft's default; --lora-dropout sets another
 LR, WEIGHT_DECAY, NUM_LABELS = 1e-4, 0.01, 2
 
 
@@ -102,7 +103,7 @@ def _batch(model: str) -> dict[str, Any]:
     return {"input_ids": ids[:, :-1], "attention_mask": mask, "labels": ids[:, 1:]}
 
 
-def _nlpkit_side(model: str, folder: Path, lora: bool, precision: str) -> tuple[Any, Any, Any]:
+def _nlpkit_side(model: str, folder: Path, lora: bool, precision: str, dropout: float) -> tuple[Any, Any, Any]:
     """nlpkit's backbone from the folder, the task plugin's head, forward and loss, TaskModule's optimizer."""
     from nlpkit.adapters import apply_adapters
     from nlpkit.backbones import from_pretrained
@@ -123,7 +124,7 @@ def _nlpkit_side(model: str, folder: Path, lora: bool, precision: str) -> tuple[
         task = LanguageModeling(LanguageModelingOptions(block_size=MODELS[model]["length"]), tokenizer=None)
     net = TaskModel(backbone, task.build_head(backbone.config))
     if lora:
-        apply_adapters(net.backbone, PeftSection(r=RANK, alpha=ALPHA, dropout=DROPOUT,
+        apply_adapters(net.backbone, PeftSection(r=RANK, alpha=ALPHA, dropout=dropout,
                                                  target_modules=MODELS[model]["targets"]))
     module = TaskModule(task, net, OptimizationSection(lr=LR, weight_decay=WEIGHT_DECAY))
     # configure_optimizers reads only these two trainer attributes.
@@ -137,7 +138,7 @@ def _nlpkit_side(model: str, folder: Path, lora: bool, precision: str) -> tuple[
     return net, optimizer, loss
 
 
-def _transformers_side(model: str, folder: Path, lora: bool) -> tuple[Any, Any, Any]:
+def _transformers_side(model: str, folder: Path, lora: bool, dropout: float) -> tuple[Any, Any, Any]:
     """The transformers class from the folder, wrapped by peft for LoRA; fused AdamW on what trains."""
     import torch
     import transformers
@@ -149,7 +150,7 @@ def _transformers_side(model: str, folder: Path, lora: bool) -> tuple[Any, Any, 
         import peft
 
         # nlpkit's BERT classification head is the pooler and the classifier: peft trains both whole too.
-        config = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT,
+        config = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=dropout,
                                  target_modules=MODELS[model]["hf_targets"],
                                  modules_to_save=["pooler"] if model == "bert-base" else None,
                                  task_type="SEQ_CLS" if model == "bert-base" else "CAUSAL_LM")
@@ -168,15 +169,15 @@ def _transformers_side(model: str, folder: Path, lora: bool) -> tuple[Any, Any, 
     return net, optimizer, loss
 
 
-def _build(side: str, model: str, folder: Path, precision: str) -> dict[str, Any]:
+def _build(side: str, model: str, folder: Path, precision: str, dropout: float) -> dict[str, Any]:
     import torch
 
     torch.manual_seed(0)
     lora = side.endswith("-lora")
     if side.startswith("nlpkit"):
-        net, optimizer, loss_fn = _nlpkit_side(model, folder, lora, precision)
+        net, optimizer, loss_fn = _nlpkit_side(model, folder, lora, precision, dropout)
     else:
-        net, optimizer, loss_fn = _transformers_side(model, folder, lora)
+        net, optimizer, loss_fn = _transformers_side(model, folder, lora, dropout)
     net.train()
     batch = _batch(model)
 
@@ -209,9 +210,9 @@ def _import_everything() -> float:
     return _rss_mib()
 
 
-def timing_child(model: str, folder: Path, precision: str, steps: int, warmup: int) -> dict[str, Any]:
+def timing_child(model: str, folder: Path, precision: str, steps: int, warmup: int, dropout: float) -> dict[str, Any]:
     _import_everything()
-    sides = {side: _build(side, model, folder, precision) for side in SIDES}
+    sides = {side: _build(side, model, folder, precision, dropout) for side in SIDES}
     times: dict[str, list[float]] = {side: [] for side in SIDES}
     losses: dict[str, list[float]] = {side: [] for side in SIDES}
     for i in range(warmup + steps):
@@ -224,9 +225,9 @@ def timing_child(model: str, folder: Path, precision: str, steps: int, warmup: i
             "params": {side: (sides[side]["trainable"], sides[side]["total"]) for side in SIDES}}
 
 
-def memory_child(side: str, model: str, folder: Path, precision: str, steps: int) -> dict[str, Any]:
+def memory_child(side: str, model: str, folder: Path, precision: str, steps: int, dropout: float) -> dict[str, Any]:
     rss_imports = _import_everything()
-    built = _build(side, model, folder, precision)
+    built = _build(side, model, folder, precision, dropout)
     for _ in range(steps):
         built["step"]()
     return {"rss_imports_mib": rss_imports, "state_mib": built["state_mib"](),
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (autocast)")
     parser.add_argument("--steps", type=int, default=3, help="measured steps per side")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured steps per side first")
+    parser.add_argument("--lora-dropout", type=float, default=DROPOUT, help="the adapters' dropout (default 0)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
@@ -258,10 +260,12 @@ def main(argv: list[str] | None = None) -> None:
         if precision not in ("fp32", "bf16"):
             parser.error(f"unknown precision {precision!r}; known: fp32, bf16")
     if options.child == "timing":
-        print(json.dumps(timing_child(models[0], options.folder, precisions[0], options.steps, options.warmup)))
+        print(json.dumps(timing_child(models[0], options.folder, precisions[0], options.steps, options.warmup,
+                                      options.lora_dropout)))
         return
     if options.child:
-        print(json.dumps(memory_child(options.child, models[0], options.folder, precisions[0], options.warmup + 1)))
+        print(json.dumps(memory_child(options.child, models[0], options.folder, precisions[0], options.warmup + 1,
+                                      options.lora_dropout)))
         return
 
     rows = []
@@ -271,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
             save_checkpoint(model, folder)
             for precision in precisions:
                 where = ["--models", model, "--precisions", precision, "--folder", str(folder),
-                         "--steps", str(options.steps), "--warmup", str(options.warmup)]
+                         "--steps", str(options.steps), "--warmup", str(options.warmup),
+                         "--lora-dropout", str(options.lora_dropout)]
                 run = _spawn(["--child", "timing", *where])
                 memory = {side: _spawn(["--child", side, *where]) for side in SIDES}
                 medians = {side: statistics.median(run["times"][side]) for side in SIDES}
