@@ -11,8 +11,6 @@ import csv
 import importlib.util
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,7 +31,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
 
 TRACKERS = ["tensorboard", "mlflow", "wandb"]
-NLPKIT = str(Path(sys.executable).parent / "nlpkit")
 
 
 # -- reading the run folder and the trackers' stores ----------------------------
@@ -248,21 +245,3 @@ def test_a_tracker_whose_package_is_missing_names_the_extra_to_install(recipe_fi
     assert_one_line_error(code, capsys.readouterr(), ["logging.trackers", f'pip install "nlpkit[{tracker}]"'])
     assert not (recipe_file.parent / "runs").exists()  # refused before any run folder was made
 
-
-@pytest.mark.slow
-def test_only_the_first_process_of_a_ddp_run_writes_to_the_trackers(tmp_path):
-    recipe = tiny_recipe("classification", tiny_classification_data(tmp_path / "data"), tmp_path / "runs")
-    recipe["trainer"].update(devices=2, strategy="ddp")
-    recipe["logging"] = {"trackers": ["tensorboard", "mlflow"]}
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    # Lightning starts the second process by running the same command again.
-    result = subprocess.run([NLPKIT, "run", "recipe.yaml"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-
-    (run_dir,) = (tmp_path / "runs").iterdir()
-    # One writer (events.out.tfevents.TIME.HOST.PID.N), and each point once, as in metrics.csv.
-    assert len({path.name.split(".")[4] for path in (run_dir / "tensorboard").glob("events.out.tfevents.*")}) == 1
-    scalars = tensorboard_scalars(run_dir)
-    for name, points in history(run_dir).items():
-        assert same_points(scalars[name], points), name
-    only_mlflow_run(mlflow_store(run_dir))
