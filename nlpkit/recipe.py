@@ -287,6 +287,18 @@ class MlflowSection:
     tracking_uri: str | None = None
     experiment: str | None = None  # default: the recipe's name
 
+    def __post_init__(self) -> None:
+        import os
+
+        uri = self.tracking_uri
+        # MLflow 3 refuses a folder as its store (a plain path or file: URI) unless told otherwise: say so now,
+        # not in a traceback once training has started.
+        if uri is not None and uri != "databricks" and (":" not in uri or uri.startswith("file:")) \
+                and not os.environ.get("MLFLOW_ALLOW_FILE_STORE"):
+            raise ValueError(f"tracking_uri: MLflow keeps runs in a database or on a server, not in a folder "
+                             f"({uri!r}); give sqlite:///PATH/mlflow.db or a server's http(s):// address, "
+                             f"or leave it unset for the run folder's mlflow.db")
+
 
 @dataclass
 class WandbSection:

@@ -245,3 +245,9 @@ def test_a_tracker_whose_package_is_missing_names_the_extra_to_install(recipe_fi
     assert_one_line_error(code, capsys.readouterr(), ["logging.trackers", f'pip install "nlpkit[{tracker}]"'])
     assert not (recipe_file.parent / "runs").exists()  # refused before any run folder was made
 
+
+
+@pytest.mark.parametrize("folder", ["./mlruns", "file:///tmp/mlruns"])
+def test_an_mlflow_folder_store_is_refused_before_the_run(recipe_file, capsys, folder):
+    code = main(["check", str(recipe_file), "logging.trackers=[mlflow]", f"logging.mlflow.tracking_uri={folder}"])
+    assert_one_line_error(code, capsys.readouterr(), ["logging.mlflow.tracking_uri", "sqlite:///PATH/mlflow.db"])
