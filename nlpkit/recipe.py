@@ -39,6 +39,7 @@ __all__ = [
     "OptimizationSection",
     "TrainingSection",
     "EarlyStoppingSection",
+    "LoggingSection",
     "load_recipe",
     "read_recipe_file",
     "apply_overrides",
@@ -62,7 +63,7 @@ _TRAINER_KEYS_OWNED = {
     "accumulate_grad_batches": "optimization.accumulate_grad_batches",
     "default_root_dir": "output_dir",
     "callbacks": "training.early_stopping / training.monitor",
-    "logger": "the run folder's metrics.csv",
+    "logger": "logging.trackers (metrics.csv is always written)",
     "enable_checkpointing": "training.monitor",
     "plugins": "nothing: recipes never name code",
 }
@@ -274,6 +275,59 @@ class TrainingSection:
             raise ValueError(f"max_steps: expected -1 (no limit) or an integer >= 1, got {self.max_steps}")
 
 
+# The trackers logging.trackers may name, each with the package it needs (installed by the extra of
+# the same name: nlpkit[tensorboard] ...). csv needs none: the run's metrics.csv is always written.
+TRACKER_PACKAGES = {"csv": None, "tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+@dataclass
+class MlflowSection:
+    """Where MLflow keeps the run: a tracking URI (default: ``sqlite:///RUN/mlflow.db`` in the run folder)."""
+
+    tracking_uri: str | None = None
+    experiment: str | None = None  # default: the recipe's name
+
+    def __post_init__(self) -> None:
+        import os
+
+        uri = self.tracking_uri
+        # MLflow 3 refuses a folder as its store (a plain path or file: URI) unless told otherwise: say so now,
+        # not in a traceback once training has started.
+        if uri is not None and uri != "databricks" and (":" not in uri or uri.startswith("file:")) \
+                and not os.environ.get("MLFLOW_ALLOW_FILE_STORE"):
+            raise ValueError(f"tracking_uri: MLflow keeps runs in a database or on a server, not in a folder "
+                             f"({uri!r}); give sqlite:///PATH/mlflow.db or a server's http(s):// address, "
+                             f"or leave it unset for the run folder's mlflow.db")
+
+
+@dataclass
+class WandbSection:
+    """The Weights & Biases run: offline (no account needed; ``wandb sync`` uploads it later) unless ``online``."""
+
+    project: str | None = None  # default: the recipe's name
+    entity: str | None = None
+    mode: Literal["offline", "online"] = "offline"
+
+
+@dataclass
+class LoggingSection:
+    """Experiment trackers that get the run's metrics and recipe, beside its metrics.csv (``nlpkit/training/trackers.py``)."""
+
+    trackers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = field(default_factory=list)
+    mlflow: MlflowSection = field(default_factory=MlflowSection)
+    wandb: WandbSection = field(default_factory=WandbSection)
+
+    def __post_init__(self) -> None:
+        import importlib.util
+
+        for name in self.trackers:
+            if self.trackers.count(name) > 1:
+                raise ValueError(f"trackers: '{name}' is named twice")
+            package = TRACKER_PACKAGES[name]
+            if package is not None and importlib.util.find_spec(package) is None:
+                raise ValueError(f'trackers: {name} needs the {package} package: pip install "nlpkit[{name}]"')
+
+
 @dataclass
 class Recipe:
     """A whole, validated experiment. Paths are absolute once loaded."""
@@ -286,6 +340,7 @@ class Recipe:
     training: TrainingSection = field(default_factory=TrainingSection)
     trainer: dict[str, Any] = field(default_factory=dict)
     peft: PeftSection | None = None
+    logging: LoggingSection = field(default_factory=LoggingSection)
     output_dir: str = "runs"
     name: str | None = None
     # The task's own section, stored under the task's name in YAML; a dataclass

@@ -58,7 +58,8 @@ class TaskModule(pl.LightningModule):
         self.task = task
         self.model = model
         self.optimization = optimization
-        self.save_hyperparameters({"recipe": recipe or {}})
+        # Not sent to the loggers: nlpkit.training.trackers logs the recipe, flattened, where each tracker keeps it.
+        self.save_hyperparameters({"recipe": recipe or {}}, logger=False)
         # MetricCollection takes a dict of metrics or collections (dict is invariant: say so).
         metrics: dict[str, Metric | MetricCollection] = {**task.metrics()}
         if metrics:

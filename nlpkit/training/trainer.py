@@ -91,6 +91,7 @@ def _trainer(recipe: Recipe, run: RunFolder, resumed_recipe: dict[str, Any] | No
 
     from nlpkit.training.checkpoints import AtomicCheckpointIO, LatestCheckpoint
     from nlpkit.training.history import RunHistory, RunHistoryLogger
+    from nlpkit.training.trackers import TrackerRun, build_trackers
 
     training = recipe.training
     mode = training.monitor_mode
@@ -106,6 +107,9 @@ def _trainer(recipe: Recipe, run: RunFolder, resumed_recipe: dict[str, Any] | No
     )
     logger = RunHistoryLogger(run.path)
     callbacks: list[Any] = [RunHistory(logger, run.path, resumed_recipe)]
+    trackers = build_trackers(recipe, run.path)
+    if trackers:
+        callbacks.append(TrackerRun(resumed_recipe or run.read_recipe(), run.path, resumed_recipe is not None))
     recent = None
     if training.average_checkpoints:
         # The ends of the last N epochs, on disk (so a resumed run still has them): train()
@@ -145,7 +149,7 @@ def _trainer(recipe: Recipe, run: RunFolder, resumed_recipe: dict[str, Any] | No
         gradient_clip_val=recipe.optimization.grad_clip,
         accumulate_grad_batches=recipe.optimization.accumulate_grad_batches,
         log_every_n_steps=training.log_every_n_steps,
-        logger=logger,
+        logger=[logger, *trackers],  # metrics.csv first: Lightning's trainer.log_dir is the first logger's
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         **recipe.trainer,
@@ -260,6 +264,7 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
 
     from nlpkit.training.datamodule import TaskDataModule
     from nlpkit.training.module import TaskModule
+    from nlpkit.training.trackers import finish_trackers
 
     quiet_lightning()
     registries = plugin_set.registries
@@ -321,6 +326,7 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
             adapters_only = recipe.peft is not None and recipe.backbone.pretrained is not None
             run.save_weights(model, leave_out=base_weight_names(model) if adapters_only else None)
             run.write_json(METRICS_FILE, metrics)
+            finish_trackers(trainer, metrics)
             run.mark_finished()
     except BaseException as error:
         if created:  # the process that made the folder; the others of a multi-process run joined it
@@ -348,10 +354,10 @@ def _abandon(run: RunFolder, error: BaseException) -> None:
     log.error("nlpkit: %s", what)
 
 
-# Fields a resumed run may change: how long it trains, on what hardware, and the
-# naming of a new run folder (the resumed run keeps its own).
+# Fields a resumed run may change: how long it trains, on what hardware, where it is tracked,
+# and the naming of a new run folder (the resumed run keeps its own).
 _RUN_NAMING = ("name", "output_dir")
-_RESUMABLE_CHANGES = ("training.epochs", "training.max_steps", "trainer.", *_RUN_NAMING)
+_RESUMABLE_CHANGES = ("training.epochs", "training.max_steps", "trainer.", "logging.", *_RUN_NAMING)
 
 
 def checkpoint_to_resume(run: RunFolder, resolved: dict[str, Any]) -> Path:
@@ -372,7 +378,7 @@ def checkpoint_to_resume(run: RunFolder, resolved: dict[str, Any]) -> Path:
         if flat_before.get(key) != flat_after.get(key) and not key.startswith(_RESUMABLE_CHANGES):
             raise NlpkitError(
                 f"--resume: the recipe's {key} is {flat_after.get(key)!r} but the run in {run.path} was trained with "
-                f"{flat_before.get(key)!r}; only training.epochs, training.max_steps and trainer.* may change"
+                f"{flat_before.get(key)!r}; only training.epochs, training.max_steps, trainer.* and logging.* may change"
             )
     try:
         newest = latest_checkpoint(run.checkpoint_dir)
