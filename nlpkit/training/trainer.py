@@ -223,8 +223,8 @@ def _is_global_zero(recipe: Recipe) -> bool:
     quiet = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     level, quiet.level = quiet.level, logging.WARNING  # its "GPU available" lines come with the real Trainer
     try:
-        probe = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                           enable_model_summary=False, **recipe.trainer)
+        probe = pl.Trainer(**{**recipe.trainer, "logger": False, "enable_checkpointing": False,
+                              "enable_progress_bar": False, "enable_model_summary": False})
     finally:
         quiet.setLevel(level)
     return probe.is_global_zero
