@@ -27,14 +27,18 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
+from rich.progress import BarColumn
 from typing_extensions import override
 
 from nlpkit.recipe import Recipe
+
+if TYPE_CHECKING:
+    from nlpkit.training.module import TaskModule
 
 __all__ = ["ConsoleOptions", "console_callbacks", "Throughput", "RunConsole", "RichBar", "TqdmBar",
            "TOKENS_PER_SECOND"]
@@ -50,6 +54,11 @@ def _count(number: float) -> str:
         if abs(number) >= size:
             return f"{number / size:.3g}{suffix}"
     return f"{number:.0f}"
+
+
+def _heading(metric: str) -> str:
+    """A validation table heading: the losses as they are logged, the task's metrics without ``val_``."""
+    return metric if metric.endswith("_loss") else metric.removeprefix("val_")
 
 
 def _duration(seconds: float) -> str:
@@ -96,7 +105,7 @@ class Throughput(pl.Callback):
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        tokens = pl_module.task.batch_tokens(batch)  # type: ignore[operator]  # TaskModule.task
+        tokens = cast("TaskModule", pl_module).task.batch_tokens(batch)
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize()  # kernels run asynchronously: the batch has ended only once they have
         now = time.perf_counter()
@@ -119,7 +128,43 @@ def _bar_items(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 class RichBar(RichProgressBar):
-    """Lightning's rich progress bar (elapsed and remaining time of the epoch) with the loss and tokens/s."""
+    """Lightning's rich progress bar (elapsed and remaining time of the epoch) with the loss and tokens/s.
+
+    Its batches/s column is left out (tokens/s says how fast) and its bar
+    sized so that the whole line stays short of the terminal's width: a line
+    of exactly that width wraps in some terminals and the bar, redrawn, then
+    overwrites the line above it.
+    """
+
+    REDRAW_EVERY_S = 0.1
+
+    _drawn = 0.0
+
+    @override
+    def refresh(self, hard: bool = False) -> None:
+        # Redrawn here, in the training loop's thread, never by Lightning's refresh thread: a redraw
+        # from that thread can interleave with a message printed above the bar (the validation
+        # table's rows) and leave a stale copy of the bar in place of the message.
+        now = time.monotonic()
+        if self.progress is not None and (hard or now - self._drawn >= self.REDRAW_EVERY_S):
+            self.progress.refresh()
+            self._drawn = now
+
+    @override
+    def configure_columns(self, trainer: pl.Trainer) -> list:
+        columns = [column for column in super().configure_columns(trainer)
+                   if type(column).__name__ != "ProcessingSpeedColumn"]
+        epochs = trainer.max_epochs - 1 if trainer.max_epochs and trainer.max_epochs > 0 else 0
+        batches = trainer.num_training_batches
+        rest = (max(len(f"Epoch {epochs}/{epochs}"), len(self.validation_description))  # the description
+                + 2 * len(str(batches if math.isfinite(batches) else 0)) + 1  # 12/345
+                + len("0:00:00 • 0:00:00") + len("loss: 0.000 tokens/s: 123k")
+                + len(columns) + 1)  # the spaces between columns, and one to spare
+        width = self._console.width if self._console is not None else 80
+        for column in columns:
+            if isinstance(column, BarColumn):
+                column.bar_width = max(5, min(40, width - rest))
+        return columns
 
     @override
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
@@ -167,9 +212,9 @@ class RunConsole(pl.Callback):
 
     def start_block(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[str]:
         """The lines that describe the run about to train."""
-        recipe, task = self.recipe, pl_module.task  # type: ignore[union-attr]  # TaskModule.task
-        model: torch.nn.Module = pl_module.model  # type: ignore[assignment]  # TaskModule.model
-        config = model.backbone.config  # type: ignore[union-attr]
+        module = cast("TaskModule", pl_module)
+        recipe, task, model = self.recipe, module.task, module.model
+        config = model.backbone.config
         parameters = list(model.parameters())
         total = sum(p.numel() for p in parameters)
         trainable = sum(p.numel() for p in parameters if p.requires_grad)
@@ -178,8 +223,9 @@ class RunConsole(pl.Callback):
         lines = [
             ("run folder", str(self.run_dir)),
             ("task", recipe.task),
-            ("backbone", f"{origin}: {config.kind}, {config.num_layers} layer{'s' if config.num_layers != 1 else ''}, hidden {config.hidden_size}, "
-                         f"{_count(total)} parameters, {_count(trainable)} trainable"),
+            ("backbone", f"{origin}: {config.kind}, {config.num_layers} layer{'s' if config.num_layers != 1 else ''}, "
+                         f"hidden {config.hidden_size}"),
+            ("parameters", f"{_count(total)}, {_count(trainable)} trainable"),
             ("precision", precision),
             ("devices", self._devices(trainer)),
             ("data", self._data(trainer, task)),
@@ -202,7 +248,7 @@ class RunConsole(pl.Callback):
 
     @staticmethod
     def _data(trainer: pl.Trainer, task: Any) -> str:
-        datamodule = trainer.datamodule  # type: ignore[attr-defined]
+        datamodule = trainer.datamodule
         splits, features = getattr(datamodule, "splits", {}), getattr(datamodule, "features", {})
         parts = []
         for name, split in splits.items():
@@ -242,14 +288,15 @@ class RunConsole(pl.Callback):
         if not self._columns:
             # The task's own metrics (its class's names: those a recipe may monitor), not the
             # per-label or per-type scores an instance adds; metrics.csv holds those.
-            names = ["train_loss", "val_loss", *(f"val_{name}" for name in type(pl_module.task).metric_names)]  # type: ignore[union-attr]
+            task = cast("TaskModule", pl_module).task
+            names = ["train_loss", "val_loss", *(f"val_{name}" for name in type(task).metric_names)]
             self._columns = [name for name in names if name in metrics]
-            log.info("  ".join(["epoch", "  step", "    time", *(f"{name:>10}" for name in self._columns),
-                                "  tokens/s"]))
-        row = [f"{trainer.current_epoch:>5}", f"{trainer.global_step:>6}", f"{_duration(time.monotonic() - self._started):>8}"]
-        row += [f"{metrics[name]:>{max(10, len(name))}.4f}" if name in metrics else f"{'-':>{max(10, len(name))}}"
-                for name in self._columns]
-        row.append(f"{_count(metrics[TOKENS_PER_SECOND]) if TOKENS_PER_SECOND in metrics else '-':>10}")
+            log.info("  ".join(["epoch", "  step", "   time", *(f"{_heading(name):>8}" for name in self._columns),
+                                "tokens/s"]))
+        row = [f"{trainer.current_epoch:>5}", f"{trainer.global_step:>6}", f"{_duration(time.monotonic() - self._started):>7}"]
+        row += [f"{metrics[name]:>{max(8, len(_heading(name)))}.4f}" if name in metrics
+                else f"{'-':>{max(8, len(_heading(name)))}}" for name in self._columns]
+        row.append(f"{_count(metrics[TOKENS_PER_SECOND]) if TOKENS_PER_SECOND in metrics else '-':>8}")
         log.info("  ".join(row))
 
 

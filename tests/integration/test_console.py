@@ -43,6 +43,12 @@ def assert_no_lightning_chatter(text: str) -> None:
         assert chatter not in text, f"{chatter!r} in:\n{text}"
 
 
+def count(text: str) -> float:
+    """'1.23M' -> 1230000.0."""
+    scale = {"k": 1e3, "M": 1e6, "B": 1e9}.get(text[-1], 1)
+    return float(text[:-1] if scale != 1 else text) * scale
+
+
 def history(run_dir: Path) -> list[dict[str, str]]:
     with (run_dir / "metrics.csv").open(newline="") as file:
         return [{key: value for key, value in row.items() if value} for row in csv.DictReader(file)]
@@ -79,14 +85,16 @@ def test_the_quickstart_console_fits_on_one_screen_without_lightnings_chatter(qu
 
 def test_the_start_block_describes_the_run(quickstart):
     result, run_dir = quickstart
-    block = {line[:11].strip(): line[12:] for line in result.stderr.splitlines()[:8]}
+    block = {line[:11].strip(): line[12:] for line in result.stderr.splitlines()[:9]}
     recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
     assert block["run folder"] == str(run_dir)
     assert block["task"] == "classification"
     parameters = sum(tensor.numel() for tensor in load_file(run_dir / "model.safetensors").values())
     config = json.loads((run_dir / "backbone.json").read_text())
-    assert block["backbone"] == (f"encoder-tiny: encoder, {config['num_layers']} layers, hidden {config['hidden_size']}, "
-                                 f"{parameters / 1e6:.3g}M parameters, {parameters / 1e6:.3g}M trainable")
+    assert block["backbone"] == f"encoder-tiny: encoder, {config['num_layers']} layers, hidden {config['hidden_size']}"
+    shown, trainable = block["parameters"].removesuffix(" trainable").split(", ")
+    # Counts to 3 significant digits (1.23M, 812k): all of the model's weights, all of them trained.
+    assert shown == trainable and count(shown) == pytest.approx(parameters, rel=5e-3)
     assert block["precision"] == f"{recipe['training']['precision']} (auto)"
     assert block["devices"] == "1 x cpu"
     assert block["data"] == "train 3,000, validation 500, test 500 examples"
@@ -98,13 +106,13 @@ def test_each_validation_is_a_row_of_the_table_with_the_throughput(quickstart):
     lines = result.stderr.splitlines()
     (header_at,) = [i for i, line in enumerate(lines) if line.split()[:3] == ["epoch", "step", "time"]]
     header = lines[header_at].split()
-    assert header == ["epoch", "step", "time", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "tokens/s"]
+    assert header == ["epoch", "step", "time", "train_loss", "val_loss", "accuracy", "macro_f1", "tokens/s"]
     rows = [dict(zip(header, line.split())) for line in lines[header_at + 1:header_at + 5]]
     validations = [row for row in history(run_dir) if "val_loss" in row][:4]  # the 4 epochs' (then the final one)
     assert [(row["epoch"], row["step"]) for row in rows] == [("0", "3"), ("1", "6"), ("2", "9"), ("3", "12")]
     for shown, logged in zip(rows, validations):
-        for name in ("val_loss", "val_accuracy", "val_macro_f1"):
-            assert float(shown[name]) == pytest.approx(float(logged[name]), abs=5e-5)
+        for name in ("val_loss", "accuracy", "macro_f1"):
+            assert float(shown[name]) == pytest.approx(float(logged[name if name == "val_loss" else f"val_{name}"]), abs=5e-5)
     # Throughput: logged with the training loss, and shown in the table.
     rates = [float(row["train_tokens_per_second"]) for row in history(run_dir) if "train_tokens_per_second" in row]
     assert rates and min(rates) > 0
@@ -145,11 +153,12 @@ def test_the_progress_bar_in_a_terminal_shows_tokens_per_second(tmp_path):
         pytest.skip("needs tmux (apt-get install tmux)")
     recipe = tiny_run_recipe(tmp_path, epochs=200)  # long enough to be looked at mid-epoch
     session = f"nlpkit-console-{tmp_path.name}"
-    command = f"{NLPKIT} run {recipe} 2>&1; sleep 600"
-    subprocess.run([tmux, "new-session", "-d", "-s", session, "-x", "160", "-y", "40", "-c", str(tmp_path), command],
+    # An 80-column terminal, its size told by the terminal itself (not by COLUMNS / LINES inherited from here).
+    command = f"env -u COLUMNS -u LINES {NLPKIT} run {recipe}; sleep 600"
+    subprocess.run([tmux, "new-session", "-d", "-s", session, "-x", "80", "-y", "40", "-c", str(tmp_path), command],
                    check=True)
     try:
-        deadline, screen = time.monotonic() + 180, ""
+        deadline, screen = time.monotonic() + 120, ""
         while time.monotonic() < deadline:
             screen = subprocess.run([tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
             bars = [line for line in screen.splitlines() if line.startswith("Epoch ") and "tokens/s: " in line]
