@@ -248,7 +248,7 @@ class RunConsole(pl.Callback):
 
     @staticmethod
     def _data(trainer: pl.Trainer, task: Any) -> str:
-        datamodule = trainer.datamodule
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning, not declared
         splits, features = getattr(datamodule, "splits", {}), getattr(datamodule, "features", {})
         parts = []
         for name, split in splits.items():

@@ -17,6 +17,7 @@ from pathlib import Path
 import nlpkit
 from nlpkit.cli import main
 from nlpkit.run_table import list_runs
+from tests.helpers import sentiment_rows, tiny_recipe, write_csv
 from tests.integration.test_resume import (ASSET_PLUGINS, NLPKIT, classification_recipe, failing_recipe, only_run,
                                            write_recipe)
 
@@ -39,14 +40,23 @@ def statuses(runs: Path) -> dict[str, str]:
 
 def test_runs_shows_running_finished_interrupted_and_failed(tmp_path, monkeypatch, capsys):
     runs = tmp_path / "runs"
+    # One training at a time: the runs that end first, then each background run in turn.
+    data = {"train": str(write_csv(tmp_path / "small.csv", sentiment_rows(80, 1))),
+            "validation": str(write_csv(tmp_path / "small-dev.csv", sentiment_rows(20, 2)))}
+    nlpkit.run(tiny_recipe(tmp_path, data=data, training={"epochs": 1}), ["name=finished"])
+    monkeypatch.syspath_prepend(str(ASSET_PLUGINS))
+    failing = write_recipe(tmp_path, failing_recipe(tmp_path, fail_at_step=6, fail_with="user"))
+    assert main(["run", "--plugin", "toy_failing", str(failing), "name=failed"]) == 2
+    capsys.readouterr()
+    assert statuses(runs) == {"finished": "finished", "failed": "failed"}
+
     # 125 steps an epoch for many epochs: mid-training for as long as the test looks.
     long_recipe = classification_recipe(tmp_path, epochs=50)
-
     killed, _ = start_run(long_recipe, "killed", runs)
-    assert statuses(runs) == {"killed": "running"}
+    assert statuses(runs)["killed"] == "running"
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait()
-    assert statuses(runs) == {"killed": "interrupted"}
+    assert statuses(runs)["killed"] == "interrupted"
 
     stopped, _ = start_run(long_recipe, "stopped", runs)
     stopped.send_signal(signal.SIGINT)  # Ctrl-C: Lightning stops, the folder keeps its checkpoints
@@ -54,15 +64,6 @@ def test_runs_shows_running_finished_interrupted_and_failed(tmp_path, monkeypatc
 
     running, _ = start_run(long_recipe, "running", runs)
     try:
-        finished = tmp_path / "finished"
-        finished.mkdir()
-        nlpkit.run(str(classification_recipe(finished, epochs=1)), [f"output_dir={runs}", "name=finished"])
-
-        monkeypatch.syspath_prepend(str(ASSET_PLUGINS))
-        failing = write_recipe(tmp_path, failing_recipe(tmp_path, fail_at_step=6, fail_with="user"))
-        assert main(["run", "--plugin", "toy_failing", str(failing), f"output_dir={runs}", "name=failed"]) == 2
-        capsys.readouterr()
-
         assert statuses(runs) == {"killed": "interrupted", "stopped": "interrupted", "running": "running",
                                   "finished": "finished", "failed": "failed"}
         rows = {row.name.rsplit("-", 2)[0]: row for row in list_runs(runs)}
