@@ -30,7 +30,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     plugin_set = _plugins(args)
     recipe = load_recipe(args.recipe, args.overrides, plugin_set.registries)
-    result = train(recipe, plugin_set, resume=args.resume)
+    result = train(recipe, plugin_set, resume=args.resume, quiet=args.quiet)
     if not result.primary:  # the other processes of a multi-process run stay quiet
         return 0
     print(f"run folder: {result.run_dir}")
@@ -58,6 +58,30 @@ def cmd_check(args: argparse.Namespace) -> int:
         shown = ", ".join(map(str, value)) if isinstance(value, list) else value
         print(f"  {key:<10} {shown}")
     print(f"  output     {recipe.output_dir}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """List the runs in OUTPUT_DIR, newest first: name, task, backbone, status, best monitored metric, wall time.
+
+    Status: running (its process lives), finished, interrupted (its process
+    is gone without finishing: continue it with --resume), failed (it stopped
+    on an error; run.json says which). A run of another machine shows running
+    while its heartbeat is under 10 minutes old.
+    """
+    from nlpkit.run_table import list_runs, render_table, rows_as_json
+
+    rows = list_runs(args.output_dir)
+    if args.json:
+        print(rows_as_json(rows))
+    elif not rows:
+        print(f"no runs in {args.output_dir}")
+    else:
+        from rich.console import Console
+
+        console = Console()
+        # Piped into a file or another program: whole lines, not cut to 80 columns.
+        (console if console.is_terminal else Console(width=200, no_color=True)).print(render_table(rows))
     return 0
 
 
@@ -367,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("overrides", nargs="*", metavar="key.sub=value", help="change a recipe field")
         if name == "run":
             sub.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+            sub.add_argument("--quiet", action="store_true", help="print only the run folder and the final metrics")
+    sub = verb("runs", cmd_runs)
+    sub.add_argument("output_dir", nargs="?", default="runs", metavar="OUTPUT_DIR",
+                     help="the folder that holds the run folders (default: runs)")
+    sub.add_argument("--json", action="store_true", help="print the runs as a JSON list, for scripts")
     sub = verb("predict", cmd_predict)
     sub.add_argument("run_dir", help="a run folder")
     sub.add_argument("texts", nargs="*", metavar="TEXT",
@@ -413,13 +442,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging(quiet: bool) -> None:
+    """Messages as they are on standard error; in a terminal, above the progress bar.
+
+    A live progress bar redraws the last lines of the terminal: messages then
+    go through ``rich``'s handler on the bar's console, which prints them above
+    the bar instead of through it. ``quiet``: only warnings and errors.
+    """
+    handlers: list[logging.Handler] | None = None
+    if sys.stdout.isatty() and sys.stderr.isatty():
+        from rich import get_console
+        from rich.highlighter import NullHighlighter
+        from rich.logging import RichHandler
+
+        handlers = [RichHandler(console=get_console(), show_time=False, show_level=False, show_path=False,
+                                highlighter=NullHighlighter())]
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=handlers)
+    logging.getLogger("nlpkit").setLevel(logging.WARNING if quiet else logging.NOTSET)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nlpkit`` console script; returns the exit code (2: a user error)."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # a bad argument (code 2, one line printed) or --help (0)
         return int(stop.code or 0)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _configure_logging(quiet=getattr(args, "quiet", False))
     try:
         return args.function(args)
     except NlpkitError as error:

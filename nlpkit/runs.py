@@ -3,7 +3,8 @@
 Layout (format version 1)::
 
     RUN_DIR/
-      run.json                format version, task, creation time, package versions
+      run.json                format version, task, creation time, package versions, the training process
+                              (host, pid), its last sign of life and the end status
       recipe.yaml             the fully resolved recipe
       backbone.json           the backbone config
       task_state.json         what the task learnt from the data (its label set ...)
@@ -18,7 +19,10 @@ Layout (format version 1)::
 Every file is written to a temporary name, then renamed, so a crash never
 leaves a half-written file where a good one was. ``run.json`` says
 ``"status": "failed"`` (with the error) when a run failed after its first
-checkpoint; a run that failed before it leaves no folder.
+checkpoint; a run that failed before it leaves no folder. While a run trains,
+``run.json`` names its process (``"process": {"host", "pid", "start_ticks"}``)
+and its ``heartbeat`` (refreshed every minute), which ``nlpkit runs`` reads to
+tell a running run from an interrupted one (``nlpkit.run_table``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 import yaml
 
 from nlpkit._files import atomic_file, atomic_write, make_folder, read_text
+from nlpkit._process import this_process
 from nlpkit._yaml import load_yaml
 from nlpkit.errors import NlpkitError
 
@@ -52,6 +57,11 @@ LAST_CHECKPOINT = "last.ckpt"
 SAMPLES_FILE = "samples.txt"
 
 _PACKAGES = ("nlpkit", "torch", "pytorch-lightning", "torchmetrics", "datasets", "tokenizers", "pluggy", "safetensors")
+
+
+def utc_now() -> str:
+    """The time now, in UTC, as ISO 8601 with its offset (run.json's ``heartbeat`` and ``ended``)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -142,17 +152,28 @@ class RunFolder:
                 "created": _dt.datetime.now().isoformat(timespec="seconds"),
                 "plugins": plugins,
                 "versions": package_versions(),
+                "process": this_process(),
+                "heartbeat": utc_now(),
             },
         )
 
+    def record_process(self) -> None:
+        """Record in run.json that this process trains the run now (a resumed run): its end status goes."""
+        info = {k: v for k, v in self.read_json(RUN_FILE).items() if k not in ("status", "error", "ended")}
+        self.write_json(RUN_FILE, {**info, "process": this_process(), "heartbeat": utc_now()})
+
+    def beat(self) -> None:
+        """Refresh run.json's ``heartbeat``: the run's process still lives."""
+        self.write_json(RUN_FILE, {**self.read_json(RUN_FILE), "heartbeat": utc_now()})
+
     def mark_failed(self, error: str) -> None:
         """Record in run.json that the run failed, and why (it keeps checkpoints to resume from)."""
-        self.write_json(RUN_FILE, {**self.read_json(RUN_FILE), "status": "failed", "error": error})
+        self.write_json(RUN_FILE, {**self.read_json(RUN_FILE), "status": "failed", "error": error, "ended": utc_now()})
 
     def mark_finished(self) -> None:
         """Record in run.json that the run finished (a resumed run's failure is forgotten)."""
         info = {k: v for k, v in self.read_json(RUN_FILE).items() if k != "error"}
-        self.write_json(RUN_FILE, {**info, "status": "finished"})
+        self.write_json(RUN_FILE, {**info, "status": "finished", "ended": utc_now()})
 
     def write_recipe(self, recipe: dict[str, Any]) -> None:
         atomic_write(self.path / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))

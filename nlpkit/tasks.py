@@ -17,7 +17,8 @@ The life of a task object:
 4. ``build_head(backbone_config)`` (``checkpoint_family`` is set before it);
    ``forward(model, batch)``, ``loss``;
    ``evaluate_batch`` gives the arguments of every metric's ``update``;
-   ``decode`` turns outputs into answers.
+   ``decode`` turns outputs into answers; ``batch_tokens`` (optional) says
+   how many tokens a batch holds, for the throughput nlpkit shows and logs.
 
 A task sees the backbone only through its interface: ``model.backbone(...)``
 returns an output with ``last_hidden_state`` (and ``past_key_values`` when a
@@ -426,6 +427,20 @@ class Task:
             else:
                 batch[key] = _stacked(values)
         return batch
+
+    def batch_tokens(self, batch: dict[str, Any]) -> int:
+        """How many tokens a collated training batch holds: what the throughput (tokens/s) counts.
+
+        Optional. The default counts the non-padding input tokens (the sum of
+        ``attention_mask``), else every ``input_ids`` entry, else nothing (0:
+        no throughput is shown). A task whose batch holds more than its inputs
+        counts them here (translation adds the target tokens).
+        """
+        mask = batch.get("attention_mask")
+        if isinstance(mask, torch.Tensor):
+            return int(mask.sum())
+        ids = batch.get("input_ids")
+        return int(ids.numel()) if isinstance(ids, torch.Tensor) else 0
 
     # -- model ----------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nlpkit.adapters import base_weight_names
 from nlpkit.assembly import build_model, prepare_inputs
@@ -17,6 +17,9 @@ from nlpkit.errors import NlpkitError
 from nlpkit.plugins import PluginSet, load_plugins
 from nlpkit.recipe import Recipe, load_recipe, recipe_to_dict
 from nlpkit.runs import LAST_CHECKPOINT, METRICS_FILE, RUN_FILE, SOURCE_CHECKPOINT_FILE, RunFolder
+
+if TYPE_CHECKING:
+    from nlpkit.training.console import ConsoleOptions
 
 __all__ = [
     "RunResult",
@@ -85,12 +88,15 @@ def _cpu_multiplies_bf16() -> bool:
         return False
 
 
-def _trainer(recipe: Recipe, run: RunFolder, resumed_recipe: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
+def _trainer(recipe: Recipe, run: RunFolder, resumed_recipe: dict[str, Any] | None = None,
+             console: ConsoleOptions | None = None) -> tuple[Any, Any, Any]:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
     from nlpkit.training.checkpoints import AtomicCheckpointIO, LatestCheckpoint
+    from nlpkit.training.console import ConsoleOptions, console_callbacks
     from nlpkit.training.history import RunHistory, RunHistoryLogger
+    from nlpkit.training.liveness import RunLiveness
     from nlpkit.training.trackers import TrackerRun, build_trackers
 
     training = recipe.training
@@ -106,10 +112,13 @@ def _trainer(recipe: Recipe, run: RunFolder, resumed_recipe: dict[str, Any] | No
         enable_version_counter=False,
     )
     logger = RunHistoryLogger(run.path)
-    callbacks: list[Any] = [RunHistory(logger, run.path, resumed_recipe)]
+    callbacks: list[Any] = [RunHistory(logger, run.path, resumed_recipe), RunLiveness(run.path, resumed_recipe is not None)]
     trackers = build_trackers(recipe, run.path)
     if trackers:
         callbacks.append(TrackerRun(resumed_recipe or run.read_recipe(), run.path, resumed_recipe is not None))
+    # The start block, progress bar, validation table and throughput; they decide on the bar and the model summary.
+    shown, console_arguments = console_callbacks(recipe, run.path, console or ConsoleOptions())
+    callbacks += shown
     recent = None
     if training.average_checkpoints:
         # The ends of the last N epochs, on disk (so a resumed run still has them): train()
@@ -152,7 +161,7 @@ def _trainer(recipe: Recipe, run: RunFolder, resumed_recipe: dict[str, Any] | No
         logger=[logger, *trackers],  # metrics.csv first: Lightning's trainer.log_dir is the first logger's
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
-        **recipe.trainer,
+        **{**recipe.trainer, **console_arguments},
     )
     return trainer, checkpoint, recent
 
@@ -175,11 +184,6 @@ def average_checkpoints(module: Any, paths: list[str]) -> None:
     module.load_state_dict(averaged)
 
 
-class _DropLightningAdverts(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
-
-
 def quiet_lightning() -> None:
     """Keep Lightning's output to what a user of nlpkit can act on."""
     # With features tokenized ahead of time, collation is cheap: extra DataLoader
@@ -194,8 +198,11 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
     # Only the summary's size estimate is affected; the default precision (auto) is bf16-mixed on many CPUs.
     warnings.filterwarnings("ignore", message=r".*is not supported by the model summary.*")
-    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_DropLightningAdverts())
+    # Lightning's INFO lines (the hardware banner "GPU available: False ...", tips to install litmodels,
+    # "`Trainer(val_check_interval=1)` was configured ...", checkpoint-restoring notes) tell a user of
+    # nlpkit nothing to act on; nlpkit's start block says what was chosen. Its warnings still show.
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 # The run folder every process of a multi-process run shares. On one machine the
@@ -220,8 +227,8 @@ def _is_global_zero(recipe: Recipe) -> bool:
     quiet = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     level, quiet.level = quiet.level, logging.WARNING  # its "GPU available" lines come with the real Trainer
     try:
-        probe = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                           enable_model_summary=False, **recipe.trainer)
+        probe = pl.Trainer(**{**recipe.trainer, "logger": False, "enable_checkpointing": False,
+                              "enable_progress_bar": False, "enable_model_summary": False})
     finally:
         quiet.setLevel(level)
     return probe.is_global_zero
@@ -246,7 +253,7 @@ def _shared_run_folder(recipe: Recipe) -> RunFolder | None:
     return None
 
 
-def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = None) -> RunResult:
+def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = None, quiet: bool = False) -> RunResult:
     """Train the validated ``recipe`` into a new run folder, or continue ``resume``'s run.
 
     A new run that fails leaves no half-made run folder behind: without a
@@ -259,9 +266,11 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
         resume: a run folder to continue from its latest checkpoint, mid-epoch
             included, with the batches it had not yet seen. Nothing in the
             folder changes until that checkpoint is restored.
+        quiet: no start block, progress bar or validation table (``nlpkit.training.console``).
     """
     import pytorch_lightning as pl
 
+    from nlpkit.training.console import ConsoleOptions
     from nlpkit.training.datamodule import TaskDataModule
     from nlpkit.training.module import TaskModule
     from nlpkit.training.trackers import finish_trackers
@@ -270,11 +279,11 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
     registries = plugin_set.registries
     pl.seed_everything(recipe.training.seed, verbose=False)
     run = RunFolder.open_unfinished(resume) if resume else _shared_run_folder(recipe)
-    if recipe.training.precision == "auto":
+    precision_auto = recipe.training.precision == "auto"
+    if precision_auto:
         # A resumed or joined run keeps the precision it started with, whatever this machine has.
         started = run.read_recipe()["training"]["precision"] if run is not None else None
         recipe.training.precision = started or resolve_precision("auto", recipe.trainer.get("accelerator", "auto"))
-        log.info("training.precision: %s (auto)", recipe.training.precision)
     resolved = recipe_to_dict(recipe)
     checkpoint_path = resumed_recipe = None
     if resume is not None:
@@ -292,7 +301,6 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
         if recipe.name is None:  # load_recipe names every recipe
             raise NlpkitError("name: the recipe has no name for its run folder")
         run = RunFolder.create(recipe.output_dir, recipe.name, path=os.environ.get(RUN_DIR_ENV))
-        log.info("run folder: %s", run.path)
     os.environ[RUN_DIR_ENV] = str(run.path)
     try:
         if created:
@@ -305,7 +313,8 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
             run.write_start(recipe.task, resolved, built.to_dict(), task.state(), [p.name for p in plugin_set.plugins])
         module = TaskModule(task, model, recipe.optimization, resolved)
         datamodule = TaskDataModule(task, inputs.splits, recipe.training, recipe.data.group_by_length)
-        trainer, checkpoint, recent = _trainer(recipe, run, resumed_recipe)
+        console = ConsoleOptions(quiet, precision_auto, checkpoint_path)
+        trainer, checkpoint, recent = _trainer(recipe, run, resumed_recipe, console)
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_path)
         # Validating from the best checkpoint loads its weights into `module` (and so `model`);
         # with averaging, the average of the last epochs is the run's model instead.
@@ -346,6 +355,8 @@ def _abandon(run: RunFolder, error: BaseException) -> None:
     if not run.has_checkpoint:
         shutil.rmtree(run.path, ignore_errors=True)
         what = f"the unfinished run folder {run.path} was removed (it held no checkpoint)"
+    elif isinstance(error, (KeyboardInterrupt, SystemExit)):  # Ctrl-C (Lightning exits on it): interrupted, not failed
+        what = f"the run folder {run.path} keeps its checkpoints; continue it with --resume {run.path}"
     else:
         run.mark_failed(" ".join(str(error).split()) or type(error).__name__)
         what = f"the run folder {run.path} keeps its checkpoints and is marked failed; continue it with --resume {run.path}"
@@ -409,6 +420,7 @@ def run(
     plugins: list[str] | tuple[str, ...] = (),
     blocked: list[str] | tuple[str, ...] = (),
     resume: str | Path | None = None,
+    quiet: bool = False,
 ) -> RunResult:
     """Validate a recipe, train it and return the run folder and its metrics.
 
@@ -418,6 +430,7 @@ def run(
         plugins: extra plugin modules to load.
         blocked: plugin names not to load.
         resume: an interrupted run's folder to continue (same recipe).
+        quiet: no progress bar (nor start block and validation table, where logging shows them).
 
     Raises:
         NlpkitError: any user error, before training starts where possible.
@@ -428,4 +441,4 @@ def run(
     """
     plugin_set = load_plugins(plugins, blocked)
     validated = load_recipe(recipe, overrides, plugin_set.registries)
-    return train(validated, plugin_set, resume)
+    return train(validated, plugin_set, resume, quiet)

@@ -148,6 +148,11 @@ class Translation(GeneratesText, Task):
             batch["reference"] = [f["reference"] for f in features]
         return batch
 
+    def batch_tokens(self, batch):
+        # The throughput counts both sides: the encoder reads the sources, the decoder the targets.
+        target = batch.get("decoder_attention_mask")
+        return int(batch["attention_mask"].sum()) + (int(target.sum()) if target is not None else 0)
+
     # -- model ----------------------------------------------------------------
 
     def build_head(self, backbone_config):
