@@ -323,6 +323,8 @@ def tiny_recipe(
         "trainer": {"accelerator": "cpu", "devices": 1, "val_check_interval": 1, "enable_progress_bar": False,
                     "enable_model_summary": False, "num_sanity_val_steps": 0},
         "output_dir": str(output_dir),
+        # No report.html: drawing it costs more than the two training steps (a run may turn it on).
+        "report": False,
     }
     if options is not None:
         recipe[task] = dict(options)

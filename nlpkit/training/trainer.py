@@ -16,6 +16,7 @@ from nlpkit.backbones.config import config_of
 from nlpkit.errors import NlpkitError
 from nlpkit.plugins import PluginSet, load_plugins
 from nlpkit.recipe import Recipe, load_recipe, recipe_to_dict
+from nlpkit.report import write_predictions
 from nlpkit.runs import LAST_CHECKPOINT, METRICS_FILE, RUN_FILE, SOURCE_CHECKPOINT_FILE, RunFolder
 
 __all__ = [
@@ -87,7 +88,7 @@ def _cpu_multiplies_bf16() -> bool:
 
 def _trainer(recipe: Recipe, run: RunFolder, resumed_recipe: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
     from nlpkit.training.checkpoints import AtomicCheckpointIO, LatestCheckpoint
     from nlpkit.training.history import RunHistory, RunHistoryLogger
@@ -105,7 +106,8 @@ def _trainer(recipe: Recipe, run: RunFolder, resumed_recipe: dict[str, Any] | No
         enable_version_counter=False,
     )
     logger = RunHistoryLogger(run.path)
-    callbacks: list[Any] = [RunHistory(logger, run.path, resumed_recipe)]
+    # The learning rate of each parameter group (lr-AdamW/pg1 ...) in metrics.csv, for the run report.
+    callbacks: list[Any] = [RunHistory(logger, run.path, resumed_recipe), LearningRateMonitor(logging_interval="step")]
     recent = None
     if training.average_checkpoints:
         # The ends of the last N epochs, on disk (so a resumed run still has them): train()
@@ -321,6 +323,10 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
             adapters_only = recipe.peft is not None and recipe.backbone.pretrained is not None
             run.save_weights(model, leave_out=base_weight_names(model) if adapters_only else None)
             run.write_json(METRICS_FILE, metrics)
+            # What the report shows of the model's errors: the best model's answers to the validation split.
+            write_predictions(run.path, task, model, inputs.splits["validation"],
+                              recipe.training.eval_batch_size or recipe.training.batch_size,
+                              trainer.strategy.root_device)
             run.mark_finished()
     except BaseException as error:
         if created:  # the process that made the folder; the others of a multi-process run joined it
@@ -328,7 +334,20 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
         raise
     finally:
         os.environ.pop(RUN_DIR_ENV, None)
+    if trainer.is_global_zero and recipe.report:
+        _write_report(run, plugin_set)
     return RunResult(run.path, metrics, primary=trainer.is_global_zero)
+
+
+def _write_report(run: RunFolder, plugin_set: PluginSet) -> None:
+    """The run report of a finished run; a failure is logged with its traceback and leaves the run finished."""
+    from nlpkit.report import write_report
+
+    try:
+        log.info("report: %s", write_report(run.path, plugin_set))
+    except Exception:  # the model and metrics are saved: a report that fails must not lose the run
+        log.exception("nlpkit: the run finished, but its report could not be written; "
+                      "write it with: nlpkit report %s", run.path)
 
 
 def _abandon(run: RunFolder, error: BaseException) -> None:
@@ -351,7 +370,7 @@ def _abandon(run: RunFolder, error: BaseException) -> None:
 # Fields a resumed run may change: how long it trains, on what hardware, and the
 # naming of a new run folder (the resumed run keeps its own).
 _RUN_NAMING = ("name", "output_dir")
-_RESUMABLE_CHANGES = ("training.epochs", "training.max_steps", "trainer.", *_RUN_NAMING)
+_RESUMABLE_CHANGES = ("training.epochs", "training.max_steps", "trainer.", "report", *_RUN_NAMING)
 
 
 def checkpoint_to_resume(run: RunFolder, resolved: dict[str, Any]) -> Path:
