@@ -119,6 +119,15 @@ Part = Union[Table, Matrix, Curves, Text]
 
 
 @dataclass
+class _CurveGrid:
+    """Small curves side by side in one figure (the core's validation metrics, one plot each)."""
+
+    title: str
+    curves: list[Curves]
+    note: str = ""
+
+
+@dataclass
 class ReportSection:
     """What a task adds to the report: a title, its parts in order, and a note under the title."""
 
@@ -274,19 +283,20 @@ def _run_record(run: Any) -> RunRecord:
 # -- the generic part ----------------------------------------------------------------
 
 
-def _generic_curves(record: RunRecord) -> tuple[list[Part], list[str]]:
+def _generic_curves(record: RunRecord) -> tuple[list[Part | _CurveGrid], list[str]]:
     """The core's figures: losses, each validation metric, the learning rate, the throughput; and notes."""
     columns = record.columns
-    parts: list[Part] = []
+    parts: list[Part | _CurveGrid] = []
     notes: list[str] = []
     losses = {name: record.curve(name) for name in ("train_loss", "val_loss") if name in columns}
     if losses:
         parts.append(Curves("Loss", losses, y_label="loss"))
     else:
         notes.append("metrics.csv holds no loss yet.")
-    for name in columns:
-        if name.startswith("val_") and name != "val_loss":
-            parts.append(Curves(f"Validation {name.removeprefix('val_')}", {name: record.curve(name)}, y_label=name))
+    metrics = [name for name in columns if name.startswith("val_") and name != "val_loss"]
+    if metrics:
+        parts.append(_CurveGrid("Validation metrics", [Curves(name, {name: record.curve(name)}) for name in metrics],
+                                note="drawn: " + ", ".join(metrics)))
     rates = [name for name in columns if name.startswith("lr-")]
     if rates:
         parts.append(Curves("Learning rate", {name: record.curve(name) for name in rates}, y_label="learning rate"))
@@ -311,9 +321,22 @@ def _figure(width: float, height: float) -> Any:
     return figure
 
 
+def _draw_grid(part: _CurveGrid) -> Any:
+    columns = min(3, len(part.curves))
+    rows = math.ceil(len(part.curves) / columns)
+    figure = _figure(3.6 * columns, 2.6 * rows)
+    for index, curves in enumerate(part.curves):
+        _plot(figure.add_subplot(rows, columns, index + 1), curves, legend=False)
+    return figure
+
+
 def _draw_curves(part: Curves) -> Any:
     figure = _figure(6.4, 3.6)
-    axes = figure.add_subplot()
+    _plot(figure.add_subplot(), part, legend=True)
+    return figure
+
+
+def _plot(axes: Any, part: Curves, legend: bool) -> None:
     for name, points in part.series.items():
         if not points:
             continue
@@ -326,9 +349,8 @@ def _draw_curves(part: Curves) -> Any:
     axes.set_ylabel(part.y_label)
     axes.set_title(part.title)
     axes.grid(True, alpha=0.3)
-    if len(part.series) > 1 or any(part.series):
+    if legend and any(part.series.values()):
         axes.legend(fontsize="small")
-    return figure
 
 
 def _draw_matrix(part: Matrix) -> Any:
@@ -409,8 +431,12 @@ class _Page:
         uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
         self.body.append(f'<figure><img src="{uri}" alt="{_e(title)}"></figure>')
 
-    def part(self, part: Part) -> None:
-        if isinstance(part, Table):
+    def part(self, part: Part | _CurveGrid) -> None:
+        if isinstance(part, _CurveGrid):
+            self.heading(3, part.title)
+            self.note(part.note)
+            self.figure(part.title, _draw_grid(part))
+        elif isinstance(part, Table):
             self.heading(3, part.title)
             self.note(part.note)
             self.table(part.columns, part.rows)
@@ -418,6 +444,9 @@ class _Page:
             self.heading(3, part.title)
             self.note(part.note)
             self.figure(part.title, _draw_matrix(part))
+            # The numbers as a table too: readable where the heat map's cells get small, and searchable.
+            corner = " \\ ".join(t for t in (part.row_title, part.column_title) if t)
+            self.table([corner, *part.columns], [[name, *values] for name, values in zip(part.rows, part.values)])
         elif isinstance(part, Curves):
             self.heading(3, part.title)
             self.note(part.note)
@@ -484,7 +513,7 @@ def write_report(run_dir: str | Path, plugin_set: PluginSet | None = None) -> Pa
     page.heading(1, f"Run {run.path.name}")
     status = info.get("status", "running or interrupted")
     origin = recipe.backbone.pretrained or recipe.backbone.preset or config.kind
-    page.table(["", ""], [
+    page.table(["run", ""], [
         ["task", task.name], ["status", status + (f": {info['error']}" if info.get("error") else "")],
         ["created", info.get("created", "")], ["backbone", f"{origin}: {config.kind}, {config.num_layers} layers, "
                                                             f"hidden {config.hidden_size}"],
@@ -503,15 +532,14 @@ def write_report(run_dir: str | Path, plugin_set: PluginSet | None = None) -> Pa
     for part in parts:
         page.part(part)
 
-    page.heading(2, f"Task: {task.name}")
+    section = task.report_section(predictions or [], record)
+    page.heading(2, section.title if section is not None else f"Task: {task.name}")
     if predictions is None:
         page.note(f"{PREDICTIONS_FILE} is missing (the run has not finished, or it is older than saved "
                   f"predictions), so the task's part sees no predictions.")
-    section = task.report_section(predictions or [], record)
     if section is None:
         page.note(f"task '{task.name}' adds no section of its own to the report.")
     else:
-        page.heading(2, section.title)
         page.note(section.note)
         for part in section.parts:
             page.part(part)
