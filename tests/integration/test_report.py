@@ -122,7 +122,7 @@ def classification_run(tmp_path_factory) -> Path:
 def ner_run(tmp_path_factory) -> tuple[Path, str]:
     tmp = tmp_path_factory.mktemp("report-ner")
     data = conll_files(tmp)
-    recipe = with_report(tiny_recipe("ner", data, tmp / "runs"), max_steps=-1, epochs=4)
+    recipe = with_report(tiny_recipe("ner", data, tmp / "runs"), max_steps=-1, epochs=3)
     recipe["trainer"]["val_check_interval"] = 1.0  # once an epoch
     recipe["optimization"]["lr"] = 3e-3
     return nlpkit.run(recipe).run_dir, data["validation"]
@@ -146,7 +146,7 @@ def translation_run(tmp_path_factory) -> Path:
     validation[0] = (f"{validation[0][0]} {MARKUP}", f"{validation[0][1]} {MARKUP}")
     data = {"format": "parallel", "train": str(write_parallel(tmp, "train", pairs(48, 1))),
             "validation": str(write_parallel(tmp, "val", validation)), "options": {"target": "de"}}
-    recipe = tiny_recipe("translation", data, tmp / "runs", "encoder-decoder", {"num_beams": 2, "max_new_tokens": 12})
+    recipe = tiny_recipe("translation", data, tmp / "runs", "encoder-decoder", {"num_beams": 1, "max_new_tokens": 8})
     return nlpkit.run(with_report(recipe)).run_dir
 
 
