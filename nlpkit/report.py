@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from nlpkit.tasks import Task, TaskModel
 
 __all__ = ["ReportSection", "Table", "Matrix", "Curves", "Text", "Prediction", "RunRecord", "write_predictions",
-           "read_predictions", "write_report", "REPORT_FILE", "FIGURES_DIR", "PREDICTIONS_FILE"]
+           "read_predictions", "read_run_record", "check_section", "write_report", "REPORT_FILE", "FIGURES_DIR", "PREDICTIONS_FILE"]
 
 log = logging.getLogger("nlpkit")
 
@@ -57,7 +57,7 @@ _HISTORY_FILE = "metrics.csv"
 _SAMPLES_FILE = "samples.txt"
 
 # metrics.csv columns that hold a throughput (Lightning's ThroughputMonitor logs `*_per_sec`).
-_THROUGHPUT = re.compile(r"(per_sec|per_s|/s)$|throughput", re.IGNORECASE)
+_THROUGHPUT = re.compile(r"(per_sec|per_second|per_s|/s)$|throughput", re.IGNORECASE)
 
 
 # -- what a task's section is made of --------------------------------------------
@@ -72,7 +72,7 @@ class Table:
 
     title: str
     columns: list[str]
-    rows: list[list[Any]]
+    rows: Sequence[Sequence[Any]]
     note: str = ""
 
 
@@ -88,7 +88,7 @@ class Matrix:
     title: str
     rows: list[str]
     columns: list[str]
-    values: list[list[float]]
+    values: Sequence[Sequence[float]]
     row_title: str = ""
     column_title: str = ""
     note: str = ""
@@ -247,6 +247,44 @@ def read_predictions(run_dir: Path) -> list[Prediction] | None:
     return out
 
 
+def check_section(section: Any) -> None:
+    """Check what a task's ``report_section`` returned: None, or a :class:`ReportSection` of parts nlpkit renders.
+
+    Raises:
+        ValueError: naming the part and what is wrong with it (a row of the
+            wrong width, a matrix of the wrong shape, a point that is not a
+            pair of numbers, a part of another type).
+    """
+    if section is None:
+        return
+    if not isinstance(section, ReportSection):
+        raise ValueError(f"expected a ReportSection or None, got {type(section).__name__}")
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    for index, part in enumerate(section.parts):
+        where = f"part {index + 1} ({type(part).__name__} {getattr(part, 'title', '')!r})"
+        if isinstance(part, Table):
+            for row_number, row in enumerate(part.rows, start=1):
+                if len(row) != len(part.columns):
+                    raise ValueError(f"{where}: row {row_number} has {len(row)} cells for {len(part.columns)} columns")
+        elif isinstance(part, Matrix):
+            if len(part.values) != len(part.rows) or any(len(r) != len(part.columns) for r in part.values):
+                raise ValueError(f"{where}: expected {len(part.rows)} rows of {len(part.columns)} values")
+            if not all(number(v) for r in part.values for v in r):
+                raise ValueError(f"{where}: values must be numbers")
+        elif isinstance(part, Curves):
+            for name, points in part.series.items():
+                if not all(len(p) == 2 and number(p[0]) and number(p[1]) for p in points):
+                    raise ValueError(f"{where}: series {name!r}: expected (x, y) pairs of numbers")
+        elif isinstance(part, Text):
+            if not isinstance(part.text, str):
+                raise ValueError(f"{where}: text must be a string, got {type(part.text).__name__}")
+        else:
+            raise ValueError(f"{where}: a part must be a Table, Matrix, Curves or Text")
+
+
 # -- reading the run folder -------------------------------------------------------
 
 
@@ -267,6 +305,13 @@ def _read_history(path: Path) -> list[dict[str, float]]:
                     numbers[key] = number
             rows.append(numbers)
     return rows
+
+
+def read_run_record(run_dir: str | Path) -> RunRecord:
+    """What a task's ``report_section`` reads of a run folder besides the predictions."""
+    from nlpkit.runs import RunFolder
+
+    return _run_record(RunFolder.open_unfinished(run_dir))
 
 
 def _run_record(run: Any) -> RunRecord:
@@ -533,6 +578,10 @@ def write_report(run_dir: str | Path, plugin_set: PluginSet | None = None) -> Pa
         page.part(part)
 
     section = task.report_section(predictions or [], record)
+    try:
+        check_section(section)
+    except ValueError as error:  # the task's code, not the user's data: a bug keeps its traceback
+        raise ValueError(f"task '{task.name}': report_section returned a section nlpkit cannot render: {error}") from None
     page.heading(2, section.title if section is not None else f"Task: {task.name}")
     if predictions is None:
         page.note(f"{PREDICTIONS_FILE} is missing (the run has not finished, or it is older than saved "

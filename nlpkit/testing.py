@@ -6,7 +6,8 @@ registration by its plugin module, ``setup``/``state``, ``prepare`` (a cached
 ``datasets.map``), ``collate``, ``forward``, ``loss`` (a finite scalar whose
 gradients reach the head and the backbone), ``metrics``/``evaluate_batch``,
 ``decode``, then two training steps through :func:`nlpkit.run`, the run
-folder, :func:`nlpkit.load`, ``predict`` and ``evaluate``. A broken part
+folder, ``report_section`` on the run's saved validation predictions,
+:func:`nlpkit.load`, ``predict`` and ``evaluate``. A broken part
 raises :class:`ConformanceError` (an ``AssertionError``, so pytest reports it
 as a failed test) whose message names the part and what was expected::
 
@@ -385,7 +386,8 @@ def check_task(
     reaches the head and the backbone); ``metrics`` with ``evaluate_batch``
     (every name in ``metric_names``, each a scalar); ``decode`` (one
     JSON-serialisable answer per example); two training steps through
-    :func:`nlpkit.run`; the run folder; :func:`nlpkit.load` with the same
+    :func:`nlpkit.run`; the run folder; ``report_section`` on the saved
+    validation predictions (its parts checked, not drawn); :func:`nlpkit.load` with the same
     plugins; ``predict`` (a list in, a list out; one input in, the same
     answer out) and ``evaluate``. On the CPU, in seconds.
 
@@ -541,6 +543,7 @@ class _Checker:
             self.check_metrics_and_decode(inputs.task, model, batch)
         result = self.check_fit()
         self.check_run_folder(result.run_dir, inputs.task.state())
+        self.check_report_section(inputs.task, result.run_dir)
         answers = self.check_load_and_predict(result.run_dir)
         return TaskCheck(result.run_dir, result.metrics, answers)
 
@@ -860,6 +863,17 @@ class _Checker:
         if saved != json.loads(json.dumps(state)):
             raise self.fail("setup", f"the run folder's task state {saved} differs from state() after setup on "
                                      f"the same data {state}: setup must depend on the data only")
+
+    def check_report_section(self, task: Task, run_dir: Path) -> None:
+        """The task's part of the run report, from the predictions the run saved (checked, not drawn: it is quick)."""
+        from nlpkit.report import check_section, read_predictions, read_run_record
+
+        predictions = read_predictions(run_dir)
+        if not predictions:
+            raise self.fail("run folder", f"no validation predictions in {run_dir} (predictions/validation.jsonl)")
+        with self.step("report_section(the saved validation predictions)"):
+            section = task.report_section(predictions, read_run_record(run_dir))
+            check_section(section)
 
     def check_load_and_predict(self, run_dir: Path) -> list[Any]:
         from nlpkit.inference import LoadedModel, load

@@ -27,7 +27,9 @@ def classification_section(labels: list[str], gold_of: Any, multi_label: bool,
     """
     gold = [gold_of(p.example["label"]) for p in predictions]
     predicted = [p.prediction["labels"] if multi_label else [p.prediction["label"]] for p in predictions]
-    hits, guessed, wanted = Counter(), Counter(), Counter()
+    hits: Counter[str] = Counter()
+    guessed: Counter[str] = Counter()
+    wanted: Counter[str] = Counter()
     for expected, got in zip(gold, predicted):
         wanted.update(expected)
         guessed.update(got)
@@ -44,7 +46,7 @@ def classification_section(labels: list[str], gold_of: Any, multi_label: bool,
         parts.append(Matrix("Confusion matrix", labels, labels, counts, row_title="reference", column_title="prediction",
                             note="rows: the reference label; columns: the predicted label; cells: validation examples"))
         confused = Counter((e[0], g[0]) for e, g in zip(gold, predicted) if e[0] != g[0])
-        first_text = {}
+        first_text: dict[tuple[str, str], str] = {}
         for p, e, g in zip(predictions, gold, predicted):
             first_text.setdefault((e[0], g[0]), p.example.get("text", ""))
         parts.append(Table("Most confused pairs", ["reference", "prediction", "examples", "for example"],

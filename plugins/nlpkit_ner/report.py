@@ -41,7 +41,9 @@ def entity_spans(prediction: Prediction, scheme: str, train_scheme: str) -> tupl
 
 def ner_section(types: list[str], scheme: str, train_scheme: str, predictions: list[Prediction]) -> ReportSection:
     """The section of an NER run: per-type scores, then span errors by kind, most frequent first."""
-    found, guessed, wanted = Counter(), Counter(), Counter()
+    found: Counter[str] = Counter()
+    guessed: Counter[str] = Counter()
+    wanted: Counter[str] = Counter()
     errors: Counter[tuple[str, str, str, str]] = Counter()
     sentence: dict[tuple[str, str, str, str], str] = {}
     for prediction in predictions:

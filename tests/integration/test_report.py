@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import re
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ import pytest
 
 import nlpkit
 from nlpkit.cli import main
-from nlpkit.report import Curves, RunRecord, _generic_curves
+from nlpkit.report import Curves, Matrix, ReportSection, RunRecord, Table, _generic_curves, check_section
 from nlpkit.testing import tiny_recipe, write_rows
 from tests.helpers import sentiment_rows, write_csv
 from tests.plugins.test_ner import conll_files
@@ -189,7 +188,7 @@ def test_the_report_is_one_self_contained_file_with_its_figures_beside_it(reques
     figures = sorted((run / "report").glob("*.png"))
     assert [f.read_bytes() for f in figures] == [base64.b64decode(src.split(",", 1)[1]) for src in report.images]
     # The generic part: losses, a curve per validation metric, the learning rate the run logged; recipe and versions.
-    titles = [src for src in re.findall(r'<img src="[^"]*" alt="([^"]*)"', page)]
+    titles = re.findall(r'<img src="[^"]*" alt="([^"]*)"', page)
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"Loss", "Validation metrics", "Learning rate"} <= set(titles)
     drawn = re.search(r"drawn: ([^<]*)</p>", page).group(1).split(", ")
@@ -379,6 +378,73 @@ def test_throughput_is_drawn_from_the_columns_that_hold_one(tmp_path):
     assert "Throughput" not in {part.title for part in parts} and any("no throughput" in note for note in notes)
 
 
+THIRD_PARTY = """
+import nlpkit
+from nlpkit.tasks import Curves, Matrix, ReportSection, Table, Task, Text
+from nlpkit_classification import Classification
+
+
+class Reviews(Classification):
+    name = "reviews"
+
+    def report_section(self, predictions, run):
+        wrong = [p for p in predictions if p.prediction["label"] != p.example["label"]]
+        scores = [[sum(p.prediction["scores"][label] for p in predictions) / len(predictions) for label in self.labels]]
+        return ReportSection("Reviews <b>& errors</b>", [
+            Table("Wrong answers", ["text", "label", "answer"],
+                  [[p.example["text"], p.example["label"], p.prediction["label"]] for p in wrong]),
+            Matrix("Mean scores", ["all"], self.labels, scores),
+            Curves("Validation loss again", {"val_loss": run.curve("val_loss")}),
+            Text("A word", "<i>text</i> & more"),
+        ], note="a third-party section")
+
+
+class Quiet(Classification):
+    name = "quiet"
+    report_section = Task.report_section  # the contract's default: no section
+
+
+@nlpkit.hookimpl
+def nlpkit_register_tasks():
+    return [Reviews, Quiet]
+"""
+
+
+def test_a_third_party_task_adds_its_own_section_and_one_without_gets_the_generic_part(tmp_path, monkeypatch):
+    (tmp_path / "report_plugin.py").write_text(THIRD_PARTY, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    validation = [{**row, "text": f"{row['text']} {MARKUP}"} for row in sentiment_rows(8, 2)]
+    data = {"train": str(write_csv(tmp_path / "train.csv", sentiment_rows(24, 1))),
+            "validation": str(write_csv(tmp_path / "validation.csv", validation))}
+    run = nlpkit.run(with_report(tiny_recipe("reviews", data, tmp_path / "runs")), plugins=["report_plugin"]).run_dir
+    page = (run / "report.html").read_text(encoding="utf-8")
+    rows = saved_predictions(run)
+    wrong = [[r["example"]["text"], r["example"]["label"], r["prediction"]["label"]] for r in rows
+             if r["prediction"]["label"] != r["example"]["label"]]
+    assert read_report(run).tables["Wrong answers"][1:] == wrong
+    assert "<h2>Reviews &lt;b&gt;&amp; errors&lt;/b&gt;</h2>" in page and "<b>" not in page
+    assert read_report(run).pre["A word"] == "<i>text</i> & more" and "&lt;i&gt;text&lt;/i&gt; &amp; more" in page
+    assert {'alt="Mean scores"', 'alt="Validation loss again"'} <= set(re.findall(r'alt="[^"]*"', page))
+    (mean,) = table(run, "Mean scores")
+    assert float(mean["neg"]) + float(mean["pos"]) == pytest.approx(1.0, abs=1e-3)
+
+    quiet = nlpkit.run(with_report(tiny_recipe("quiet", data, tmp_path / "runs")), plugins=["report_plugin"]).run_dir
+    page = (quiet / "report.html").read_text(encoding="utf-8")
+    assert "task &#x27;quiet&#x27; adds no section of its own" in page and 'alt="Loss"' in page
+
+
+@pytest.mark.parametrize("section, message", [
+    (ReportSection("s", [Table("t", ["a", "b"], [[1, 2], [1]])]), "part 1 (Table 't'): row 2 has 1 cells for 2 columns"),
+    (ReportSection("s", [Matrix("m", ["r"], ["a", "b"], [[1]])]), "part 1 (Matrix 'm'): expected 1 rows of 2 values"),
+    (ReportSection("s", [Table("t", [], []), Curves("c", {"x": [(1, "a")]})]), "part 2 (Curves 'c'): series 'x'"),
+    (ReportSection("s", ["a text"]), "a part must be a Table, Matrix, Curves or Text"),
+    ("a section", "expected a ReportSection or None, got str"),
+])
+def test_a_section_nlpkit_cannot_render_is_refused_naming_the_part(section, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_section(section)
+
+
 # -- in a browser ---------------------------------------------------------------------------------------------------
 
 
@@ -399,4 +465,3 @@ def test_the_report_renders_in_headless_chromium(classification_run, tmp_path):
     non_white = sum(1 for r, g, b in pixels if r + g + b < 720) / len(pixels)
     assert image.size == (1200, 1600)
     assert len(set(pixels[::97])) > 10 and non_white > 0.03, f"a blank page? {non_white:.1%} of pixels not white"
-    assert math.isfinite(non_white)
