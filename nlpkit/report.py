@@ -183,7 +183,7 @@ class RunRecord:
 
 
 def write_predictions(run_dir: Path, task: Task, model: TaskModel, dataset: Any, batch_size: int,
-                      device: Any = None) -> Path:
+                      device: Any = None, limit_batches: int | float | None = None) -> Path:
     """Answer every example of ``dataset`` with ``model`` as ``predict`` does; write ``predictions/validation.jsonl``.
 
     Each example is encoded from its input fields (``input_columns`` and the
@@ -198,9 +198,13 @@ def write_predictions(run_dir: Path, task: Task, model: TaskModel, dataset: Any,
         dataset: the validation split (a ``datasets.Dataset`` with the task's field names).
         batch_size: examples per forward pass.
         device: where to run the model (the trainer's device); None: where it is.
+        limit_batches: the run's ``trainer.limit_val_batches`` (batches, or a
+            fraction of them, as Lightning reads it): the examples validation saw.
     """
     import torch
 
+    if limit_batches is not None:
+        dataset = dataset.select(range(_validated_rows(len(dataset), batch_size, limit_batches)))
     fields = [c for c in (*task.input_columns, *task.optional_columns) if c in dataset.column_names]
     if device is not None:
         model.to(device)
@@ -222,6 +226,13 @@ def write_predictions(run_dir: Path, task: Task, model: TaskModel, dataset: Any,
     make_folder(path.parent, "the predictions folder")
     atomic_write(path, "".join(line + "\n" for line in lines))
     return path
+
+
+def _validated_rows(rows: int, batch_size: int, limit: int | float) -> int:
+    """How many rows Lightning validates under ``limit_val_batches``: an int counts batches, a float is a fraction."""
+    batches = math.ceil(rows / batch_size)
+    kept = limit if isinstance(limit, int) else int(batches * limit)
+    return min(rows, max(0, kept) * batch_size)
 
 
 def read_predictions(run_dir: Path) -> list[Prediction] | None:

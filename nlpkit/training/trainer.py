@@ -326,7 +326,7 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
             # What the report shows of the model's errors: the best model's answers to the validation split.
             write_predictions(run.path, task, model, inputs.splits["validation"],
                               recipe.training.eval_batch_size or recipe.training.batch_size,
-                              trainer.strategy.root_device)
+                              trainer.strategy.root_device, recipe.trainer.get("limit_val_batches"))
             run.mark_finished()
     except BaseException as error:
         if created:  # the process that made the folder; the others of a multi-process run joined it

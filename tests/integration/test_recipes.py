@@ -35,6 +35,7 @@ def test_shipped_recipe_runs_two_steps(path, tmp_path):
                                          "trainer.limit_test_batches=2", f"output_dir={tmp_path}"])
     assert "val_loss" in result.metrics
     assert nlpkit.load(result.run_dir) is not None
+    assert (result.run_dir / "report.html").is_file()  # report: true, the default
 
 
 @pytest.mark.slow
