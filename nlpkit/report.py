@@ -344,7 +344,8 @@ def _generic_curves(record: RunRecord) -> tuple[list[Part | _CurveGrid], list[st
     columns = record.columns
     parts: list[Part | _CurveGrid] = []
     notes: list[str] = []
-    losses = {name: record.curve(name) for name in ("train_loss", "val_loss") if name in columns}
+    losses: dict[str, list[tuple[float, float]]] = {
+        name: record.curve(name) for name in ("train_loss", "val_loss") if name in columns}
     if losses:
         parts.append(Curves("Loss", losses, y_label="loss"))
     else:

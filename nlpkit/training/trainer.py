@@ -368,7 +368,7 @@ def _abandon(run: RunFolder, error: BaseException) -> None:
 
 
 # Fields a resumed run may change: how long it trains, on what hardware, and the
-# naming of a new run folder (the resumed run keeps its own).
+# naming of a new run folder (the resumed run keeps its own), and whether it writes a report.
 _RUN_NAMING = ("name", "output_dir")
 _RESUMABLE_CHANGES = ("training.epochs", "training.max_steps", "trainer.", "report", *_RUN_NAMING)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
+
+import torch
 
 from nlpkit.tasks import Curves, Prediction, ReportSection, RunRecord, Table
 
@@ -33,9 +35,14 @@ def translation_section(predictions: list[Prediction], run: RunRecord, metrics: 
     totals = Table("Scores of the saved translations", ["metric", "value"], corpus,
                    note="corpus scores of the best model's translations of the validation split, as in val_bleu / "
                         "val_chrf")
+    def sentence_chrf(hypothesis: str, reference: str) -> float:
+        # A tensor: chrf_score returns a tuple only with return_sentence_level_score, not asked for here.
+        score = cast(torch.Tensor, chrf_score([hypothesis], [[reference]], n_char_order=6, n_word_order=0, beta=2.0,
+                                              lowercase=lowercase))
+        return 100 * float(score)
+
     # Sentence-level BLEU is mostly 0 on short sentences; chrF ranks single sentences sensibly.
-    scored = [(100 * float(chrf_score([h], [[r]], n_char_order=6, n_word_order=0, beta=2.0, lowercase=lowercase)), p, h)
-              for p, h, r in zip(predictions, hypotheses, references)]
+    scored = [(sentence_chrf(h, r), p, h) for p, h, r in zip(predictions, hypotheses, references)]
     worst = sorted(scored, key=lambda s: s[0])[:_SHOWN]
     table = Table("Worst-translated validation sentences", ["chrF", "source", "reference", "translation"],
                   [[score, p.example["source"], p.example["target"], h] for score, p, h in worst],

@@ -31,7 +31,10 @@ def test_shipped_recipe_validates(path):
 def test_shipped_recipe_runs_two_steps(path, tmp_path):
     if _needs_shared(path) and not SHARED.is_dir():
         pytest.skip("needs ../shared data")
+    # Small validation batches: the run validates, then writes its predictions (one more pass, beam search for
+    # translation) over the same two batches.
     result = nlpkit.run(path, overrides=[*FAST, "training.max_steps=2", "trainer.limit_val_batches=2",
+                                         "training.eval_batch_size=16",
                                          "trainer.limit_test_batches=2", f"output_dir={tmp_path}"])
     assert "val_loss" in result.metrics
     assert nlpkit.load(result.run_dir) is not None
