@@ -387,7 +387,7 @@ def check_task(
     (every name in ``metric_names``, each a scalar); ``decode`` (one
     JSON-serialisable answer per example); two training steps through
     :func:`nlpkit.run`; the run folder; ``report_section`` on the saved
-    validation predictions (its parts checked, not drawn); :func:`nlpkit.load` with the same
+    validation predictions (its parts checked, not drawn; after ``predict``); :func:`nlpkit.load` with the same
     plugins; ``predict`` (a list in, a list out; one input in, the same
     answer out) and ``evaluate``. On the CPU, in seconds.
 
@@ -543,8 +543,8 @@ class _Checker:
             self.check_metrics_and_decode(inputs.task, model, batch)
         result = self.check_fit()
         self.check_run_folder(result.run_dir, inputs.task.state())
-        self.check_report_section(inputs.task, result.run_dir)
         answers = self.check_load_and_predict(result.run_dir)
+        self.check_report_section(inputs.task, result.run_dir)
         return TaskCheck(result.run_dir, result.metrics, answers)
 
     def check_rows(self) -> None:
@@ -870,7 +870,8 @@ class _Checker:
 
         predictions = read_predictions(run_dir)
         if not predictions:
-            raise self.fail("run folder", f"no validation predictions in {run_dir} (predictions/validation.jsonl)")
+            raise self.fail("run folder", f"no validation predictions in {run_dir} (predictions/validation.jsonl): "
+                                          f"writing them failed, see the log")
         with self.step("report_section(the saved validation predictions)"):
             section = task.report_section(predictions, read_run_record(run_dir))
             check_section(section)

@@ -323,10 +323,7 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
             adapters_only = recipe.peft is not None and recipe.backbone.pretrained is not None
             run.save_weights(model, leave_out=base_weight_names(model) if adapters_only else None)
             run.write_json(METRICS_FILE, metrics)
-            # What the report shows of the model's errors: the best model's answers to the validation split.
-            write_predictions(run.path, task, model, inputs.splits["validation"],
-                              recipe.training.eval_batch_size or recipe.training.batch_size,
-                              trainer.strategy.root_device, recipe.trainer.get("limit_val_batches"))
+            _write_predictions(run, task, model, inputs.splits["validation"], recipe, trainer.strategy.root_device)
             run.mark_finished()
     except BaseException as error:
         if created:  # the process that made the folder; the others of a multi-process run joined it
@@ -337,6 +334,20 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
     if trainer.is_global_zero and recipe.report:
         _write_report(run, plugin_set)
     return RunResult(run.path, metrics, primary=trainer.is_global_zero)
+
+
+def _write_predictions(run: RunFolder, task: Any, model: Any, validation: Any, recipe: Recipe, device: Any) -> None:
+    """What the report shows of the model's errors: the best model's answers to the validation split.
+
+    A task that cannot answer (its ``encode`` needs the targets) keeps its trained run: the error is
+    logged with its traceback and the report has no task part.
+    """
+    try:
+        write_predictions(run.path, task, model, validation, recipe.training.eval_batch_size or recipe.training.batch_size,
+                          device, recipe.trainer.get("limit_val_batches"))
+    except Exception:
+        log.exception("nlpkit: the validation predictions could not be written; the run report will not show "
+                      "the task's part")
 
 
 def _write_report(run: RunFolder, plugin_set: PluginSet) -> None:
