@@ -277,6 +277,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write a run's report: RUN_DIR/report.html (self-contained) and its figures in RUN_DIR/report/.
+
+    The report shows the training and validation loss, every validation
+    metric, the learning rate and the throughput against steps, the final
+    metrics, what the task shows of the best model's errors on the validation
+    split (from the predictions the run saved), the recipe and the versions.
+    """
+    from nlpkit.report import write_report
+
+    print(f"report: {write_report(args.run_dir, _plugins(args))}")
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     """List each plugin (name, module, distribution, version) and what it registered."""
     plugin_set = _plugins(args)
@@ -434,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a LoRA run's adapters and head as a PEFT adapter folder for its base checkpoint "
                            "(the same as --format peft)")
     sub.add_argument("--overwrite", action="store_true", help="replace the model a folder already holds")
+    sub = verb("report", cmd_report)
+    sub.add_argument("run_dir", help="a run folder")
     verb("plugins", cmd_plugins)
     sub = verb("new-plugin", cmd_new_plugin)
     sub.add_argument("name", metavar="NAME", help="the task's name, e.g. sentiment (package nlpkit_sentiment)")

@@ -343,6 +343,7 @@ class Recipe:
     logging: LoggingSection = field(default_factory=LoggingSection)
     output_dir: str = "runs"
     name: str | None = None
+    report: bool = True  # write report.html at the end of the run (nlpkit.report)
     # The task's own section, stored under the task's name in YAML; a dataclass
     # instance of the task's ``config_class``.
     task_options: Any = None

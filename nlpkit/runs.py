@@ -13,6 +13,8 @@ Layout (format version 1)::
       metrics.csv             the metric history, one row per logging step (kept whole across resumes)
       metrics.json            the final metrics (validation at the best checkpoint, test)
       samples.txt             what the task showed after each validation pass (generations ...)
+      predictions/validation.jsonl  the best model's answers to the validation split (nlpkit.report)
+      report.html, report/    the run report and its figures (nlpkit.report)
       checkpoints/            Lightning checkpoints (best and last)
       source_checkpoint.json  a fine-tuned run's pretrained folder, family and config.json (for export)
 

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from nlpkit.errors import NlpkitError
+from nlpkit.report import Curves, Matrix, Prediction, ReportSection, RunRecord, Table, Text
 
 from nlpkit.backbones.checkpoints._common import HeadShape
 from nlpkit.backbones.config import BackboneConfig
@@ -47,7 +48,8 @@ if TYPE_CHECKING:
 
 
 __all__ = ["Task", "TaskModel", "Backbone", "BackboneOutputs", "BackboneConfig", "TaskTokenizer", "GeneratesText", "ExportsToTransformers", "HFHead",
-           "HeadShape", "family_head", "head_layers", "head_weights", "shaped_hf_head", "NoOptions", "pad", "NlpkitError"]
+           "HeadShape", "family_head", "head_layers", "head_weights", "shaped_hf_head", "NoOptions", "pad", "NlpkitError",
+           "ReportSection", "Table", "Matrix", "Curves", "Text", "Prediction", "RunRecord"]
 
 
 @dataclass
@@ -479,6 +481,23 @@ class Task:
         The default shows nothing.
         """
         return []
+
+    def report_section(self, predictions: list[Prediction], run: RunRecord) -> ReportSection | None:
+        """The task's part of the run report (``nlpkit report``, and ``nlpkit run`` at its end); optional.
+
+        Args:
+            predictions: the best model's answer to every validation example
+                (``Prediction.example`` holds its fields, ``Prediction.prediction``
+                the ``decode`` answer), saved by the run; empty when the run saved none.
+            run: the run's recipe, ``metrics.csv`` history, final metrics and samples.
+
+        Returns:
+            A :class:`ReportSection` of :class:`Table`, :class:`Matrix` (a heat map),
+            :class:`Curves` and :class:`Text` parts, which nlpkit draws and renders
+            (every text escaped); None (the default): the report has only its
+            generic part (curves, recipe, versions).
+        """
+        return None
 
 
 class GeneratesText:

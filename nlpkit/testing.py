@@ -6,7 +6,8 @@ registration by its plugin module, ``setup``/``state``, ``prepare`` (a cached
 ``datasets.map``), ``collate``, ``forward``, ``loss`` (a finite scalar whose
 gradients reach the head and the backbone), ``metrics``/``evaluate_batch``,
 ``decode``, then two training steps through :func:`nlpkit.run`, the run
-folder, :func:`nlpkit.load`, ``predict`` and ``evaluate``. A broken part
+folder, ``report_section`` on the run's saved validation predictions,
+:func:`nlpkit.load`, ``predict`` and ``evaluate``. A broken part
 raises :class:`ConformanceError` (an ``AssertionError``, so pytest reports it
 as a failed test) whose message names the part and what was expected::
 
@@ -323,6 +324,8 @@ def tiny_recipe(
         "trainer": {"accelerator": "cpu", "devices": 1, "val_check_interval": 1, "enable_progress_bar": False,
                     "enable_model_summary": False, "num_sanity_val_steps": 0},
         "output_dir": str(output_dir),
+        # No report.html: drawing it costs more than the two training steps (a run may turn it on).
+        "report": False,
     }
     if options is not None:
         recipe[task] = dict(options)
@@ -383,7 +386,8 @@ def check_task(
     reaches the head and the backbone); ``metrics`` with ``evaluate_batch``
     (every name in ``metric_names``, each a scalar); ``decode`` (one
     JSON-serialisable answer per example); two training steps through
-    :func:`nlpkit.run`; the run folder; :func:`nlpkit.load` with the same
+    :func:`nlpkit.run`; the run folder; ``report_section`` on the saved
+    validation predictions (its parts checked, not drawn; after ``predict``); :func:`nlpkit.load` with the same
     plugins; ``predict`` (a list in, a list out; one input in, the same
     answer out) and ``evaluate``. On the CPU, in seconds.
 
@@ -540,6 +544,7 @@ class _Checker:
         result = self.check_fit()
         self.check_run_folder(result.run_dir, inputs.task.state())
         answers = self.check_load_and_predict(result.run_dir)
+        self.check_report_section(inputs.task, result.run_dir)
         return TaskCheck(result.run_dir, result.metrics, answers)
 
     def check_rows(self) -> None:
@@ -858,6 +863,18 @@ class _Checker:
         if saved != json.loads(json.dumps(state)):
             raise self.fail("setup", f"the run folder's task state {saved} differs from state() after setup on "
                                      f"the same data {state}: setup must depend on the data only")
+
+    def check_report_section(self, task: Task, run_dir: Path) -> None:
+        """The task's part of the run report, from the predictions the run saved (checked, not drawn: it is quick)."""
+        from nlpkit.report import check_section, read_predictions, read_run_record
+
+        predictions = read_predictions(run_dir)
+        if not predictions:
+            raise self.fail("run folder", f"no validation predictions in {run_dir} (predictions/validation.jsonl): "
+                                          f"writing them failed, see the log")
+        with self.step("report_section(the saved validation predictions)"):
+            section = task.report_section(predictions, read_run_record(run_dir))
+            check_section(section)
 
     def check_load_and_predict(self, run_dir: Path) -> list[Any]:
         from nlpkit.inference import LoadedModel, load

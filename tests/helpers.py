@@ -95,6 +95,7 @@ def tiny_recipe(tmp_path: Path, **sections: Any) -> dict[str, Any]:
         "training": {"batch_size": 16, "epochs": 3, "seed": 0, "precision": "32-true"},  # the same figures on any CPU
         "trainer": {"enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0},
         "output_dir": str(tmp_path / "runs"),
+        "report": False,  # drawing the report costs more than these runs train (tests/integration/test_report.py)
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(recipe.get(key), dict):

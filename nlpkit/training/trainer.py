@@ -16,6 +16,7 @@ from nlpkit.backbones.config import config_of
 from nlpkit.errors import NlpkitError
 from nlpkit.plugins import PluginSet, load_plugins
 from nlpkit.recipe import Recipe, load_recipe, recipe_to_dict
+from nlpkit.report import write_predictions
 from nlpkit.runs import LAST_CHECKPOINT, METRICS_FILE, RUN_FILE, SOURCE_CHECKPOINT_FILE, RunFolder
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def _cpu_multiplies_bf16() -> bool:
 def _trainer(recipe: Recipe, run: RunFolder, resumed_recipe: dict[str, Any] | None = None,
              console: ConsoleOptions | None = None) -> tuple[Any, Any, Any]:
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
     from nlpkit.training.checkpoints import AtomicCheckpointIO, LatestCheckpoint
     from nlpkit.training.console import ConsoleOptions, console_callbacks
@@ -112,7 +113,9 @@ def _trainer(recipe: Recipe, run: RunFolder, resumed_recipe: dict[str, Any] | No
         enable_version_counter=False,
     )
     logger = RunHistoryLogger(run.path)
-    callbacks: list[Any] = [RunHistory(logger, run.path, resumed_recipe), RunLiveness(run.path, resumed_recipe is not None)]
+    # The learning rate of each parameter group (lr-AdamW/pg1 ...) in metrics.csv, for the run report.
+    callbacks: list[Any] = [RunHistory(logger, run.path, resumed_recipe), RunLiveness(run.path, resumed_recipe is not None),
+                            LearningRateMonitor(logging_interval="step")]
     trackers = build_trackers(recipe, run.path)
     if trackers:
         callbacks.append(TrackerRun(resumed_recipe or run.read_recipe(), run.path, resumed_recipe is not None))
@@ -336,6 +339,7 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
             run.save_weights(model, leave_out=base_weight_names(model) if adapters_only else None)
             run.write_json(METRICS_FILE, metrics)
             finish_trackers(trainer, metrics)
+            _write_predictions(run, task, model, inputs.splits["validation"], recipe, trainer.strategy.root_device)
             run.mark_finished()
     except BaseException as error:
         if created:  # the process that made the folder; the others of a multi-process run joined it
@@ -343,7 +347,34 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
         raise
     finally:
         os.environ.pop(RUN_DIR_ENV, None)
+    if trainer.is_global_zero and recipe.report:
+        _write_report(run, plugin_set)
     return RunResult(run.path, metrics, primary=trainer.is_global_zero)
+
+
+def _write_predictions(run: RunFolder, task: Any, model: Any, validation: Any, recipe: Recipe, device: Any) -> None:
+    """What the report shows of the model's errors: the best model's answers to the validation split.
+
+    A task that cannot answer (its ``encode`` needs the targets) keeps its trained run: the error is
+    logged with its traceback and the report has no task part.
+    """
+    try:
+        write_predictions(run.path, task, model, validation, recipe.training.eval_batch_size or recipe.training.batch_size,
+                          device, recipe.trainer.get("limit_val_batches"))
+    except Exception:
+        log.exception("nlpkit: the validation predictions could not be written; the run report will not show "
+                      "the task's part")
+
+
+def _write_report(run: RunFolder, plugin_set: PluginSet) -> None:
+    """The run report of a finished run; a failure is logged with its traceback and leaves the run finished."""
+    from nlpkit.report import write_report
+
+    try:
+        log.info("report: %s", write_report(run.path, plugin_set))
+    except Exception:  # the model and metrics are saved: a report that fails must not lose the run
+        log.exception("nlpkit: the run finished, but its report could not be written; "
+                      "write it with: nlpkit report %s", run.path)
 
 
 def _abandon(run: RunFolder, error: BaseException) -> None:
@@ -366,9 +397,9 @@ def _abandon(run: RunFolder, error: BaseException) -> None:
 
 
 # Fields a resumed run may change: how long it trains, on what hardware, where it is tracked,
-# and the naming of a new run folder (the resumed run keeps its own).
+# whether it writes a report, and the naming of a new run folder (the resumed run keeps its own).
 _RUN_NAMING = ("name", "output_dir")
-_RESUMABLE_CHANGES = ("training.epochs", "training.max_steps", "trainer.", "logging.", *_RUN_NAMING)
+_RESUMABLE_CHANGES = ("training.epochs", "training.max_steps", "trainer.", "logging.", "report", *_RUN_NAMING)
 
 
 def checkpoint_to_resume(run: RunFolder, resolved: dict[str, Any]) -> Path:
@@ -389,7 +420,7 @@ def checkpoint_to_resume(run: RunFolder, resolved: dict[str, Any]) -> Path:
         if flat_before.get(key) != flat_after.get(key) and not key.startswith(_RESUMABLE_CHANGES):
             raise NlpkitError(
                 f"--resume: the recipe's {key} is {flat_after.get(key)!r} but the run in {run.path} was trained with "
-                f"{flat_before.get(key)!r}; only training.epochs, training.max_steps, trainer.* and logging.* may change"
+                f"{flat_before.get(key)!r}; only training.epochs, training.max_steps, trainer.*, logging.* and report may change"
             )
     try:
         newest = latest_checkpoint(run.checkpoint_dir)

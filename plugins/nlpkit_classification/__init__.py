@@ -17,6 +17,7 @@ import nlpkit
 from nlpkit.tasks import BackboneConfig, HFHead, Task, TaskModel, TaskTokenizer, head_layers
 from nlpkit_classification.hf import classification_layout, sequence_classification_head
 from nlpkit_classification.labels import RowLabels
+from nlpkit_classification.report import classification_section
 
 @dataclass
 class ClassificationOptions:
@@ -91,6 +92,9 @@ class Classification(Task):
 
     def hf_head(self, family: str) -> HFHead | None:  # export, and a pretrained checkpoint's head to start from
         return sequence_classification_head(family, self.labels, self.config.multi_label, self.config.pooling)
+
+    def report_section(self, predictions, run):  # the run report: confusion matrix, per-label scores (report.py)
+        return classification_section(self.labels, self.row_labels.of, self.config.multi_label, predictions)
 
 
 @nlpkit.hookimpl

@@ -206,6 +206,11 @@ class LanguageModeling(GeneratesText, Task):
                          defaults=self.generation_defaults(), **options)
         return [f"{prompt!r} -> {text!r}" for prompt, text in zip(self.config.sample_prompts, texts)]
 
+    def report_section(self, predictions, run):
+        from nlpkit_generation.report import generation_section
+
+        return generation_section(predictions, run)
+
     def hf_head(self, family):
         if family not in CAUSAL_LM_CLASSES:
             return None

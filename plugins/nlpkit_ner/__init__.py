@@ -311,6 +311,11 @@ class Ner(Task):
             metrics[name] = EntityScore(self.types, f"f1_{type_}", **options)
         return metrics
 
+    def report_section(self, predictions, run):
+        from nlpkit_ner.report import ner_section
+
+        return ner_section(self.types, self.config.scheme, self.config.train_scheme, predictions)
+
     def hf_head(self, family):
         from nlpkit_ner.hf import token_classification_head
 

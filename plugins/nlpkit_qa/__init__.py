@@ -35,7 +35,8 @@ from torch import nn
 from torchmetrics.text import SQuAD
 
 import nlpkit
-from nlpkit.tasks import BackboneConfig, HFHead, NlpkitError, Task, TaskModel, family_head, head_layers, pad
+from nlpkit.tasks import (BackboneConfig, HFHead, NlpkitError, Prediction, ReportSection, RunRecord, Task, TaskModel,
+                          family_head, head_layers, pad)
 from nlpkit_qa.data import ANSWER_COLUMNS, FORMATS, check_answers, gold_answers
 from nlpkit_qa.hf import question_answering_head
 from nlpkit_qa.spans import Span, answer_tokens, best_span, characters, context_span
@@ -223,6 +224,11 @@ class QuestionAnswering(Task):
         gold = [{"answers": {"text": texts, "answer_start": starts}, "id": str(i)}
                 for i, (texts, starts) in enumerate(zip(batch["answer_texts"], batch["answer_starts"]))]
         return predicted, gold
+
+    def report_section(self, predictions: list[Prediction], run: RunRecord) -> ReportSection:
+        from nlpkit_qa.report import qa_section
+
+        return qa_section(predictions)
 
     def hf_head(self, family: str) -> HFHead | None:  # export, and a QA checkpoint's head to start from
         return question_answering_head(family)

@@ -222,6 +222,11 @@ class Translation(GeneratesText, Task):
         if len(dataset) == 0:
             raise NlpkitError(f"{where}: no sentence pairs")
 
+    def report_section(self, predictions, run):
+        from nlpkit_translation.report import translation_section
+
+        return translation_section(predictions, run, self.metrics(), self.config.lowercase)
+
     def hf_head(self, family):
         from nlpkit_translation.hf import seq2seq_lm_head
 

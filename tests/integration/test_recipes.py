@@ -50,11 +50,14 @@ def test_shipped_recipe_validates(path, tmp_path_factory):
 def test_shipped_recipe_runs_two_steps(path, tmp_path, tmp_path_factory):
     if _needs_shared(path) and not SHARED.is_dir():
         pytest.skip("needs ../shared data")
+    # Small validation batches: the run validates, then writes its predictions (one more pass, beam search for
+    # translation) over the same two batches.
     result = nlpkit.run(path, overrides=[*FAST, *_base_overrides(path, tmp_path_factory), "training.max_steps=2",
-                                         "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
-                                         f"output_dir={tmp_path}"])
+                                         "trainer.limit_val_batches=2", "training.eval_batch_size=16",
+                                         "trainer.limit_test_batches=2", f"output_dir={tmp_path}"])
     assert "val_loss" in result.metrics
     assert nlpkit.load(result.run_dir) is not None
+    assert (result.run_dir / "report.html").is_file()  # report: true, the default
 
 
 @pytest.mark.slow

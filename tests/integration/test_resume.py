@@ -286,7 +286,8 @@ def test_resume_refuses_another_recipe_and_trains_longer_keeping_the_history(tra
     # The first epoch's rows stay (the finished run's closing validation, logged after its last
     # checkpoint, makes way for the second epoch's rows and a new one); then the second epoch's.
     assert rows[: len(rows_before) - 1] == rows_before[:-1]
-    epochs = [row["epoch"] for row in rows[len(rows_before) - 1 :]]
+    # (Rows without an epoch are LearningRateMonitor's learning rates.)
+    epochs = [row["epoch"] for row in rows[len(rows_before) - 1 :] if "epoch" in row]
     assert set(epochs[:-1]) == {"1"} and epochs[-1] == "2"  # the second epoch's rows, the closing validation
     # One validation row each: epoch 0's, epoch 1's, the closing one (not the first run's closing one again).
     assert [row["epoch"] for row in rows if "val_loss" in row] == ["0", "1", "2"]
