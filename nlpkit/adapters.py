@@ -212,13 +212,14 @@ def save_peft_adapter(model: nn.Module, saved: Mapping[str, Tensor], section: Pe
         tensors[f"base_model.model.{place}.{name}"] = tensor
         targets.add(place)
     prefix = head_class_prefix(family, registries=registries)
-    head_state = model.head.state_dict()  # type: ignore[operator]
+    head_module: nn.Module = model.head  # type: ignore[assignment]
+    head_state = head_module.state_dict()
     modules_to_save: set[str] = set()
     for ours, theirs in head.weights.items():
         full = (prefix if theirs in head.inside_base_model else "") + theirs
         tensors[f"base_model.model.{full}"] = head_state[ours]
         modules_to_save.add(full.rpartition(".")[0])
-    kind = backbone.config.kind  # type: ignore[union-attr]
+    kind: str = backbone.config.kind  # type: ignore[union-attr,assignment]
     task_type = _KIND_TASK_TYPES.get(kind) or next(
         (value for suffix, value in _ENCODER_TASK_TYPES.items() if head.architecture.endswith(suffix)), None)
     config = LoraConfig(r=section.r, lora_alpha=section.alpha, lora_dropout=section.dropout, use_dora=section.use_dora,

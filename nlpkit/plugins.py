@@ -43,7 +43,7 @@ _REGISTRATION_HOOKS = {
 # out, not imported: the checkpoint code imports this module and the recipe imports the checkpoint code,
 # so importing the recipe here would close an import cycle (tests/unit/test_imports.py).
 RESERVED_TASK_NAMES = frozenset({"task", "backbone", "data", "tokenizer", "optimization", "training", "trainer",
-                                 "peft", "output_dir", "name"})
+                                 "peft", "logging", "report", "output_dir", "name"})
 # What nlpkit's checkpoint code reads of a family (the Family protocol), checked when it is registered
 # so that a plugin's incomplete family fails as the plugin loads, not half-way through reading a folder.
 _FAMILY_MEMBERS = ("ARCHITECTURES", "PREFIXES", "IGNORED", "config_from_hf", "config_to_hf", "rules")

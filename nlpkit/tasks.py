@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from nlpkit.errors import NlpkitError
-from nlpkit.report import Curves, Matrix, Prediction, ReportSection, RunRecord, Table, Text
+from nlpkit.report_parts import Curves, Matrix, Prediction, ReportSection, RunRecord, Table, Text
 
 from nlpkit.backbones.checkpoints._common import HeadShape
 from nlpkit.backbones.config import BackboneConfig
