@@ -66,14 +66,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import resource
 import statistics
-import subprocess
-import sys
 import time
 import types
 from typing import Any
+
+from _children import peak_rss_mib, rss_mib, run_child
 
 SIZES = {
     "base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
@@ -92,16 +90,6 @@ LR, BETAS, EPS, WEIGHT_DECAY = 5e-5, (0.9, 0.999), 1e-8, 0.01
 # ---------------------------------------------------------------------------
 # Child process: one side, one configuration
 # ---------------------------------------------------------------------------
-
-
-def _rss_mib() -> float:
-    """Current resident set size in MiB (Linux /proc)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _batch(torch: Any) -> dict[str, Any]:
@@ -231,7 +219,7 @@ def _import_everything() -> float:
     import nlpkit_classification  # noqa: F401
     import transformers  # noqa: F401
 
-    return _rss_mib()
+    return rss_mib()
 
 
 def run_timing_child(size: str, precision: str, steps: int, warmup: int, hf_optimizer: str,
@@ -277,21 +265,12 @@ def run_memory_child(side: str, size: str, precision: str, steps: int, hf_optimi
     built = _build(side, size, precision, hf_optimizer)
     for _ in range(steps):
         built["step"]()
-    return {"rss_imports_mib": rss_imports, "peak_rss_mib": _peak_rss_mib()}
+    return {"rss_imports_mib": rss_imports, "peak_rss_mib": peak_rss_mib()}
 
 
 # ---------------------------------------------------------------------------
 # Parent process: spawn the children, aggregate, print the table
 # ---------------------------------------------------------------------------
-
-
-def _spawn(arguments: list[str]) -> dict[str, Any]:
-    command = [sys.executable, os.path.abspath(__file__), *arguments]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr)
-        raise SystemExit(f"child {' '.join(arguments)} failed with exit code {done.returncode}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -334,8 +313,8 @@ def main(argv: list[str] | None = None) -> None:
     for size in sizes:
         for precision in precisions:
             where = ["--sizes", size, "--precisions", precision, *common]
-            runs = [_spawn(["--child", "timing", *where, *threads]
-                           + (["--profile"] if options.profile and r == 0 else []))
+            runs = [run_child(__file__, ["--child", "timing", *where, *threads]
+                              + (["--profile"] if options.profile and r == 0 else []))
                     for r in range(options.repeats)]
             times = {side: [t for run in runs for t in run["times"][side]] for side in SIDES}
             cpu_times = {side: [t for run in runs for t in run["cpu_times"][side]] for side in SIDES}
@@ -344,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
             cpu_ratio = cpu_medians["nlpkit"] / cpu_medians["transformers"]
             # Steps i of both sides ran back to back, so their ratio is the least disturbed figure.
             paired = statistics.median(a / b for a, b in zip(times["nlpkit"], times["transformers"]))
-            memory = {} if options.no_memory else {side: _spawn(["--child", side, *where]) for side in SIDES}
+            memory = {} if options.no_memory else {side: run_child(__file__, ["--child", side, *where]) for side in SIDES}
             rows.append((size, precision, medians, paired, cpu_ratio, memory))
 
             print(f"\n== {size} {precision}: batch {BATCH} x {LENGTH}, {options.warmup} warm-up + {options.steps} "

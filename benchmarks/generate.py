@@ -39,13 +39,13 @@ import argparse
 import ctypes
 import gc
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _children import peak_rss_mib, run_child
 
 # name -> (checkpoint, batch, num_beams, nlpkit dtype, transformers dtype, new tokens or None for --new-tokens)
 CONFIGS = {
@@ -105,7 +105,7 @@ def _status_mb(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: the peak since start
+    return peak_rss_mib()  # no /proc: the peak since start
 
 
 def _reset_peak() -> None:
@@ -171,14 +171,6 @@ def child(side: str, folder: str, config: str, new_tokens: int) -> None:
                       "call_added_mb": peak - before, "first_output": outputs[0]}))
 
 
-def run_child(side: str, folder: str, config: str, new_tokens: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", side, "--folder", folder, "--configs", config,
-                          "--new-tokens", str(new_tokens)], capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"{side} {config} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
@@ -214,7 +206,8 @@ def main() -> None:
             for repeat in range(args.repeats):
                 order = ["nlpkit", "transformers"] if repeat % 2 == 0 else ["transformers", "nlpkit"]
                 for side in order:
-                    runs[side].append(run_child(side, folder, config, args.new_tokens))
+                    runs[side].append(run_child(__file__, ["--child", side, "--folder", folder, "--configs", config,
+                                                           "--new-tokens", str(args.new_tokens)]))
             ours, theirs = runs["nlpkit"], runs["transformers"]
             speed = {side: statistics.median(r["tokens_per_s"] for r in rs) for side, rs in runs.items()}
             memory = {side: statistics.median(r["peak_rss_mb"] for r in rs) for side, rs in runs.items()}

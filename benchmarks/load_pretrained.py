@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _children import peak_rss_mib, run_child
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "all-minilm-l6-v2"
 
@@ -42,7 +42,7 @@ def child(side: str, folder: str) -> None:
     ids = torch.tensor([[101, 7592, 2088, 2003, 1037, 3231, 102]])
     hidden = model(ids, attention_mask=torch.ones_like(ids)).last_hidden_state
     torch.save(hidden, f"/tmp/nlpkit-load-bench-{side}.pt")
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mib()}))
 
 
 def main() -> None:
@@ -60,9 +60,7 @@ def main() -> None:
     for repeat in range(args.repeats):
         order = ["nlpkit", "transformers"] if repeat % 2 == 0 else ["transformers", "nlpkit"]
         for side in order:
-            out = subprocess.run([sys.executable, __file__, "--child", side, "--folder", args.folder],
-                                 capture_output=True, text=True, check=True)
-            results[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            results[side].append(run_child(__file__, ["--child", side, "--folder", args.folder]))
     import torch
 
     diff = (torch.load("/tmp/nlpkit-load-bench-nlpkit.pt") - torch.load("/tmp/nlpkit-load-bench-transformers.pt")).abs().max()

@@ -47,16 +47,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import types
 from pathlib import Path
 from typing import Any
+
+from _children import peak_rss_mib, rss_mib, run_child
 
 MODELS: dict[str, dict[str, Any]] = {
     "bert-base": dict(batch=16, length=128, targets=["query", "value"], hf_targets=["query", "value"]),
@@ -67,11 +65,6 @@ SIDES = ("nlpkit-lora", "peft-lora", "nlpkit-full", "transformers-full")
 RANK, ALPHA = 16, 32
 DROPOUT = 0.0  # peft's default; --lora-dropout sets another
 LR, WEIGHT_DECAY, NUM_LABELS = 1e-4, 0.01, 2
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def save_checkpoint(model: str, folder: Path) -> None:
@@ -207,7 +200,7 @@ def _import_everything() -> float:
 
     import nlpkit.training.module  # noqa: F401
 
-    return _rss_mib()
+    return rss_mib()
 
 
 def timing_child(model: str, folder: Path, precision: str, steps: int, warmup: int, dropout: float) -> dict[str, Any]:
@@ -231,15 +224,7 @@ def memory_child(side: str, model: str, folder: Path, precision: str, steps: int
     for _ in range(steps):
         built["step"]()
     return {"rss_imports_mib": rss_imports, "state_mib": built["state_mib"](),
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def _spawn(arguments: list[str]) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), *arguments], capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr)
-        raise SystemExit(f"child {' '.join(arguments)} failed with exit code {done.returncode}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+            "peak_rss_mib": peak_rss_mib()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -277,8 +262,8 @@ def main(argv: list[str] | None = None) -> None:
                 where = ["--models", model, "--precisions", precision, "--folder", str(folder),
                          "--steps", str(options.steps), "--warmup", str(options.warmup),
                          "--lora-dropout", str(options.lora_dropout)]
-                run = _spawn(["--child", "timing", *where])
-                memory = {side: _spawn(["--child", side, *where]) for side in SIDES}
+                run = run_child(__file__, ["--child", "timing", *where])
+                memory = {side: run_child(__file__, ["--child", side, *where]) for side in SIDES}
                 medians = {side: statistics.median(run["times"][side]) for side in SIDES}
                 rows.append((model, precision, medians, memory, run["params"]))
                 print(f"\n== {model} {precision}: {options.warmup} warm-up + {options.steps} steps per side", flush=True)

@@ -10,6 +10,8 @@ import argparse
 import inspect
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -479,6 +481,17 @@ def _configure_logging(quiet: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nlpkit`` console script; returns the exit code (2: a user error)."""
+    try:
+        code = _run_verb(argv)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
+        return code
+    except BrokenPipeError:  # stdout piped into a reader that stopped early (nlpkit runs --json | head)
+        # Python flushes stdout again at exit; pointing it at /dev/null keeps that flush from a second error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE  # what a shell reports for a process SIGPIPE ended
+
+
+def _run_verb(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # a bad argument (code 2, one line printed) or --help (0)

@@ -44,6 +44,7 @@ __all__ = [
     "read_recipe_file",
     "apply_overrides",
     "recipe_to_dict",
+    "flatten_recipe",
     "RECIPE_DIR_VARIABLE",
 ]
 
@@ -318,14 +319,9 @@ class LoggingSection:
     wandb: WandbSection = field(default_factory=WandbSection)
 
     def __post_init__(self) -> None:
-        import importlib.util
-
         for name in self.trackers:
             if self.trackers.count(name) > 1:
                 raise ValueError(f"trackers: '{name}' is named twice")
-            package = TRACKER_PACKAGES[name]
-            if package is not None and importlib.util.find_spec(package) is None:
-                raise ValueError(f'trackers: {name} needs the {package} package: pip install "nlpkit[{name}]"')
 
 
 @dataclass
@@ -410,8 +406,9 @@ def load_recipe(
         overrides: ``key.sub=value`` strings applied before validation.
         registries: the plugin registries to check names against (tasks,
             presets, formats); loaded from the installed plugins when None.
-        check_files: check that data and tokenizer files exist (a run folder's
-            recipe is read without: it needs none of them to predict).
+        check_files: check what training needs: that data and tokenizer files
+            exist, the trackers' packages and logins (a run folder's recipe is
+            read without: it needs none of them to predict).
 
     Returns:
         The validated :class:`Recipe`, with absolute paths.
@@ -458,6 +455,7 @@ def load_recipe(
     _check_tokenizer(recipe_obj, recipe_dir, ctx, check_files)
     _check_training(recipe_obj, task_cls, ctx)
     _check_trainer(recipe_obj, ctx)
+    _check_logging(recipe_obj, ctx, check_files)
     recipe_obj.output_dir = str(_resolve_path(recipe_obj.output_dir, recipe_dir))
     if check_files:
         try:
@@ -593,6 +591,47 @@ def _check_tokenizer(recipe: Recipe, recipe_dir: Path, ctx: Context, check_files
         tok.file = str(path)
 
 
+def _check_logging(recipe: Recipe, ctx: Context, check_files: bool) -> None:
+    """What the trackers need to start: their packages and, for online W&B, a login.
+
+    Training alone needs them: a run folder's recipe is read without (predicting needs no tracker).
+    """
+    import importlib.util
+
+    if not check_files:
+        return
+    section = recipe.logging
+    for name in section.trackers:
+        package = TRACKER_PACKAGES[name]
+        if package is not None and importlib.util.find_spec(package) is None:
+            raise ctx.error(("logging", "trackers"), f'{name} needs the {package} package: pip install "nlpkit[{name}]"')
+    if "wandb" in section.trackers and section.wandb.mode == "online" and not _wandb_login_found():
+        raise ctx.error(("logging", "wandb", "mode"), "'online' needs a Weights & Biases login and finds none "
+                        "(WANDB_API_KEY, or the netrc entry `wandb login` writes); log in, or keep mode 'offline' "
+                        "and upload later with wandb sync")
+
+
+def _wandb_login_found() -> bool:
+    """Whether wandb.init will find credentials, or can ask for them at a terminal.
+
+    Without either, online wandb fails once training has started ("api_key not configured (no-tty)"); this
+    reads the same places it does first (its environment variables, then the netrc entry of its host).
+    """
+    import netrc
+    import os
+    import sys
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE") or sys.stdin.isatty():
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        return netrc.netrc(path).authenticators(host or "") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
 def _check_training(recipe: Recipe, task_cls: type[Task], ctx: Context) -> None:
     training = recipe.training
     if training.max_tokens is not None and recipe.data.group_by_length:
@@ -639,4 +678,18 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
             value = dataclasses.asdict(value)
         out[f.name] = value
     out[recipe.task] = dataclasses.asdict(recipe.task_options)
+    return out
+
+
+def flatten_recipe(recipe: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The recipe as one level of dotted keys (``training.batch_size``), the way overrides name them.
+
+    An empty mapping (``data.columns: {}``) holds no value and gives no key.
+    """
+    out: dict[str, Any] = {}
+    for key, value in recipe.items():
+        if isinstance(value, dict):
+            out.update(flatten_recipe(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
     return out

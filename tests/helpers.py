@@ -125,3 +125,25 @@ def assert_one_line_error(code: int, captured: Any, parts: list[str]) -> None:
     assert len(lines) == 1 and lines[0].startswith("nlpkit: error: "), captured.err
     for part in parts:
         assert part in lines[0], lines[0]
+
+
+def translation_batch(model: Any, sources: list[str], targets: list[str]) -> dict[str, Any]:
+    """A loaded translation run's training batch of these pairs (teacher forcing: decoder inputs and labels)."""
+    features = model.task.encode({"source": sources, "target": targets})
+    return model.task.collate([dict(zip(features, values)) for values in zip(*features.values())])
+
+
+def seq2seq_logit_gap(model: Any, hf_model: Any, batch: dict[str, Any]) -> float:
+    """The largest logit difference between a loaded translation run and a `transformers` seq2seq model.
+
+    Both read the same batch (`translation_batch`); padded decoder positions are left out.
+    """
+    import torch
+
+    with torch.no_grad():
+        ours = model.task.forward(model.model, batch)
+        theirs = hf_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          decoder_input_ids=batch["decoder_input_ids"],
+                          decoder_attention_mask=batch["decoder_attention_mask"]).logits
+    real = batch["decoder_attention_mask"].bool()
+    return float((ours[real] - theirs[real]).abs().max())

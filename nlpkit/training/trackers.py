@@ -38,9 +38,10 @@ from pytorch_lightning.loggers import Logger, MLFlowLogger, TensorBoardLogger, W
 from typing_extensions import override
 
 from nlpkit._files import atomic_write
+from nlpkit.recipe import flatten_recipe
 from nlpkit.recipe import Recipe
 
-__all__ = ["TRACKERS_FILE", "MLFLOW_DB", "build_trackers", "TrackerRun", "finish_trackers", "flatten_recipe"]
+__all__ = ["TRACKERS_FILE", "MLFLOW_DB", "build_trackers", "TrackerRun", "finish_trackers"]
 
 # The tracker runs a run folder's run writes to, for --resume: {"mlflow": {"tracking_uri", "run_id"}, "wandb": {"id"}}.
 TRACKERS_FILE = "trackers.json"
@@ -49,20 +50,6 @@ TENSORBOARD_DIR = "tensorboard"
 MLFLOW_ARTIFACTS_DIR = "mlflow-artifacts"
 # TensorBoard's names of the final metrics (final/val_loss ...): its HPARAMS tab shows them beside the recipe.
 FINAL_PREFIX = "final/"
-
-
-def flatten_recipe(recipe: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """The recipe as one level of dotted keys (``training.batch_size``), the way overrides name them.
-
-    An empty mapping (``data.columns: {}``) holds no value and gives no key.
-    """
-    out: dict[str, Any] = {}
-    for key, value in recipe.items():
-        if isinstance(value, dict):
-            out.update(flatten_recipe(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _recorded(run_dir: Path) -> dict[str, Any]:

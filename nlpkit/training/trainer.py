@@ -15,7 +15,7 @@ from nlpkit.assembly import build_model, prepare_inputs
 from nlpkit.backbones.config import config_of
 from nlpkit.errors import NlpkitError
 from nlpkit.plugins import PluginSet, load_plugins
-from nlpkit.recipe import Recipe, load_recipe, recipe_to_dict
+from nlpkit.recipe import Recipe, flatten_recipe, load_recipe, recipe_to_dict
 from nlpkit.report import write_predictions
 from nlpkit.runs import LAST_CHECKPOINT, METRICS_FILE, RUN_FILE, SOURCE_CHECKPOINT_FILE, RunFolder
 
@@ -415,7 +415,7 @@ def checkpoint_to_resume(run: RunFolder, resolved: dict[str, Any]) -> Path:
     if before.get("task") != resolved["task"]:
         raise NlpkitError(f"--resume: {run.path} is a run of task '{before.get('task')}', but the recipe's task is "
                           f"'{resolved['task']}'; a run is resumed with the recipe it was started with")
-    flat_before, flat_after = _flatten(before), _flatten(resolved)
+    flat_before, flat_after = flatten_recipe(before), flatten_recipe(resolved)
     for key in sorted(set(flat_before) | set(flat_after)):
         if flat_before.get(key) != flat_after.get(key) and not key.startswith(_RESUMABLE_CHANGES):
             raise NlpkitError(
@@ -433,16 +433,6 @@ def checkpoint_to_resume(run: RunFolder, resolved: dict[str, Any]) -> Path:
         raise NlpkitError(f"--resume: {run.path} has no checkpoint yet (the run stopped before its first one, written "
                           f"every {every} steps and at each epoch end); start it again with nlpkit run")
     return newest[0]
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def run(

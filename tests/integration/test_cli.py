@@ -127,6 +127,16 @@ def test_evaluate_prints_metrics(trained_run, tmp_path, capsys):
     assert "label 'meh' never seen in training" in capsys.readouterr().err
 
 
+def test_output_into_a_reader_that_stopped_ends_without_a_traceback(trained_run):
+    # As `nlpkit runs --json | head` when head has read its lines: the pipe's reader is gone before nlpkit writes.
+    runs = subprocess.Popen([str(Path(sys.executable).parent / "nlpkit"), "runs", str(trained_run.parent), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs.stdout.close()
+    stderr = runs.communicate(timeout=120)[1]
+    assert runs.returncode == 141, stderr  # 128 + SIGPIPE, as a shell reports a writer the pipe ended
+    assert stderr == ""
+
+
 def test_run_verbs_on_a_pretrained_folder_say_what_is_needed(tmp_path, capsys):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     assert main(["predict", str(tmp_path), "text"]) == 2

@@ -44,15 +44,11 @@ def history(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {name: [(int(row["step"]), float(row[name])) for row in rows if row[name] != ""] for name in columns}
 
 
-def leaves(recipe: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """recipe.yaml's values by the dotted keys an override names (an empty mapping has none)."""
-    out: dict[str, Any] = {}
-    for key, value in recipe.items():
-        if isinstance(value, dict):
-            out.update(leaves(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+def leaves(recipe: dict[str, Any]) -> dict[str, Any]:
+    """recipe.yaml's values by the dotted keys an override names (an empty mapping has none), read by pandas."""
+    import pandas
+
+    return pandas.json_normalize(recipe, sep=".").iloc[0].to_dict()
 
 
 def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -251,3 +247,26 @@ def test_a_tracker_whose_package_is_missing_names_the_extra_to_install(recipe_fi
 def test_an_mlflow_folder_store_is_refused_before_the_run(recipe_file, capsys, folder):
     code = main(["check", str(recipe_file), "logging.trackers=[mlflow]", f"logging.mlflow.tracking_uri={folder}"])
     assert_one_line_error(code, capsys.readouterr(), ["logging.mlflow.tracking_uri", "sqlite:///PATH/mlflow.db"])
+
+
+def test_online_wandb_without_a_login_is_refused_before_the_run(recipe_file, capsys, monkeypatch, tmp_path):
+    for name in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # stdin is not a terminal here: wandb could not ask
+    online = ["logging.trackers=[wandb]", "logging.wandb.mode=online"]
+    code = main(["run", str(recipe_file), *online])
+    assert_one_line_error(code, capsys.readouterr(), ["logging.wandb.mode", "WANDB_API_KEY", "wandb login", "offline"])
+    assert not (recipe_file.parent / "runs").exists()
+
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "0" * 40 + "\n")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # where `wandb login` keeps the key
+    assert main(["check", str(recipe_file), *online]) == 0
+
+
+def test_a_tracked_run_predicts_where_its_trackers_are_not_installed(tracked, monkeypatch):
+    _, run_dir = tracked
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",  # training needs the trackers; predicting does not
+                        lambda name, *args, **kwargs: None if name in TRACKERS else find_spec(name, *args, **kwargs))
+    (answer,) = nlpkit.load(run_dir).predict(["a good film"])
+    assert answer["label"] in {"pos", "neg"}

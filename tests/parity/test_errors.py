@@ -82,7 +82,9 @@ def test_unsupported_model_type_lists_the_supported_ones(tmp_path: Path) -> None
     _edit_config(folder, model_type="xlnet")
     message = _error(folder, "unsupported model_type 'xlnet'")
     families = json.loads((Path(__file__).parents[1] / "unit" / "registry_contents.json").read_text())
-    assert f"supported: {', '.join(sorted(families['checkpoint_families']))}" in message
+    # umt5 is registered only to be refused with its reason: nlpkit does not load it, so it is not offered.
+    loaded = sorted(set(families["checkpoint_families"]) - {"umt5"})
+    assert f"supported: {', '.join(loaded)}" in message
     assert "config.json" in message
 
 

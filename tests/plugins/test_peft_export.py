@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 import nlpkit
 from nlpkit.cli import main
 from nlpkit.testing import tiny_classification_data, tiny_recipe, tiny_tokenizer, write_rows
-from tests.helpers import assert_one_line_error
+from tests.helpers import assert_one_line_error, seq2seq_logit_gap, translation_batch
 from tests.plugins import test_encoder_family_heads as encoders
 from tests.plugins import test_generation_families as decoders
 from tests.plugins import test_translation_families as seq2seq
@@ -130,16 +130,9 @@ def test_an_encoder_decoder_adapter_loads_in_peft_with_the_run_logits(tmp_path: 
     saved = load_file(out / "adapter_model.safetensors")
     assert any(".EncDecAttention." in name for name in saved)  # cross-attention counts as attention
     adapted = peft.PeftModel.from_pretrained(transformers.AutoModelForSeq2SeqLM.from_pretrained(base), out).eval()
-    features = model.task.encode({"source": ["the big dog", "a cat sees the red tree"],
-                                  "target": ["der gross hund", "ein katze sieht der rot baum"]})
-    batch = model.task.collate([dict(zip(features, values)) for values in zip(*features.values())])
-    with torch.no_grad():
-        ours = model.task.forward(model.model, batch)
-        theirs = adapted(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         decoder_input_ids=batch["decoder_input_ids"],
-                         decoder_attention_mask=batch["decoder_attention_mask"]).logits
-    real = batch["decoder_attention_mask"].bool()
-    assert (ours[real] - theirs[real]).abs().max().item() <= 1e-4
+    batch = translation_batch(model, ["the big dog", "a cat sees the red tree"],
+                              ["der gross hund", "ein katze sieht der rot baum"])
+    assert seq2seq_logit_gap(model, adapted, batch) <= 1e-4
 
 
 @pytest.mark.parametrize(("family", "target", "layer"), [("gpt2", "query", "layers.0.attention.query"),

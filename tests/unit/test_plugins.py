@@ -483,7 +483,7 @@ def test_without_the_plugin_its_model_type_is_refused_in_one_line(asset_plugins,
     from nlpkit.backbones import from_pretrained
 
     _, toy = toy_folders
-    supported = f"supported: {', '.join(CHECKPOINT_FAMILIES)}"
+    supported = f"supported: {', '.join(name for name in CHECKPOINT_FAMILIES if name != 'umt5')}"  # umt5: refused
     for registries in (None, load_plugins(autoload=False).registries):  # the installed plugins' and a set's
         with pytest.raises(NlpkitError) as error:
             from_pretrained(toy, registries=registries)

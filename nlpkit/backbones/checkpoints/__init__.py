@@ -58,7 +58,7 @@ from nlpkit.backbones.checkpoints._common import (
 )
 from nlpkit.backbones.config import BackboneConfig
 from nlpkit.errors import NlpkitError
-from nlpkit.registry import Registries
+from nlpkit.registry import Registries, Registry
 
 __all__ = [
     "CheckpointConfig",
@@ -203,7 +203,7 @@ def detect_family(config_json: Mapping[str, Any], *, registries: Registries | No
     model_type = _model_type(config_json, registries)
     if model_type is not None:
         return model_type
-    supported = ", ".join(registries.checkpoint_families.names())
+    supported = _supported(registries.checkpoint_families)
     if config_json.get("model_type") is None:
         raise NlpkitError(f"config.json names no model_type (nor a known architecture); supported: {supported}")
     raise NlpkitError(f"unsupported model_type {config_json['model_type']!r}; supported: {supported}")
@@ -432,7 +432,7 @@ def save_pretrained(
         model_type, registries = family, _registries(registries, lambda found: family in found.checkpoint_families)
     families = registries.checkpoint_families
     if model_type not in families:
-        raise NlpkitError(f"unsupported model_type {model_type!r}; supported: {', '.join(families.names())}")
+        raise NlpkitError(f"unsupported model_type {model_type!r}; supported: {_supported(families)}")
     module = families.get(model_type)
     dtype = next(backbone.parameters()).dtype
     fields = {key: value for key, value in (hf_config or {}).items() if key != "torch_dtype"}
@@ -509,8 +509,7 @@ def head_class_prefix(family: str, *, registries: Registries | None = None) -> s
 def _family(family: str, registries: Registries | None) -> Family:
     found = _registries(registries, lambda candidate: family in candidate.checkpoint_families)
     if family not in found.checkpoint_families:
-        supported = ", ".join(found.checkpoint_families.names())
-        raise NlpkitError(f"unsupported model_type {family!r}; supported: {supported}")
+        raise NlpkitError(f"unsupported model_type {family!r}; supported: {_supported(found.checkpoint_families)}")
     module: Family = found.checkpoint_families.get(family)
     return module
 
@@ -702,6 +701,19 @@ def _inferred(config: BackboneConfig, registries: Registries | None) -> tuple[st
     return model_type, found
 
 
+def _probe(family: Family, model_type: str) -> BackboneConfig | None:
+    """The family's reading of an empty config.json, or None for a type registered only to be refused (umt5)."""
+    try:
+        return family.config_from_hf({}, model_type)
+    except NlpkitError:
+        return None
+
+
+def _supported(families: Registry[Any]) -> str:
+    """The model types nlpkit loads, for messages: not those registered only to be refused with their reason."""
+    return ", ".join(name for name in families.names() if _probe(families.get(name), name) is not None)
+
+
 def _expressing(config: BackboneConfig, registries: Registries) -> tuple[str | None, list[str]]:
     """The first family that expresses `config` (see `infer_family`), or None and why each cannot."""
     from nlpkit.plugins import ESSENTIAL_PLUGINS
@@ -711,11 +723,8 @@ def _expressing(config: BackboneConfig, registries: Registries) -> tuple[str | N
     ordered = sorted(families.items(), key=lambda item: families.owner(item[0]) not in ESSENTIAL_PLUGINS)
     reasons: list[str] = []
     for model_type, family in ordered:
-        try:
-            probe = family.config_from_hf({}, model_type)
-        except NlpkitError:
-            continue  # a model type registered only to be refused with its reason (umt5) expresses nothing
-        if probe.kind != config.kind:
+        probe = _probe(family, model_type)
+        if probe is None or probe.kind != config.kind:
             continue
         fields = family.config_to_hf(config, model_type)
         reason = _mismatch(family, model_type, fields, config)
