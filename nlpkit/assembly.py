@@ -178,14 +178,11 @@ def prepare_inputs(recipe: Recipe, registries: Registries, run: RunFolder | None
     multi-process run), the tokenizer, task state and backbone config come from
     it instead of being learnt again, so every process trains the same model.
     """
-    from nlpkit.data import describe_split, load_splits, select_columns
+    from nlpkit.data import describe_split, load_splits, select_task_columns
 
     task_cls = registries.tasks.get(recipe.task)
     raw = load_splits(recipe.data, registries.data_formats)
-    splits = select_columns(
-        raw, recipe.data, [*task_cls.input_columns, *task_cls.target_columns], task_cls.optional_columns,
-        text=[*task_cls.input_columns, *task_cls.optional_columns],
-    )
+    splits = select_task_columns(raw, recipe.data, task_cls)
     if run is not None:
         task, config = restore_task(run, recipe, registries)
     else:

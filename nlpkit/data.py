@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from nlpkit.chat_data import load_chat
 from nlpkit.errors import NlpkitError
 from nlpkit.registry import suggest
 
@@ -27,11 +28,13 @@ if TYPE_CHECKING:
 
     from nlpkit.recipe import DataSection
     from nlpkit.registry import Registry
+    from nlpkit.tasks import Task
 
 __all__ = [
     "FORMATS",
     "load_splits",
     "select_columns",
+    "select_task_columns",
     "EpochSampler",
     "LengthGroupedSampler",
     "token_budget_batches",
@@ -200,7 +203,7 @@ def load_text(files: dict[str, str], documents: str = "paragraph", **options: An
 
 
 FORMATS = {"csv": load_csv, "tsv": load_tsv, "json": load_json, "jsonl": load_json, "parquet": load_parquet,
-           "text": load_text}
+           "text": load_text, "chat": load_chat}
 
 
 def load_splits(data: DataSection, formats: Registry[Any]) -> datasets.DatasetDict:
@@ -230,11 +233,14 @@ def load_splits(data: DataSection, formats: Registry[Any]) -> datasets.DatasetDi
     loader = formats.get(data.format)
     # One call per file: splits may differ in extra columns (a test file with an id
     # column) or in inferred types, which one multi-file builder refuses.
+    # A format that gathers several columns into one field (chat: user + assistant -> messages) reads
+    # data.columns itself; every other format's columns are renamed afterwards, by select_columns.
+    columns = {"columns": dict(data.columns)} if getattr(loader, "reads_columns", False) else {}
     splits = {}
     for split in SPLITS:
         path = getattr(data, split)
         if path is not None:
-            splits[split] = loader({split: path}, **dict(data.options))[split]
+            splits[split] = loader({split: path}, **dict(data.options), **columns)[split]
             if len(splits[split]) == 0:
                 raise NlpkitError(f"{path}: no rows (data.{split} needs examples)")
     if data.validation_split is not None:
@@ -258,6 +264,15 @@ def carve_validation(train: datasets.Dataset, fraction: float, where: str | None
                           f"leaves no {'validation' if size < 1 else 'training'} rows")
     cut = len(train) - size
     return train.select(range(cut)), train.select(range(cut, len(train)))
+
+
+def select_task_columns(splits: datasets.DatasetDict, data: DataSection, task_cls: type[Task]) -> datasets.DatasetDict:
+    """:func:`select_columns` with the task's fields: its inputs (for the layout the data holds) and targets."""
+    known = [*task_cls.input_columns, *task_cls.optional_columns]
+    columns = next(iter(splits.values())).column_names if splits else []
+    present = [name for name in known if data.columns.get(name, name) in columns]
+    return select_columns(splits, data, [*task_cls.input_fields(present), *task_cls.target_columns],
+                          [name for name in known if name not in task_cls.input_fields(present)], text=known)
 
 
 def select_columns(

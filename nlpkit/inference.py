@@ -11,6 +11,7 @@ import torch
 from nlpkit._files import staged_folder
 from nlpkit.backbones.config import config_of
 from nlpkit.backbones.cpu import pack_for_cpu_inference
+from nlpkit.chat_data import check_messages
 from nlpkit.errors import NlpkitError
 from nlpkit.plugins import PluginSet, load_plugins
 from nlpkit.recipe import PeftSection, Recipe
@@ -56,8 +57,10 @@ class LoadedModel:
             if not isinstance(item, dict):
                 raise NlpkitError(f"{name}: expected a string or an object with {', '.join(fields)}, "
                                   f"got {type(item).__name__}")
-            for field in self.task.input_columns:
-                if not isinstance(item.get(field), str):
+            for field in self.task.input_fields(list(item)):
+                if field == "messages":  # a conversation, as the chat data format reads it
+                    check_messages(item.get(field), name)
+                elif not isinstance(item.get(field), str):
                     found = ", ".join(map(str, item)) or "none"
                     problem = f"missing field '{field}'" if field not in item else f"field '{field}' is not a string"
                     raise NlpkitError(f"{name}: {problem} (fields found: {found}; expected: {', '.join(fields)})")
@@ -236,7 +239,7 @@ class LoadedModel:
         import pytorch_lightning as pl
         from torch.utils.data import DataLoader
 
-        from nlpkit.data import load_splits, select_columns
+        from nlpkit.data import load_splits, select_task_columns
         from nlpkit.training.module import TaskModule
         from nlpkit.training.trainer import quiet_lightning
 
@@ -248,13 +251,11 @@ class LoadedModel:
         # (CoNLL files end in .txt).
         suffix = path.suffix.lstrip(".").lower()
         fmt = format or (suffix if suffix in formats else self.recipe.data.format or suffix)
+        if format is None and self.recipe.data.format == "chat" and suffix in ("json", "jsonl"):
+            fmt = "chat"  # the run's conversations, in whichever layout its recipe mapped (data.columns)
         section = dataclasses.replace(self.recipe.data, train=None, validation=None, test=str(path), hub=None, format=fmt,
                                       validation_split=None)
-        splits = select_columns(
-            load_splits(section, formats), section,
-            [*self.task.input_columns, *self.task.target_columns], self.task.optional_columns,
-            text=[*self.task.input_columns, *self.task.optional_columns],
-        )
+        splits = select_task_columns(load_splits(section, formats), section, type(self.task))
         self.task.check_split(str(path), splits["test"])
         quiet_lightning()
         loader = DataLoader(self.task.prepare(splits["test"]), batch_size=batch_size, collate_fn=self.task.collate)

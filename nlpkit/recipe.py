@@ -23,6 +23,7 @@ import yaml
 
 from nlpkit._files import check_output_dir, read_text
 from nlpkit._yaml import load_yaml
+from nlpkit.chat_data import CHAT_FIELDS
 from nlpkit.errors import NlpkitError
 from nlpkit.registry import Registries, suggest
 from nlpkit.schema import Context, build, describe
@@ -539,6 +540,8 @@ def _check_data(recipe: Recipe, task_cls: type[Task], registries: Registries, re
                 check_files: bool) -> None:
     data = recipe.data
     fields = [*task_cls.input_columns, *task_cls.optional_columns, *task_cls.target_columns]
+    if data.format == "chat":  # the chat format reads data.columns itself: its own fields
+        fields = list(CHAT_FIELDS)
     for key in data.columns:
         if key not in fields:
             raise ctx.error(("data", "columns", key), f"unknown field of task '{task_cls.name}'{suggest(key, fields)} (known: {', '.join(fields)})")

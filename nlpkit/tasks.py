@@ -341,6 +341,16 @@ class Task:
     # -- data -----------------------------------------------------------------
 
     @classmethod
+    def input_fields(cls, present: Sequence[str]) -> tuple[str, ...]:
+        """The input fields every example must have, given the fields ``present`` in the data.
+
+        ``input_columns`` by default. A task that reads either of two layouts
+        says which one by what is there: the generation task takes a ``text``,
+        or a chat ``messages`` list instead.
+        """
+        return cls.input_columns
+
+    @classmethod
     def text_columns(cls, column_names: Sequence[str]) -> list[str]:
         """Columns whose text trains a tokenizer from scratch (default: the inputs present)."""
         return [c for c in (*cls.input_columns, *cls.optional_columns) if c in column_names]

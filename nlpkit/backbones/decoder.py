@@ -103,6 +103,7 @@ class Decoder(nn.Module):
         position_ids: Tensor | None = None,
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
+        document_ids: Tensor | None = None,
     ) -> BackboneOutput:
         """Runs the decoder on new tokens, attending to the cached past.
 
@@ -118,6 +119,11 @@ class Decoder(nn.Module):
             past_key_values: A cache to read and update in place; None for none.
             use_cache: Return the cache, allocating one (sized to this input;
                 it doubles when outgrown) if none is given.
+            document_ids: `(batch, past + seq)` for rows that pack several
+                examples: each position's example number. A token attends only
+                to earlier tokens of its own example; pass `position_ids` that
+                restart at 0 with each example, so that each is computed as if
+                it were alone in its row.
 
         Returns:
             `BackboneOutput` with `last_hidden_state` `(batch, seq, hidden)` and
@@ -152,14 +158,15 @@ class Decoder(nn.Module):
         # Soft-capped attention runs outside SDPA, which would otherwise apply the causal mask itself.
         explicit = config.attention_softcap is not None
         mask, is_causal = make_attention_mask(attention_mask, length, total, causal=True, dtype=dtype, device=x.device,
-                                              explicit=explicit)
+                                              explicit=explicit, document_ids=document_ids)
         # Sliding-window layers get a second mask only when some key is older than the window.
         # The cache keeps every key and the mask hides the old ones: simplest correct choice
         # (a rolling buffer would save memory but needs its own position bookkeeping).
         window = config.sliding_window
         slides = window is not None and total > window
         sliding = (make_attention_mask(attention_mask, length, total, causal=True, dtype=dtype, device=x.device,
-                                       explicit=explicit, sliding_window=window) if slides else (mask, is_causal))
+                                       explicit=explicit, sliding_window=window, document_ids=document_ids)
+                   if slides else (mask, is_causal))
 
         for i, layer in enumerate(self.layers):
             if config.layer_window(i) is None:

@@ -391,6 +391,7 @@ def make_attention_mask(
     device: torch.device,
     explicit: bool = False,
     sliding_window: int | None = None,
+    document_ids: Tensor | None = None,
 ) -> tuple[Tensor | None, bool]:
     """Builds the additive attention mask once per forward pass.
 
@@ -415,6 +416,12 @@ def make_attention_mask(
             row's real tokens are contiguous, so index and position distances
             agree. Ignored (no extra work) when `key_length <= sliding_window`,
             where no key is that far away.
+        document_ids: `(batch, key_length)` the number of the example each
+            position belongs to, for rows that pack several examples: a query
+            sees only keys of its own example (a block-diagonal mask, causal
+            inside each block). None: one example per row. Positions of
+            packed examples restart at 0 (the caller's `position_ids`), so
+            window distances inside an example are position distances too.
 
     Returns:
         `(mask, is_causal)`: mask is `(batch or 1, 1, query_length, key_length)`
@@ -424,6 +431,8 @@ def make_attention_mask(
     past_length = key_length - query_length
     needs_causal = causal and query_length > 1
     window = sliding_window if sliding_window is not None and key_length > sliding_window else None
+    if document_ids is not None and document_ids.shape[-1] != key_length:
+        raise ValueError(f"document_ids must cover past and current positions ({key_length}), got {document_ids.shape[-1]}")
     if attention_mask is not None:
         if attention_mask.shape[-1] != key_length:
             raise ValueError(
@@ -433,7 +442,7 @@ def make_attention_mask(
             # A mask of ones changes nothing; without it attention skips the mask add (and
             # SDPA may take its fused or causal kernels), as `transformers` does for sdpa.
             attention_mask = None
-    if attention_mask is None and not explicit and window is None:
+    if attention_mask is None and not explicit and window is None and document_ids is None:
         if not needs_causal:
             return None, False
         if past_length == 0:
@@ -441,6 +450,9 @@ def make_attention_mask(
     allowed = torch.ones(1, 1, query_length, key_length, dtype=torch.bool, device=device)
     if attention_mask is not None:
         allowed = allowed & attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
+    if document_ids is not None:
+        documents = document_ids.to(device)
+        allowed = allowed & (documents[:, None, -query_length:, None] == documents[:, None, None, :])
     if needs_causal or window is not None:
         query_position = torch.arange(past_length, key_length, device=device)[:, None]  # (query, 1)
         key_position = torch.arange(key_length, device=device)[None, :]  # (1, key)

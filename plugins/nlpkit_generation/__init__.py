@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+import logging
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +50,14 @@ import nlpkit
 from nlpkit.backbones.checkpoints import gemma, gpt2, llama, phi3
 from nlpkit.generation import generate, resolve_options
 from nlpkit.tasks import GeneratesText, HFHead, NlpkitError, Task, pad
+from nlpkit_generation.packing import document_blocks, pack_examples, shifted
 
 IGNORE = -100  # label of a token the loss does not count (cross_entropy's ignore_index)
+
+log = logging.getLogger("nlpkit")
+
+# What a packed row holds (nlpkit_generation.packing): shifted tokens, each token's position and example.
+PACKED_FEATURES = ("input_ids", "labels", "position_ids", "document_ids")
 
 # transformers' causal-LM class of each decoder family nlpkit exports: the class each family's file saves as.
 CAUSAL_LM_CLASSES = {**gpt2.ARCHITECTURES, **llama.ARCHITECTURES, **phi3.ARCHITECTURES, **gemma.ARCHITECTURES}
@@ -58,6 +66,10 @@ CAUSAL_LM_CLASSES = {**gpt2.ARCHITECTURES, **llama.ARCHITECTURES, **phi3.ARCHITE
 @dataclass
 class LanguageModelingOptions:
     block_size: int | None = None  # tokens a training block feeds the model; None: tokenizer.max_length
+    chat_template: str | None = None  # chat data: a Jinja template file; default the tokenizer's own, else nlpkit's
+    loss_on: Literal["assistant", "all"] = "assistant"  # chat data: the turns whose tokens the loss counts
+    packing: bool = False  # prompt/completion and chat examples: several to a row, each attending only to itself
+    document_mask: bool = False  # plain text: the documents of a block do not attend to each other
     sample_prompts: list[str] = field(default_factory=lambda: [""])  # "" starts from the end-of-text token
     sample_max_new_tokens: int = 64
     sample_every: int = 1  # validation passes between samples; 0 turns them off
@@ -87,12 +99,16 @@ class LanguageModeling(GeneratesText, Task):
     backbone_kinds = ("decoder",)
     config_class = LanguageModelingOptions
     input_columns = ("text",)
-    optional_columns = ("completion",)
+    optional_columns = ("completion", "messages")
     target_columns = ()
     metric_names = ("perplexity", "token_loss")
     lower_is_better = ("perplexity", "token_loss")
     regroups_examples = True
     validations = 0  # validation passes seen, for sample_every
+
+    def __init__(self, config, tokenizer):
+        super().__init__(config, tokenizer)
+        self._truncation_reported: set[str] = set()  # datasets' fingerprints: prepare runs twice per split
 
     @property
     def block_size(self) -> int:
@@ -106,11 +122,44 @@ class LanguageModeling(GeneratesText, Task):
                               "train one with tokenizer.train: bpe or char")
         return eos
 
+    @classmethod
+    def input_fields(cls, present):
+        return ("messages",) if "messages" in present else ("text",)
+
     def setup(self, splits):
         self.end_of_text  # fail before training, not in the middle of data preparation
         # Text is encoded without the tokenizer's template (<s> A </s>): the task marks document ends itself.
         # The run keeps the tokenizer that way, so its exported folder encodes prompts as training did.
         self.tokenizer.set_template(False)
+        columns = splits["train"].column_names
+        examples = "messages" in columns or "completion" in columns
+        if self.config.packing and not examples:
+            raise NlpkitError("generation.packing: packs prompt/completion and chat examples; plain text is cut into "
+                              "blocks already (generation.document_mask: true keeps its documents apart)")
+        if self.config.document_mask and examples:
+            raise NlpkitError("generation.document_mask: applies to plain text; examples are kept apart by "
+                              "generation.packing")
+        if "messages" in columns:
+            self._set_chat_template()
+
+    def _set_chat_template(self):
+        """The template chat data is rendered with: the recipe's file, else the tokenizer's own, else nlpkit's default.
+
+        The run's tokenizer keeps it (``chat_template.jinja``), so ``chat`` and an export render as training did.
+        """
+        from nlpkit._files import read_text
+        from nlpkit.chat_templates import DEFAULT_CHAT_TEMPLATE, DEFAULT_CHAT_TOKENS
+
+        tokenizer = self.tokenizer
+        if self.config.chat_template is not None:
+            path = Path(self.config.chat_template).expanduser()
+            tokenizer.chat_template = read_text(path, "generation.chat_template")
+        elif tokenizer.chat_template is None:
+            tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+            added = tokenizer.add_special_tokens(list(DEFAULT_CHAT_TOKENS))
+            if added:
+                log.info("chat: nlpkit's default template, with the special tokens %s added to the tokenizer",
+                         " ".join(added))
 
     def state(self):
         # Saved in every checkpoint too: a resumed run samples at the validations the whole run would.
@@ -122,7 +171,23 @@ class LanguageModeling(GeneratesText, Task):
     def _ids(self, texts) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False, truncation=False)]
 
+    def _encode_chat(self, conversations):
+        input_ids, labels = [], []
+        for messages in conversations:
+            ids, assistant = self.tokenizer.apply_chat_template_with_mask(messages)
+            input_ids.append(ids)
+            everything = self.config.loss_on == "all"
+            labels.append([t if everything or counted else IGNORE for t, counted in zip(ids, assistant)])
+        return {"input_ids": input_ids, "labels": labels}
+
     def encode(self, examples):
+        conversations = examples.get("messages")
+        if conversations is not None and all(c is not None for c in conversations):
+            return self._encode_chat(conversations)
+        if conversations is not None:  # predict's mixed inputs: conversations and texts
+            rows = [dict(zip(examples, values)) for values in zip(*examples.values())]
+            encoded = [self.encode({k: [v] for k, v in row.items() if k != "messages" or v is not None}) for row in rows]
+            return {key: [e[key][0] for e in encoded] for key in ("input_ids", "labels")}
         eos = self.end_of_text
         prompts = self._ids(examples["text"])
         if "completion" not in examples:
@@ -143,15 +208,44 @@ class LanguageModeling(GeneratesText, Task):
         size = self.block_size
         blocks = [stream[i : i + size + 1] for i in range(0, max(len(stream) - 1, 1), size)]
         blocks = [b for b in blocks if len(b) > 1]
+        if self.config.document_mask:
+            rows = [document_blocks(b, self.end_of_text) for b in blocks]
+            return {key: [row[key] for row in rows] for key in PACKED_FEATURES}
         return {"input_ids": blocks, "labels": blocks}
+
+    def _pack_examples(self, batch):
+        examples = [shifted(ids, labels, self.block_size) for ids, labels in zip(batch["input_ids"], batch["labels"])]
+        rows = pack_examples(examples, self.block_size)
+        return {key: [row[key] for row in rows] for key in PACKED_FEATURES}
+
+    def _report_truncation(self, dataset, encoded):
+        import pyarrow.compute as pc
+
+        lengths = pc.list_value_length(encoded.data.column("input_ids"))
+        longer = pc.sum(pc.greater(lengths, self.block_size + 1)).as_py() or 0
+        if longer and dataset._fingerprint not in self._truncation_reported:
+            self._truncation_reported.add(dataset._fingerprint)
+            log.warning("generation: %d of %d examples are longer than block_size + 1 (%d tokens): truncated",
+                        longer, len(encoded), self.block_size + 1)
 
     def prepare(self, dataset):
         encoded = dataset.map(self.encode, batched=True, remove_columns=dataset.column_names, desc="generation: encoding")
-        if "completion" in dataset.column_names:
-            return encoded
+        if "completion" in dataset.column_names or "messages" in dataset.column_names:
+            self._report_truncation(dataset, encoded)
+            if not self.config.packing:
+                return encoded
+            # One map batch packs this many examples among themselves: enough for full rows, bounded memory.
+            return encoded.map(self._pack_examples, batched=True, batch_size=10_000,
+                               remove_columns=encoded.column_names, desc="generation: packing")
         return encoded.map(self._pack, batched=True, remove_columns=encoded.column_names, desc="generation: blocks")
 
     def collate(self, features):
+        if "document_ids" in features[0]:  # packed rows: shifted already, positions and examples given
+            batch = {"input_ids": pad([f["input_ids"] for f in features], self.tokenizer.pad_token_id),
+                     "attention_mask": pad([[1] * len(f["input_ids"]) for f in features], 0),
+                     "labels": pad([f["labels"] for f in features], IGNORE)}
+            return {**batch, "position_ids": pad([f["position_ids"] for f in features], 0),
+                    "document_ids": pad([f["document_ids"] for f in features], 0)}
         limit = self.block_size + 1
         ids = [f["input_ids"][:limit] for f in features]
         batch_ids = pad(ids, self.tokenizer.pad_token_id)
@@ -167,7 +261,9 @@ class LanguageModeling(GeneratesText, Task):
         return nn.Identity()  # the decoder's own LM head (backbone.logits) is the head
 
     def forward(self, model, batch):
-        hidden = model.backbone(batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = model.backbone(batch["input_ids"], attention_mask=batch["attention_mask"],
+                                position_ids=batch.get("position_ids"),
+                                document_ids=batch.get("document_ids")).last_hidden_state
         return model.backbone.logits(hidden)  # (batch, seq, vocab)
 
     def _token_losses(self, logits, labels):
