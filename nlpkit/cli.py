@@ -233,13 +233,47 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not hasattr(model, "generate"):
         raise NlpkitError(f"{args.path}: this model cannot generate text")
     prompts = list(args.prompts)
+    if args.chat:  # each prompt is a user's message, answered through the model's chat template
+        conversations = [[{"role": "user", "content": p}] for p in prompts]
+        if args.system:
+            conversations = [[{"role": "system", "content": args.system}, *c] for c in conversations]
+
+        def respond(batch: Any, **extra: Any) -> Any:
+            answers = model.chat(batch, **extra, **options)
+            return [[m["content"] for m in a] if isinstance(a, list) else a["content"] for a in answers]
+
+        run = respond
+    else:
+        run, conversations = (lambda batch, **extra: model.generate(batch, **extra, **options)), prompts
     if len(prompts) == 1 and options.get("num_beams", 1) == 1 and options.get("num_return_sequences", 1) == 1:
-        model.generate(prompts[0], stream=lambda piece: print(piece, end="", flush=True), **options)
+        run(conversations[:1], stream=lambda piece: print(piece, end="", flush=True))
         print()
         return 0
-    for prompt, answer in zip(prompts, model.generate(prompts, **options)):
+    for prompt, answer in zip(prompts, run(conversations)):
         for text in answer if isinstance(answer, list) else [answer]:
             print(json.dumps({"prompt": prompt, "text": text}, ensure_ascii=False))
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Chat with a generation run or a pretrained decoder folder: type a message, read the reply, /exit to end.
+
+    Replies stream as they are generated and the conversation is kept, so each
+    turn sees the earlier ones; the model's chat template renders it.
+    """
+    from nlpkit.chat import interactive
+    from nlpkit.inference import load
+
+    options = {name: getattr(args, name) for name, _, _ in _GENERATE_FLAGS if getattr(args, name) is not None}
+    model = load(args.path, plugin_set=_plugins(args), dtype=args.dtype)
+    if not hasattr(model, "chat"):
+        raise NlpkitError(f"{args.path}: this model cannot chat (it needs a decoder's generation run or folder)")
+    model.chat([{"role": "user", "content": "Hi"}], max_new_tokens=1)  # no template, wrong model: say so now
+    try:
+        import readline  # noqa: F401  # line editing and history for input(), where the platform has it
+    except ImportError:
+        pass
+    interactive(lambda history, stream: model.chat(history, stream=stream, **options), system=args.system)
     return 0
 
 
@@ -430,6 +464,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("prompts", nargs="+", metavar="PROMPT", help="texts to continue")
     _add_decoding_flags(sub)
     sub.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end a continuation at this text")
+    sub.add_argument("--chat", action="store_true",
+                     help="answer each prompt as a user's message, through the model's chat template")
+    sub.add_argument("--system", default=None, metavar="TEXT", help="with --chat: a system message before each prompt")
+    sub.add_argument("--dtype", default=None, help="weights' dtype for inference (float32, bfloat16)")
+    sub = verb("chat", cmd_chat)
+    sub.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", help="a generation run, or a pretrained decoder folder")
+    sub.add_argument("--system", default=None, metavar="TEXT", help="a system message that opens the conversation")
+    _add_decoding_flags(sub)
     sub.add_argument("--dtype", default=None, help="weights' dtype for inference (float32, bfloat16)")
     sub = verb("translate", cmd_translate)
     sub.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", help="a translation run, or a pretrained seq2seq folder")

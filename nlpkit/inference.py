@@ -126,6 +126,31 @@ class LoadedModel:
         return generate(self.model.backbone, self.task.tokenizer, prompts, encode=self.task.encode_prompts,
                         defaults=self.task.generation_defaults(), stream=stream, **options)
 
+    def chat(self, messages: Any, *, stream: Callable[[str], None] | None = None, **options: Any) -> Any:
+        """The assistant's reply to a conversation (or to each of a list of them), through the run's chat template.
+
+        Args:
+            messages: ``[{"role": "user", "content": "..."}, ...]`` (roles
+                system, user, assistant), or a list of such conversations.
+            stream: called with each new piece of the first reply as it is produced.
+            **options: decoding options, as in :meth:`generate`.
+
+        Returns:
+            ``{"role": "assistant", "content": str}``, a list of them for a list
+            of conversations; see :func:`nlpkit.chat.reply`.
+
+        Raises:
+            NlpkitError: the run is not a decoder's generation run, or its
+                tokenizer has no chat template (a run trained on plain text).
+        """
+        from nlpkit.chat import reply
+
+        if not isinstance(self.task, GeneratesText) or self.model.backbone.config.kind != "decoder":
+            raise NlpkitError(f"{self.path} is a '{self.task.name}' run; chat needs a decoder's generation run or a "
+                              f"pretrained decoder folder")
+        return reply(self.model.backbone, self.task.tokenizer, messages, defaults=self.task.generation_defaults(),
+                     stream=stream, **options)
+
     def translate(self, texts: str | Sequence[str], *, batch_size: int = 32,
                   **options: Any) -> str | list[str] | list[list[str]]:
         """Translate (or summarise) texts with a sequence-to-sequence run, ``batch_size`` texts at a time.
@@ -298,17 +323,37 @@ class PretrainedModel:
             NlpkitError: the folder holds an encoder or no LM head weights, an
                 unknown option, a prompt longer than the context window.
         """
-        from nlpkit.backbones.checkpoints import generation_defaults
         from nlpkit.generation import generate
+
+        return generate(self.backbone, self.tokenizer, prompts, defaults=self._generation_defaults("generate"),
+                        stream=stream, **options)
+
+    def chat(self, messages: Any, *, stream: Callable[[str], None] | None = None, **options: Any) -> Any:
+        """The assistant's reply through the folder's chat template; arguments and result as :meth:`LoadedModel.chat`.
+
+        Raises:
+            NlpkitError: the folder holds no decoder with an LM head, or its
+                tokenizer has no chat template.
+        """
+        from nlpkit.chat import reply
+
+        defaults = self._generation_defaults("chat")
+        if config_of(self.backbone).kind != "decoder":
+            raise NlpkitError(f"chat needs a decoder; {self.path} holds an encoder-decoder (translate it instead)")
+        return reply(self.backbone, self.tokenizer, messages, defaults=defaults, stream=stream, **options)
+
+    def _generation_defaults(self, verb: str) -> dict[str, Any]:
+        """The folder's decoding defaults (generation_config.json, else config.json), its tokenizer's special ids after."""
+        from nlpkit.backbones.checkpoints import generation_defaults
 
         if not self.has_lm_head:
             what = "an encoder" if config_of(self.backbone).kind == "encoder" else "no LM head weights (saved from a base class)"
-            raise NlpkitError(f"generate needs a decoder or encoder-decoder with an LM head; {self.path} holds {what}")
+            raise NlpkitError(f"{verb} needs a decoder or encoder-decoder with an LM head; {self.path} holds {what}")
         defaults = generation_defaults(self.path)
         for key, role in (("eos_token_id", "eos"), ("pad_token_id", "pad"), ("bos_token_id", "bos")):
             if defaults.get(key) is None and self.tokenizer.token_id(role) is not None:
                 defaults[key] = self.tokenizer.token_id(role)
-        return generate(self.backbone, self.tokenizer, prompts, defaults=defaults, stream=stream, **options)
+        return defaults
 
     def translate(self, texts: str | Sequence[str], *, batch_size: int = 32,
                   **options: Any) -> str | list[str] | list[list[str]]:

@@ -394,6 +394,16 @@ def _resolve_path(value: str, recipe_dir: Path) -> Path:
     return Path(value).expanduser().resolve()
 
 
+def _resolve_task_paths(options: Any, recipe_dir: Path) -> None:
+    """A task option that starts with ``${recipe_dir}`` is a path beside the recipe (a chat template file)."""
+    if not dataclasses.is_dataclass(options):
+        return
+    for option in dataclasses.fields(options):
+        value = getattr(options, option.name)
+        if isinstance(value, str) and value.startswith(RECIPE_DIR_VARIABLE):
+            setattr(options, option.name, str(_resolve_path(value, recipe_dir)))
+
+
 def load_recipe(
     recipe: str | Path | dict[str, Any],
     overrides: list[str] | None = None,
@@ -450,6 +460,7 @@ def load_recipe(
     recipe_obj: Recipe = build(Recipe, sections, (), ctx)
     recipe_obj.source = source
     recipe_obj.task_options = build(task_cls.config_class, raw.get(task_name), (task_name,), ctx)
+    _resolve_task_paths(recipe_obj.task_options, recipe_dir)
 
     _check_backbone(recipe_obj, task_cls, registries, ctx, recipe_dir, check_files)
     _check_data(recipe_obj, task_cls, registries, recipe_dir, ctx, check_files)

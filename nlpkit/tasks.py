@@ -492,6 +492,15 @@ class Task:
         """
         return []
 
+    def validation_scores(self, model: TaskModel) -> dict[str, float]:
+        """Scores a validation pass adds beside the metrics, from the model as a whole (answers it generates).
+
+        Logged as ``val_<name>`` after each validation pass (not during the
+        sanity check), in every process, with the model in evaluation mode;
+        they are reported, not monitored. The default adds none.
+        """
+        return {}
+
     def report_section(self, predictions: list[Prediction], run: RunRecord) -> ReportSection | None:
         """The task's part of the run report (``nlpkit report``, and ``nlpkit run`` at its end); optional.
 

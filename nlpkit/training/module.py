@@ -112,6 +112,10 @@ class TaskModule(pl.LightningModule):
     @override
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics)
+        if not self.trainer.sanity_checking:
+            scores = self.task.validation_scores(self.model)
+            if scores:  # every process computes the same scores on the same model: nothing to synchronise
+                self.log_dict({f"val_{name}": float(value) for name, value in scores.items()}, prog_bar=True)
         # Samples cost generation time: not during Lightning's sanity check, and in one process only.
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return

@@ -22,11 +22,36 @@ Two kinds of rows:
   completion + end-of-text, cut at ``block_size + 1`` tokens; the loss counts
   the completion and its end-of-text only.
 
+- conversations, from the ``chat`` data format (a ``messages`` column: JSON
+  rows with ``messages``, or instruction / question-answer rows, see
+  ``nlpkit.chat_data``). Each is rendered with a chat template: the file
+  ``chat_template`` names, else the tokenizer's own (a checkpoint's
+  ``chat_template``), else, for a tokenizer nlpkit trained, nlpkit's default
+  (ChatML turns, ``<|im_start|>role ... <|im_end|>``; the two tokens are added
+  to the tokenizer as special tokens and saved with the run). The loss counts
+  the assistant's turns and the token that ends each (``loss_on: all``: every
+  token), as the template marks them (``{% generation %}``) or, without
+  marks, as rendering the conversation turn by turn shows them.
+
+``packing: true`` puts several prompt/completion or chat examples into each row
+of ``block_size`` tokens (first-fit, longest first; an example is never split,
+one longer than a row is truncated and counted in the log), each attending only
+to itself: positions restart per example and the decoder's mask is
+block-diagonal (``nlpkit_generation.packing``). A packed batch's loss is the
+mean over all its target tokens, as unpacked. For plain text,
+``document_mask: true`` keeps the documents of a block from attending to each
+other in the same way.
+
 Metrics: ``perplexity`` (exp of the mean loss per predicted token) and
 ``token_loss`` (that mean, in nats), beside nlpkit's ``val_loss`` (the mean of
 the batches' losses). After each validation pass the model continues
 ``sample_prompts``; the samples are logged and appended to the run folder's
-``samples.txt``. A trained run then ``generate``s (``nlpkit generate RUN
+``samples.txt``. With chat data and an ``answer_pattern`` (a regular
+expression whose first group is the final answer), each validation pass also
+answers the first ``answer_questions`` validation conversations and logs
+``val_answer_accuracy``, the share whose answer equals the reference's. A
+trained run then ``chat``s (``nlpkit chat RUN``; ``nlpkit.load(RUN).chat(messages)``)
+through its template, or ``generate``s (``nlpkit generate RUN
 "prompt"``; ``nlpkit.load(RUN).generate(prompts, **options)``, options as in
 ``nlpkit.generation``), and ``predict`` scores texts (loss and perplexity of
 each). ``nlpkit export`` writes a causal-LM folder (``GPT2LMHeadModel``,
@@ -35,9 +60,10 @@ each). ``nlpkit export`` writes a causal-LM folder (``GPT2LMHeadModel``,
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 import logging
+import math
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,6 +96,12 @@ class LanguageModelingOptions:
     loss_on: Literal["assistant", "all"] = "assistant"  # chat data: the turns whose tokens the loss counts
     packing: bool = False  # prompt/completion and chat examples: several to a row, each attending only to itself
     document_mask: bool = False  # plain text: the documents of a block do not attend to each other
+    # Chat data: a regular expression whose first group is a reply's final answer (GSM8K: "####\\s*(\\S+)"). With it,
+    # each validation pass answers the first answer_questions validation conversations (greedy) and reports the
+    # share whose answer matches the reference's, as val_answer_accuracy.
+    answer_pattern: str | None = None
+    answer_questions: int = 100
+    answer_max_new_tokens: int = 256
     sample_prompts: list[str] = field(default_factory=lambda: [""])  # "" starts from the end-of-text token
     sample_max_new_tokens: int = 64
     sample_every: int = 1  # validation passes between samples; 0 turns them off
@@ -83,6 +115,15 @@ class LanguageModelingOptions:
         if self.sample_max_new_tokens < 1:
             raise ValueError(f"sample_max_new_tokens: expected an integer >= 1, got {self.sample_max_new_tokens}")
         resolve_options(self.sample_options)  # an unknown or bad decoding option fails with the recipe
+        if self.answer_pattern is not None:
+            try:
+                groups = re.compile(self.answer_pattern).groups
+            except re.error as error:
+                raise ValueError(f"answer_pattern: not a regular expression ({error})") from None
+            if groups < 1:
+                raise ValueError("answer_pattern: expected a group around the answer, as in '####\\s*(\\S+)'")
+        if self.answer_questions < 1 or self.answer_max_new_tokens < 1:
+            raise ValueError("answer_questions and answer_max_new_tokens: expected integers >= 1")
 
 
 class Perplexity(torchmetrics.MeanMetric):
@@ -105,6 +146,7 @@ class LanguageModeling(GeneratesText, Task):
     lower_is_better = ("perplexity", "token_loss")
     regroups_examples = True
     validations = 0  # validation passes seen, for sample_every
+    questions: list = []  # validation conversations whose last (assistant) turn holds a reference answer
 
     def __init__(self, config, tokenizer):
         super().__init__(config, tokenizer)
@@ -141,6 +183,12 @@ class LanguageModeling(GeneratesText, Task):
                               "generation.packing")
         if "messages" in columns:
             self._set_chat_template()
+        if self.config.answer_pattern is not None:
+            if "messages" not in columns or "validation" not in splits:
+                raise NlpkitError("generation.answer_pattern: scores the replies to chat data's validation "
+                                  "conversations; this run has none")
+            self.questions = [messages for messages in splits["validation"]["messages"][: self.config.answer_questions]
+                              if messages[-1]["role"] == "assistant"]
 
     def _set_chat_template(self):
         """The template chat data is rendered with: the recipe's file, else the tokenizer's own, else nlpkit's default.
@@ -163,10 +211,12 @@ class LanguageModeling(GeneratesText, Task):
 
     def state(self):
         # Saved in every checkpoint too: a resumed run samples at the validations the whole run would.
-        return {"validations": self.validations}
+        # The questions are kept because a resumed run does not see its data's setup again.
+        return {"validations": self.validations, "questions": self.questions}
 
     def load_state(self, state):
         self.validations = int(state.get("validations", 0))
+        self.questions = list(state.get("questions", []))
 
     def _ids(self, texts) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False, truncation=False)]
@@ -258,6 +308,11 @@ class LanguageModeling(GeneratesText, Task):
         if self.block_size > backbone_config.max_positions:
             raise NlpkitError(f"generation.block_size: {self.block_size} tokens do not fit the backbone's "
                               f"max_positions ({backbone_config.max_positions})")
+        if self.tokenizer.vocab_size > backbone_config.vocab_size:  # chat tokens added to a pretrained tokenizer
+            raise NlpkitError(f"generation: the tokenizer has {self.tokenizer.vocab_size} tokens, more than the "
+                              f"backbone's vocabulary of {backbone_config.vocab_size} (nlpkit's default chat template "
+                              f"added its tokens); give a template written with the checkpoint's own tokens as "
+                              f"generation.chat_template")
         return nn.Identity()  # the decoder's own LM head (backbone.logits) is the head
 
     def forward(self, model, batch):
@@ -301,6 +356,24 @@ class LanguageModeling(GeneratesText, Task):
         texts = generate(model.backbone, self.tokenizer, self.config.sample_prompts, encode=self.encode_prompts,
                          defaults=self.generation_defaults(), **options)
         return [f"{prompt!r} -> {text!r}" for prompt, text in zip(self.config.sample_prompts, texts)]
+
+    def validation_scores(self, model):
+        if self.config.answer_pattern is None or not self.questions:
+            return {}
+        from nlpkit.chat import reply
+
+        pattern = re.compile(self.config.answer_pattern)
+
+        def answer(text):
+            found = pattern.search(text)
+            return found.group(1).strip().rstrip(".").replace(",", "") if found else None
+
+        prompts = [messages[:-1] for messages in self.questions]
+        replies = reply(model.backbone, self.tokenizer, prompts, defaults=self.generation_defaults(),
+                        max_new_tokens=self.config.answer_max_new_tokens)
+        right = [answer(r["content"]) is not None and answer(r["content"]) == answer(m[-1]["content"])
+                 for r, m in zip(replies, self.questions)]
+        return {"answer_accuracy": sum(right) / len(right)}
 
     def report_section(self, predictions, run):
         from nlpkit_generation.report import generation_section
