@@ -8,7 +8,8 @@ This module renders them as ``transformers`` does
 environment with ``trim_blocks`` and ``lstrip_blocks``, the ``loopcontrols``
 extension, a ``tojson`` filter that does not escape HTML, the globals
 ``raise_exception`` (a template's own error, raised here as
-:class:`~nlpkit.errors.NlpkitError`) and ``strftime_now``, and the
+:class:`~nlpkit.errors.NlpkitError`) and ``strftime_now``, ``dict`` and
+``namespace`` kept from reaching Python internals, and the
 ``{% generation %}`` tag that marks the assistant's text. The variables a
 template sees are ``messages``, ``add_generation_prompt``, ``tools``,
 ``documents``, the tokenizer's special tokens (``bos_token``,
@@ -55,6 +56,7 @@ import jinja2
 import jinja2.ext
 import jinja2.nodes
 import jinja2.parser
+import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from nlpkit.errors import NlpkitError
@@ -149,6 +151,38 @@ def _strftime_now(format: str) -> str:
     return datetime.now().strftime(format)
 
 
+class _TemplateDict:
+    """``dict(...)`` and ``dict.fromkeys(...)`` for templates, without handing them the class itself."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+        return dict(*args, **kwargs)
+
+    def fromkeys(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+        return dict.fromkeys(*args, **kwargs)
+
+
+class _TemplateNamespace(jinja2.utils.Namespace):
+    """Jinja's ``namespace()``, refusing underscore names, through which a template could reach Python internals."""
+
+    def __init__(*args: Any, **kwargs: Any) -> None:  # Jinja's signature, so that `namespace(self=...)` works
+        self, rest = args[0], args[1:]
+        attributes = dict(*rest, **kwargs)
+        for name in attributes:
+            _TemplateNamespace._check_name(name)
+        jinja2.utils.Namespace.__init__(self, attributes)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        _TemplateNamespace._check_name(name)
+        jinja2.utils.Namespace.__setitem__(self, name, value)
+
+    @staticmethod
+    def _check_name(name: Any) -> None:
+        if isinstance(name, str) and name.startswith("_"):
+            raise jinja2.exceptions.SecurityError(
+                f"chat templates cannot store underscore-prefixed attributes on a namespace: {name!r}"
+            )
+
+
 @lru_cache(maxsize=64)
 def _compile(template: str) -> jinja2.Template:
     """The compiled template; cached, since one template renders every example of a dataset."""
@@ -158,6 +192,8 @@ def _compile(template: str) -> jinja2.Template:
     environment.filters["tojson"] = _tojson
     environment.globals["raise_exception"] = _raise_exception
     environment.globals["strftime_now"] = _strftime_now
+    environment.globals["dict"] = _TemplateDict()
+    environment.globals["namespace"] = _TemplateNamespace
     try:
         return environment.from_string(template)
     except jinja2.exceptions.TemplateSyntaxError as error:
@@ -372,7 +408,7 @@ def _overlapping(offsets: Sequence[Span], spans: Sequence[Span]) -> list[int]:
             span += 1
         if span == len(spans):
             break
-        if end > spans[span][0] and end > start:
+        if end > spans[span][0]:
             mask[token] = 1
     return mask
 

@@ -285,6 +285,13 @@ def test_assistant_turn_the_template_rewrites_is_an_error() -> None:
         chat_templates.assistant_spans(template, messages)
 
 
+def test_namespace_refuses_underscore_names_and_dict_works() -> None:
+    assert chat_templates.render("{% set ns = namespace(n=1) %}{% set ns.n = ns.n + 1 %}{{ ns.n }}"
+                                 "{{ dict(a=1)['a'] }}", ONE_TURN) == "21"
+    with pytest.raises(NlpkitError, match="underscore"):
+        chat_templates.render("{% set ns = namespace(_x=1) %}", ONE_TURN)
+
+
 def test_tojson_does_not_escape_html_and_tools_pass_through() -> None:
     template = "{{ tools | tojson }}|{{ messages[0].content | tojson(indent=2) }}"
     text = chat_templates.render(template, [{"role": "user", "content": "<a & b>"}], tools=[{"name": "é<x>"}])
