@@ -28,8 +28,9 @@ from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, pro
 
 from nlpkit.errors import NlpkitError
 
-__all__ = ["TokenizerParts", "read_tokenizer_file", "read_folder", "SPECIAL_TOKEN_ROLES", "TOKENIZER_FILE",
-           "TOKENIZER_CONFIG_FILE", "SPECIAL_TOKENS_MAP_FILE", "MODEL_CONFIG_FILE", "TARGET_FOLDER"]
+__all__ = ["TokenizerParts", "read_tokenizer_file", "read_folder", "read_chat_template", "SPECIAL_TOKEN_ROLES",
+           "TOKENIZER_FILE", "TOKENIZER_CONFIG_FILE", "SPECIAL_TOKENS_MAP_FILE", "MODEL_CONFIG_FILE", "TARGET_FOLDER",
+           "CHAT_TEMPLATE_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 MODEL_CONFIG_FILE = "config.json"
+# transformers 5 saves the chat template here, beside tokenizer_config.json, and prefers it to the config's.
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 # Where a translation pair's target-side tokenizer (Marian) is saved, beside the source one.
 TARGET_FOLDER = "target"
 SPECIAL_TOKEN_ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
@@ -70,12 +73,14 @@ class TokenizerParts:
         special_tokens: role -> token text.
         max_length: the longest encoding.
         target: a translation pair's target side (Marian), or None.
+        chat_template: the folder's chat template (Jinja source), or None.
     """
 
     backend: tokenizers.Tokenizer
     special_tokens: dict[str, str]
     max_length: int
     target: TokenizerParts | None = None
+    chat_template: str | None = None
 
 
 def read_tokenizer_file(path: Path, max_length: int | None) -> TokenizerParts:
@@ -87,6 +92,7 @@ def read_tokenizer_file(path: Path, max_length: int | None) -> TokenizerParts:
     config = _read_json(path.parent / TOKENIZER_CONFIG_FILE)
     rebuilt = _rebuilt_tokenizer_file(path, config, max_length)
     if rebuilt is not None:
+        rebuilt.chat_template = read_chat_template(path.parent, config)
         return rebuilt
     named = {**_read_json(path.parent / SPECIAL_TOKENS_MAP_FILE), **config}
     tokenizer_class = config.get("tokenizer_class")
@@ -114,7 +120,35 @@ def read_tokenizer_file(path: Path, max_length: int | None) -> TokenizerParts:
         # transformers writes a huge sentinel (1e30) when the length is unknown.
         max_length = int(configured) if isinstance(configured, (int, float)) and configured < 1e9 else 512
     _clean_up_spaces(backend, config)
-    return TokenizerParts(backend, special_tokens, max_length)
+    return TokenizerParts(backend, special_tokens, max_length, chat_template=read_chat_template(path.parent, config))
+
+
+def read_chat_template(folder: Path, config: dict[str, Any]) -> str | None:
+    """The folder's chat template: ``chat_template.jinja``, else tokenizer_config.json ``chat_template``.
+
+    The file wins, as in transformers 5. The config holds a string, or (older
+    folders with several templates) a list of ``{"name", "template"}``
+    entries, of which the one named ``default`` is used; without one there
+    is no template (a warning names the others). None when the folder has none.
+    """
+    path = folder / CHAT_TEMPLATE_FILE
+    if path.is_file():
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise NlpkitError(f"{path}: cannot read the chat template: {error}") from None
+    template = config.get("chat_template")
+    if template is None or isinstance(template, str):
+        return template
+    entries = template if isinstance(template, list) else []
+    if not all(isinstance(entry, dict) and isinstance(entry.get("template"), str) for entry in entries) or not entries:
+        raise NlpkitError(f"{folder / TOKENIZER_CONFIG_FILE}: chat_template: expected a string or a list of "
+                          "{name, template} entries")
+    named = {entry.get("name"): entry["template"] for entry in entries}
+    if "default" not in named:
+        logger.warning("%s: chat_template names %s but no 'default'; no chat template is used",
+                       folder / TOKENIZER_CONFIG_FILE, ", ".join(map(str, named)))
+    return named.get("default")
 
 
 def _rebuilt_tokenizer_file(path: Path, config: dict[str, Any], max_length: int | None) -> TokenizerParts | None:
@@ -255,12 +289,15 @@ def read_folder(folder: Path, max_length: int | None) -> TokenizerParts:
         target_side = _marian(folder, "target.spm", target_vocab, roles, codes)
         target = _assemble(folder, target_side, family, named, roles, max_length, codes)
         source_side = _marian(folder, "source.spm", "vocab.json", roles, codes)
-        return _assemble(folder, source_side, family, named, roles, max_length, codes, target=target)
-    build = {
-        "bert": _wordpiece, "gpt2": _byte_level_bpe, "roberta": _byte_level_bpe, "t5": _t5, "xlm-roberta": _xlm_roberta,
-        "deberta-v2": _deberta_v2,
-    }  # fmt: skip
-    return _assemble(folder, build[family](folder, config, roles), family, named, roles, max_length)
+        parts = _assemble(folder, source_side, family, named, roles, max_length, codes, target=target)
+    else:
+        build = {
+            "bert": _wordpiece, "gpt2": _byte_level_bpe, "roberta": _byte_level_bpe, "t5": _t5,
+            "xlm-roberta": _xlm_roberta, "deberta-v2": _deberta_v2,
+        }  # fmt: skip
+        parts = _assemble(folder, build[family](folder, config, roles), family, named, roles, max_length)
+    parts.chat_template = read_chat_template(folder, config)
+    return parts
 
 
 def _family(folder: Path, config: dict[str, Any], model_config: dict[str, Any]) -> str:

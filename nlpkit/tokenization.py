@@ -15,6 +15,12 @@ its ``tokenizer.json`` when there is one, otherwise the older per-family files
 it rebuilds as the ``tokenizers`` pipeline that ``transformers`` would use, so
 every tokenizer nlpkit holds is a ``tokenizers.Tokenizer`` and saves as one
 ``tokenizer.json``. The file reading lives in ``nlpkit._tokenizer_folders``.
+
+A tokenizer also carries the folder's chat template, if any
+(``chat_template.jinja``, or ``chat_template`` in tokenizer_config.json), and
+turns conversations into token ids with it as ``transformers``'
+``apply_chat_template`` does; the rendering itself is
+:mod:`nlpkit.chat_templates`.
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from nlpkit import chat_templates
 from nlpkit._tokenizer_folders import (
+    CHAT_TEMPLATE_FILE,
     MODEL_CONFIG_FILE,
     SPECIAL_TOKEN_ROLES,
     SPECIAL_TOKENS_MAP_FILE,
@@ -41,7 +49,7 @@ from nlpkit._tokenizer_folders import (
 from nlpkit.errors import NlpkitError
 
 __all__ = ["Tokenizer", "from_pretrained", "SPECIAL_TOKEN_ROLES", "TOKENIZER_FILE", "TOKENIZER_CONFIG_FILE",
-           "SPECIAL_TOKENS_MAP_FILE", "MODEL_CONFIG_FILE", "TARGET_FOLDER"]
+           "SPECIAL_TOKENS_MAP_FILE", "MODEL_CONFIG_FILE", "TARGET_FOLDER", "CHAT_TEMPLATE_FILE"]
 
 # The special tokens of a trained tokenizer, by kind; BERT's and RoBERTa's conventions.
 _TRAINED_SPECIALS = {
@@ -66,7 +74,15 @@ class Tokenizer:
     ``set_template(False)``                       no special tokens from now on, and in the saved tokenizer
     ``decode(ids)``                               text
     ``token_id(role)``, ``pad_token_id``          ids of the special tokens by role
+    ``render_chat(messages)``                     a conversation as text, through the chat template
+    ``apply_chat_template(messages)``             its token ids, as ``transformers`` gives them
+    ``encode_chat(messages)``                     ``(ids, assistant_mask)``: 1 for the assistant's tokens
     ============================================  ==========================================================
+
+    The chat calls take ``add_generation_prompt`` (end with the opening of an
+    assistant turn; not for ``encode_chat``), ``template=`` (a Jinja source
+    instead of ``.chat_template``) and any template variable as a keyword
+    (``tools``, ``enable_thinking`` ...).
 
     Args:
         backend: the ``tokenizers`` object (kept as ``.backend``, for reading;
@@ -76,6 +92,8 @@ class Tokenizer:
         target: for a translation pair whose two languages are segmented
             differently (Marian), the tokenizer of the target side, kept as
             ``.target``; ``None`` when one tokenizer serves both sides.
+        chat_template: the Jinja chat template (``.chat_template``), or None;
+            saved as ``chat_template.jinja``.
     """
 
     def __init__(
@@ -85,9 +103,13 @@ class Tokenizer:
         max_length: int,
         *,
         target: Tokenizer | None = None,
+        chat_template: str | None = None,
     ) -> None:
         self.backend = backend
         self.target = target
+        self.chat_template = chat_template
+        # The file or folder it was read from, for error messages.
+        self.source: Path | None = None
         self.special_tokens = {role: tok for role, tok in special_tokens.items() if tok is not None}
         for role, token in self.special_tokens.items():
             if backend.token_to_id(token) is None:
@@ -206,12 +228,15 @@ class Tokenizer:
         XLM-R and DeBERTa-v2 classes are the exception: their pipeline is
         rebuilt around the file's pieces (see :func:`from_pretrained`).
         """
-        return cls._from_parts(read_tokenizer_file(Path(path), max_length))
+        tokenizer = cls._from_parts(read_tokenizer_file(Path(path), max_length))
+        tokenizer.source = Path(path).parent
+        return tokenizer
 
     @classmethod
     def _from_parts(cls, parts: TokenizerParts) -> Tokenizer:
         target = None if parts.target is None else cls._from_parts(parts.target)
-        return cls(parts.backend, parts.special_tokens, parts.max_length, target=target)
+        return cls(parts.backend, parts.special_tokens, parts.max_length, target=target,
+                   chat_template=parts.chat_template)
 
     @classmethod
     def load(cls, folder: str | Path) -> Tokenizer:
@@ -223,7 +248,10 @@ class Tokenizer:
         return tokenizer
 
     def save(self, folder: str | Path) -> None:
-        """Write ``tokenizer.json`` and ``tokenizer_config.json`` into ``folder``; the target side into ``target/``."""
+        """Write ``tokenizer.json`` and ``tokenizer_config.json`` into ``folder``; the target side into ``target/``.
+
+        A chat template goes into ``chat_template.jinja``, as transformers 5 saves it.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if self.target is not None:
@@ -238,6 +266,9 @@ class Tokenizer:
         if self.backend.post_processor is not None and any(self.backend.encode("a", "b").type_ids):
             config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
         (folder / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        if self.chat_template is not None:
+            # newline="": the template's own line ends, byte for byte, on every platform.
+            (folder / CHAT_TEMPLATE_FILE).write_text(self.chat_template, encoding="utf-8", newline="")
 
     # -- use ------------------------------------------------------------------
 
@@ -418,6 +449,105 @@ class Tokenizer:
         """
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    # -- chat ------------------------------------------------------------------
+
+    def render_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = False,
+        *,
+        template: str | None = None,
+        **variables: Any,
+    ) -> str:
+        """A conversation as text, through the chat template (see :func:`nlpkit.chat_templates.render`).
+
+        Args:
+            messages: ``{"role", "content"}`` mappings.
+            add_generation_prompt: end with the opening of an assistant turn.
+            template: a Jinja template to use instead of ``.chat_template``.
+            **variables: template variables (``tools``, ``enable_thinking`` ...).
+
+        Raises:
+            NlpkitError: no template, or the template rejects the conversation.
+        """
+        return chat_templates.render(
+            self._chat_template(template), messages, add_generation_prompt=add_generation_prompt,
+            special_tokens=self._template_special_tokens(), **variables,
+        )  # fmt: skip
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = False,
+        *,
+        template: str | None = None,
+        **variables: Any,
+    ) -> list[int]:
+        """The token ids of a conversation, as ``transformers``' ``apply_chat_template(messages, tokenize=True)``.
+
+        The rendered text is encoded without the special-token template and
+        without truncation, as transformers does: a template writes its own
+        ``{{ bos_token }}``, so adding one would give two.
+
+        Args: as :meth:`render_chat`.
+
+        Raises:
+            NlpkitError: no template, or the template rejects the conversation.
+        """
+        text = self.render_chat(messages, add_generation_prompt, template=template, **variables)
+        return list(self.encode(text, add_special_tokens=False, truncation=False).ids)
+
+    def encode_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        template: str | None = None,
+        **variables: Any,
+    ) -> chat_templates.ChatEncoding:
+        """A conversation's ids and assistant mask, for supervised fine-tuning.
+
+        ``ids`` are :meth:`apply_chat_template`'s; ``assistant_mask`` is 1 for
+        each token of an assistant turn (its content and end-of-turn token),
+        found through the template's ``{% generation %}`` markers or by
+        rendering the conversation turn by turn (see
+        :func:`nlpkit.chat_templates.assistant_spans`). Not truncated.
+
+        Args:
+            messages: the conversation, ending with the last turn to train on.
+            template: a Jinja template to use instead of ``.chat_template``.
+            **variables: template variables.
+
+        Returns:
+            ``ChatEncoding(ids, assistant_mask)``, which unpacks as a pair.
+
+        Raises:
+            NlpkitError: no template, the template rejects the conversation,
+                or an assistant turn cannot be located in its rendering.
+        """
+        def encode(text: str) -> tuple[list[int], list[tuple[int, int]]]:
+            encoding = self.encode(text, add_special_tokens=False, truncation=False)
+            return encoding.ids, encoding.offsets
+
+        return chat_templates.assistant_mask(
+            self._chat_template(template), messages, encode, special_tokens=self._template_special_tokens(),
+            **variables,
+        )  # fmt: skip
+
+    def _chat_template(self, template: str | None) -> str:
+        if template is not None:
+            return template
+        if self.chat_template is None:
+            where = f"the tokenizer of {self.source}" if self.source is not None else "this tokenizer"
+            raise NlpkitError(
+                f"{where} has no chat template: give one with 'generation.chat_template: FILE' in the recipe, "
+                f"or put a {CHAT_TEMPLATE_FILE} in the folder"
+            )
+        return self.chat_template
+
+    def _template_special_tokens(self) -> dict[str, str]:
+        """The special tokens as templates name them (``bos_token`` ...), as transformers' ``special_tokens_map``."""
+        return {f"{role}_token": token for role, token in self.special_tokens.items()}
+
     @contextmanager
     def _truncation(
         self, enabled: bool, max_length: int | None = None, stride: int = 0, strategy: str = "longest_first"
@@ -498,5 +628,7 @@ def from_pretrained(path: str | Path, max_length: int | None = None) -> Tokenize
         >>> tokenizer = from_pretrained("models/all-minilm-l6-v2")
         >>> tokenizer.encode_batch(["a sentence"])[0].ids
     """
-    return Tokenizer._from_parts(read_folder(Path(path), max_length))
+    tokenizer = Tokenizer._from_parts(read_folder(Path(path), max_length))
+    tokenizer.source = Path(path)
+    return tokenizer
 
