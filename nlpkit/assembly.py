@@ -155,11 +155,17 @@ def _initialise_head(task: Task, model: TaskModel, family: str, checkpoint_state
 
 
 def _train_tokenizer(recipe: Recipe, train_split: Any, columns: list[str]) -> Tokenizer:
+    def text_of(value: Any) -> str:
+        # A list of pre-split words (NER's tokens) is text too: its words joined by spaces; a conversation
+        # (chat data's messages) is its turns' contents, a line each.
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            return "\n".join(str(message.get("content", "")) for message in value)
+        return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
     def texts() -> Iterator[str]:
         for batch in train_split.iter(batch_size=1000):
             for column in columns:
-                # A list of pre-split words (NER's tokens) is text too: its words joined by spaces.
-                yield from (" ".join(map(str, t)) if isinstance(t, list) else str(t) for t in batch[column])
+                yield from (text_of(value) for value in batch[column])
 
     tok = recipe.tokenizer
     if tok.train is None:  # load_recipe sets it when no file or pretrained folder gives the tokenizer

@@ -29,7 +29,7 @@ _PROBE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "H
 
 def end_of_turn_ids(tokenizer: Any) -> list[int]:
     """The special token that ends an assistant turn in the tokenizer's template (none when it ends with text)."""
-    ids, assistant = tokenizer.apply_chat_template_with_mask(_PROBE)
+    ids, assistant = tokenizer.encode_chat(_PROBE)
     turn = [token for token, counted in zip(ids, assistant) if counted]
     special = set(tokenizer.special_token_ids)
     return [turn[-1]] if turn and turn[-1] in special else []

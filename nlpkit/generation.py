@@ -777,9 +777,9 @@ class _Printer:
 def generate(
     model: nn.Module,
     tokenizer: TaskTokenizer,
-    prompts: str | Sequence[str],
+    prompts: str | Sequence[Any],
     *,
-    encode: Callable[[list[str]], list[list[int]]] | None = None,
+    encode: Callable[[list[Any]], list[list[int]]] | None = None,
     defaults: Mapping[str, Any] | None = None,
     stream: Callable[[str], None] | None = None,
     **options: Any,
@@ -790,8 +790,9 @@ def generate(
         model: an nlpkit ``Decoder`` or ``EncoderDecoder``.
         tokenizer: encodes the prompts and decodes the output (a translation
             pair's ``.target`` decodes an encoder-decoder's output).
-        prompts: a text or a list of texts.
-        encode: texts -> token ids; by default the tokenizer with its special
+        prompts: a text or a list of texts (or of what ``encode`` takes:
+            ``nlpkit.chat`` passes conversations).
+        encode: prompts -> token ids; by default the tokenizer with its special
             tokens (a Llama tokenizer adds BOS), never truncated.
         defaults: the checkpoint's generation defaults (``generation_config.json``).
         stream: called with each new piece of text of the first prompt as it is

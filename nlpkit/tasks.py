@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
@@ -221,6 +221,20 @@ class TaskTokenizer(Protocol):
     def save(self, folder: str | Path) -> None:
         """Write the tokenizer's files into ``folder`` (nlpkit keeps a run's tokenizer in its folder)."""
         ...
+
+    # Chat: the template (None: none), conversations as ids, ids with the assistant's tokens marked.
+    chat_template: str | None
+
+    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False, *,
+                            template: str | None = None, **variables: Any) -> list[int]: ...
+
+    def encode_chat(self, messages: Sequence[Mapping[str, Any]], *, template: str | None = None,
+                    **variables: Any) -> tuple[list[int], list[int]]: ...
+
+    @property
+    def special_token_ids(self) -> set[int]: ...
+
+    def add_special_tokens(self, tokens: Sequence[str]) -> list[str]: ...
 
 
 class TaskModel(nn.Module):

@@ -73,6 +73,7 @@ class Tokenizer:
     ``add_special_tokens=False``                  (any encode call) leave out the template's special tokens
     ``set_template(False)``                       no special tokens from now on, and in the saved tokenizer
     ``decode(ids)``                               text
+    ``add_special_tokens(tokens)``                add tokens (chat markers) as special tokens
     ``token_id(role)``, ``pad_token_id``          ids of the special tokens by role
     ``render_chat(messages)``                     a conversation as text, through the chat template
     ``apply_chat_template(messages)``             its token ids, as ``transformers`` gives them
@@ -448,6 +449,22 @@ class Tokenizer:
             skip_special_tokens: leave out special tokens (``[CLS]``, ``</s>`` ...).
         """
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    @property
+    def special_token_ids(self) -> set[int]:
+        """The ids of every special token: the named roles' and the other added special tokens (chat markers ...)."""
+        added = {i for i, token in self.backend.get_added_tokens_decoder().items() if token.special}
+        return added | {i for role in self.special_tokens if (i := self.token_id(role)) is not None}
+
+    def add_special_tokens(self, tokens: Sequence[str]) -> list[str]:
+        """Add tokens the vocabulary lacks as special tokens (never split, skipped when decoding); returns those added.
+
+        They take the next ids, after the vocabulary, and are saved with the tokenizer.
+        """
+        missing = [token for token in tokens if self.backend.token_to_id(token) is None]
+        if missing:
+            self.backend.add_special_tokens(missing)
+        return missing
 
     # -- chat ------------------------------------------------------------------
 

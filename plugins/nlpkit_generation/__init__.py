@@ -224,7 +224,7 @@ class LanguageModeling(GeneratesText, Task):
     def _encode_chat(self, conversations):
         input_ids, labels = [], []
         for messages in conversations:
-            ids, assistant = self.tokenizer.apply_chat_template_with_mask(messages)
+            ids, assistant = self.tokenizer.encode_chat(messages)
             input_ids.append(ids)
             everything = self.config.loss_on == "all"
             labels.append([t if everything or counted else IGNORE for t, counted in zip(ids, assistant)])
@@ -269,7 +269,7 @@ class LanguageModeling(GeneratesText, Task):
         return {key: [row[key] for row in rows] for key in PACKED_FEATURES}
 
     def _report_truncation(self, dataset, encoded):
-        import pyarrow.compute as pc
+        import pyarrow.compute as pc  # type: ignore[import-untyped]  # datasets' own column format; no stubs
 
         lengths = pc.list_value_length(encoded.data.column("input_ids"))
         longer = pc.sum(pc.greater(lengths, self.block_size + 1)).as_py() or 0
