@@ -32,7 +32,7 @@ from nlpkit.errors import NlpkitError
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["load_chat", "CHAT_FIELDS", "ROLES", "check_messages"]
+__all__ = ["as_conversations", "CHAT_FIELDS", "ROLES", "check_messages"]
 
 ROLES = ("system", "user", "assistant")
 
@@ -110,13 +110,14 @@ def _conversation(row: Mapping[str, Any], layout: Mapping[str, str], where: str)
     return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": turns["assistant"]}]
 
 
-def load_chat(files: dict[str, str], columns: Mapping[str, str] | None = None, **options: Any) -> datasets.DatasetDict:
-    """JSON lines (or a JSON array) of conversations: one ``messages`` column, whatever the rows' layout.
+def as_conversations(loaded: datasets.DatasetDict, files: dict[str, str],
+                     columns: Mapping[str, str] | None = None) -> datasets.DatasetDict:
+    """Rows read from JSON (``files``: split -> path) as one ``messages`` column, whatever their layout.
 
     Args:
-        files: split -> path.
+        loaded: the splits as ``datasets`` read them.
+        files: split -> path, for messages.
         columns: the recipe's ``data.columns``: chat field -> the file's column.
-        options: passed to ``datasets``' JSON reader.
 
     Raises:
         NlpkitError: a file without a conversation layout, or a row whose
@@ -125,9 +126,6 @@ def load_chat(files: dict[str, str], columns: Mapping[str, str] | None = None, *
     """
     import datasets
 
-    from nlpkit.data import load_json
-
-    loaded = load_json(files, **options)
     out = {}
     for split, dataset in loaded.items():
         path = files[split]
@@ -144,6 +142,3 @@ def load_chat(files: dict[str, str], columns: Mapping[str, str] | None = None, *
         out[split] = dataset.map(to_messages, with_indices=True, remove_columns=dataset.column_names,
                                  desc="chat: reading conversations")
     return datasets.DatasetDict(out)
-
-
-load_chat.reads_columns = True  # type: ignore[attr-defined]  # load_splits passes it data.columns

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from nlpkit.chat_data import load_chat
+from nlpkit.chat_data import as_conversations
 from nlpkit.errors import NlpkitError
 from nlpkit.registry import suggest
 
@@ -182,6 +182,16 @@ def load_parquet(files: dict[str, str], **options: Any) -> datasets.DatasetDict:
     """Apache Parquet files."""
     return _load_builder("parquet", files, options)
 
+
+def load_chat(files: dict[str, str], columns: dict[str, str] | None = None, **options: Any) -> datasets.DatasetDict:
+    """Conversations: JSON rows of ``messages``, or of an instruction layout (``nlpkit.chat_data``), as ``messages``.
+
+    ``columns`` is the recipe's ``data.columns`` (chat field -> column), which this format reads itself.
+    """
+    return as_conversations(_load_builder("json", files, options), files, columns)
+
+
+load_chat.reads_columns = True  # type: ignore[attr-defined]  # load_splits passes it data.columns
 
 _DOCUMENTS = {"paragraph": "paragraph", "line": "line", "file": "document"}
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from nlpkit.chat_data import load_chat
+from nlpkit.data import load_chat
 from nlpkit.errors import NlpkitError
 
 
@@ -70,3 +70,23 @@ def test_a_bad_row_or_layout_is_named_by_file_and_row(tmp_path, rows, columns, m
         load_chat({"train": path}, columns=columns)
     assert str(error.value).startswith(path)
     assert message in str(error.value)
+
+
+def test_a_chat_recipe_maps_its_columns_through_data_columns_and_refuses_an_unknown_field(tmp_path):
+    from nlpkit.recipe import load_recipe
+    from nlpkit.data import load_splits, select_task_columns
+    from nlpkit.plugins import load_plugins
+
+    path = _write(tmp_path / "qa.jsonl", [{"query": "Why?", "reply": "Because."}, {"query": "How?", "reply": "So."}])
+    recipe = {"task": "generation", "backbone": {"preset": "decoder-tiny"}, "tokenizer": {"train": "bpe"},
+              "data": {"format": "chat", "train": path, "validation": path,
+                       "columns": {"user": "query", "assistant": "reply"}}, "output_dir": str(tmp_path / "runs")}
+    registries = load_plugins().registries
+    loaded = load_recipe(recipe, registries=registries)
+    splits = select_task_columns(load_splits(loaded.data, registries.data_formats), loaded.data,
+                                 registries.tasks.get("generation"))
+    assert splits["train"]["messages"][1] == [{"role": "user", "content": "How?"},
+                                              {"role": "assistant", "content": "So."}]
+    recipe["data"]["columns"] = {"usr": "query"}
+    with pytest.raises(NlpkitError, match=r"data\.columns\.usr: unknown field of task 'generation'; did you mean 'user'"):
+        load_recipe(recipe, registries=registries)

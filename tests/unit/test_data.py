@@ -70,11 +70,12 @@ def section(**fields: Any) -> DataSection:
 
 
 def test_every_registered_format_is_tested() -> None:
-    assert set(FORMATS) == {"csv", "tsv", "json", "jsonl", "parquet", "text"}
+    assert set(FORMATS) == {"csv", "tsv", "json", "jsonl", "parquet", "text", "chat"}
 
 
-# Formats of labelled rows; `text` holds one column of documents (tested on its own below).
-@pytest.mark.parametrize("fmt", sorted(set(FORMATS) - {"text"}))
+# Formats of labelled rows; `text` holds one column of documents (tested on its own below), `chat` conversations
+# (tests/unit/test_chat_data.py).
+@pytest.mark.parametrize("fmt", sorted(set(FORMATS) - {"text", "chat"}))
 def test_load_splits_reads_each_format(fmt: str, formats: Registry[Any], tmp_path: Path) -> None:
     data = section(
         format=fmt,

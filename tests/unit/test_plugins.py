@@ -27,7 +27,7 @@ BACKBONE_KINDS = {"encoder", "decoder", "encoder-decoder"}
 PRESETS = {
     f"{kind}-{size}" for kind in ("encoder", "decoder", "encoder-decoder") for size in ("tiny", "small", "base")
 }
-DATA_FORMATS = {"csv", "tsv", "json", "jsonl", "parquet", "text"}
+DATA_FORMATS = {"csv", "tsv", "json", "jsonl", "parquet", "text", "chat"}
 # The core plugin's checkpoint families, as the registry snapshot lists them.
 CHECKPOINT_FAMILIES = sorted(json.loads((Path(__file__).with_name("registry_contents.json")).read_text())
                              ["checkpoint_families"])
