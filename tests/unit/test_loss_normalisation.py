@@ -1,0 +1,193 @@
+"""Token-level losses are averaged over the target tokens of the whole optimizer step (issue 18, point 5).
+
+Accumulating 4 batches of 2 gives the gradient of one batch of 8, and so
+would 2 processes of 4: every target token of a step weighs alike, whatever
+the batch size, ``accumulate_grad_batches`` or number of devices.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from nlpkit.assembly import build_model, prepare_inputs
+from nlpkit.plugins import load_plugins
+from nlpkit.recipe import OptimizationSection, load_recipe
+from nlpkit.tasks import Task, TaskModel
+from nlpkit.testing import tiny_recipe, write_rows
+from nlpkit.training.datamodule import STEP_TARGET_TOKENS, StepTokensLoader, TaskDataModule
+from nlpkit.training.module import TaskModule
+
+WORDS = "the cat sat on a mat and the dog ran to the big red house by the sea".split()
+
+
+def _words(rng: random.Random, low: int, high: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high)))
+
+
+def _data(task: str, folder: Path) -> dict[str, Any]:
+    """Training rows whose targets differ much in length: batches hold different numbers of target tokens."""
+    rng = random.Random(0)
+    if task == "generation":
+        rows = [{"text": _words(rng, 2, 4), "completion": _words(rng, 1, 14)} for _ in range(16)]
+    elif task == "translation":
+        rows = [{"source": _words(rng, 2, 5), "target": _words(rng, 1, 14)} for _ in range(16)]
+    else:
+        rows = []
+        for _ in range(16):
+            tokens = _words(rng, 1, 12).split()
+            rows.append({"tokens": tokens, "tags": [rng.choice(["O", "B-LOC", "B-PER"]) for _ in tokens]})
+    train = write_rows(folder / "train.jsonl", rows)
+    return {"train": str(train), "validation": str(train)}
+
+
+class _Gradients(pl.Callback):
+    """Keeps every parameter's gradient at the first optimizer step (after the backward, before clipping)."""
+
+    def __init__(self) -> None:
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if not self.grads:
+            self.grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+
+
+def _first_step_gradients(task_name: str, folder: Path, batch_size: int, accumulate: int) -> dict[str, torch.Tensor]:
+    folder.mkdir()
+    kind = {"generation": "decoder", "translation": "encoder-decoder", "ner": "encoder"}[task_name]
+    raw = tiny_recipe(task_name, _data(task_name, folder), folder / "runs", kind,
+                      options={"dropout": 0.0} if task_name == "ner" else None)
+    plugin_set = load_plugins()
+    recipe = load_recipe(raw, [f"training.batch_size={batch_size}"], plugin_set.registries)
+    inputs = prepare_inputs(recipe, plugin_set.registries)  # byte-level BPE: the same tokenizer every time
+    torch.manual_seed(0)  # the same initial weights in every run
+    model, _ = build_model(recipe, plugin_set.registries, inputs.task, inputs.backbone_config)
+    gradients = _Gradients()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=1, accumulate_grad_batches=accumulate,
+                         precision="32-true", gradient_clip_val=None, limit_val_batches=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[gradients], default_root_dir=folder)
+    # EpochSampler's order depends on the seed and the epoch alone: both runs' first step sees the same 8 rows.
+    trainer.fit(TaskModule(inputs.task, model, recipe.optimization),
+                datamodule=TaskDataModule(inputs.task, inputs.splits, recipe.training))
+    assert gradients.grads
+    return gradients.grads
+
+
+def _largest_gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[name] - b[name]).abs().max()) for name in a)
+
+
+@pytest.mark.parametrize("task_name", ["generation", "translation", "ner"])
+def test_accumulating_4_batches_of_2_gives_the_gradients_of_one_batch_of_8(task_name, tmp_path, monkeypatch):
+    whole = _first_step_gradients(task_name, tmp_path / "b8", batch_size=8, accumulate=1)
+    accumulated = _first_step_gradients(task_name, tmp_path / "b2x4", batch_size=2, accumulate=4)
+    assert whole.keys() == accumulated.keys()
+    for name in whole:
+        torch.testing.assert_close(accumulated[name], whole[name], atol=1e-6, rtol=0, msg=name)
+
+    # Without the normalisation (the task counts no target tokens) each batch's mean weighs alike: the
+    # mean of the 4 batch means is another gradient, so the comparison above can fail.
+    monkeypatch.setattr(load_plugins().registries.tasks.get(task_name), "target_tokens", lambda self, batch: None)
+    naive = _first_step_gradients(task_name, tmp_path / "naive", batch_size=2, accumulate=4)
+    assert _largest_gap(naive, whole) > 1e-4
+
+
+# -- the step windows -------------------------------------------------------------------------------------------
+
+
+class _Resumed(torch.utils.data.Sampler[int]):
+    """An epoch of `size` indices whose first `skipped` were trained before a resume (EpochSampler.resume's way)."""
+
+    def __init__(self, size: int, skipped: int) -> None:
+        self.size, self.skipped = size, skipped
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Any:
+        return iter(range(self.skipped, self.size))
+
+
+def _windows(batches: int, accumulate: int, skipped: int = 0, limit: int | float = 1.0) -> list[list[int]]:
+    """The optimizer steps StepTokensLoader makes of `batches` one-row batches of 1, 2, 3 ... target tokens."""
+    sampler = _Resumed(batches, skipped)
+    loader = StepTokensLoader(list(range(1, batches + 1)), batch_size=1, sampler=sampler,
+                              collate_fn=lambda rows: {"n": rows[0]}, target_tokens=lambda batch: batch["n"],
+                              accumulate=accumulate, skipped=lambda: sampler.skipped, limit=limit)
+    steps: list[list[int]] = []
+    counted: list[int] = []  # each step's count, as its batches carry it
+    for batch in loader:
+        if not steps or sum(steps[-1]) == counted[-1]:  # the step before is whole: a new one starts
+            steps.append([])
+            counted.append(batch[STEP_TARGET_TOKENS])
+        steps[-1].append(batch["n"])
+        assert batch[STEP_TARGET_TOKENS] == counted[-1]
+    assert [sum(step) for step in steps] == counted
+    return steps
+
+
+def test_each_batch_carries_the_target_tokens_of_its_optimizer_step():
+    # Steps after every 4th batch and at the epoch's last one, which then counts only its own batches.
+    assert _windows(10, 4) == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
+    # A run resumed after its first step starts at the second step's first batch.
+    assert _windows(10, 4, skipped=4) == [[5, 6, 7, 8], [9, 10]]
+    # limit_train_batches=6 ends the epoch, and its last step, at the 6th batch.
+    assert _windows(10, 4, limit=6) == [[1, 2, 3, 4], [5, 6]]
+    assert _windows(3, 1) == [[1], [2], [3]]
+
+
+# -- several processes: the arithmetic ----------------------------------------------------------------------------
+
+
+class _CountingTask(Task):
+    name = "counting"
+
+    def metrics(self) -> dict[str, Any]:
+        return {}
+
+    def target_tokens(self, batch: dict[str, Any]) -> int | None:
+        return int(batch["mask"].sum())
+
+
+def test_processes_and_accumulation_give_the_mean_over_all_the_steps_target_tokens():
+    """2 processes x 2 accumulated batches: DDP's mean of the processes' sums of loss / accumulate_grad_batches.
+
+    The processes' token counts differ, so a mean of batch means would not be the mean over all tokens.
+    The all-reduce is Lightning's strategy.reduce (a sum), faked here by the known total.
+    """
+    torch.manual_seed(0)
+    weight = torch.randn(5, requires_grad=True)
+    # Per process, per batch: token features (tokens, 5) and which tokens are targets.
+    batches = [[(torch.randn(6, 5), torch.tensor([1, 1, 1, 0, 0, 0])), (torch.randn(6, 5), torch.ones(6))],
+               [(torch.randn(6, 5), torch.tensor([1, 0, 0, 0, 0, 0])), (torch.randn(6, 5), torch.tensor([1, 1, 0, 0, 0, 0]))]]
+    total = sum(int(mask.sum()) for process in batches for _, mask in process)
+
+    def token_losses(x: torch.Tensor) -> torch.Tensor:
+        return (x @ weight).sin() ** 2
+
+    expected = torch.autograd.grad(sum((token_losses(x) * m).sum() for p in batches for x, m in p) / total, weight)[0]
+
+    module = TaskModule(_CountingTask(None, None), TaskModel(torch.nn.Linear(1, 1), torch.nn.Identity()),  # type: ignore[arg-type]
+                        OptimizationSection())
+    reduced = []
+    strategy = SimpleNamespace(reduce=lambda count, reduce_op: reduced.append(reduce_op) or torch.tensor(total))
+    module.trainer = SimpleNamespace(global_step=0, world_size=2, accumulate_grad_batches=2, strategy=strategy)  # type: ignore[assignment]
+    module._step_tokens = None
+    gradient = torch.zeros(5)
+    for process in batches:
+        step_tokens = sum(int(mask.sum()) for _, mask in process)
+        module._step_tokens = None  # each process keeps its own
+        for x, mask in process:
+            mean = (token_losses(x) * mask).sum() / mask.sum()  # what a task's loss returns
+            loss = module._step_normalised(mean, {"mask": mask}, step_tokens)
+            # Lightning divides by accumulate_grad_batches; DDP averages over the 2 processes.
+            gradient += torch.autograd.grad(loss / 2, weight)[0] / 2
+    torch.testing.assert_close(gradient, expected, atol=1e-6, rtol=0)
+    assert reduced == ["sum", "sum"]  # one all-reduce per process and step, not one per batch
