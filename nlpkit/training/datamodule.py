@@ -17,8 +17,9 @@ from nlpkit.tasks import Task
 
 __all__ = ["STEP_TARGET_TOKENS", "StepTokensLoader", "TaskDataModule"]
 
-# The key under which a training batch carries the target tokens of its whole optimizer step (in this
-# process). No collate makes it; TaskModule.training_step takes it out before the task sees the batch.
+# The key under which a training batch carries (its own target tokens, those of its whole optimizer step in
+# this process), counted on the CPU before the batch moves to the device. No collate makes it; TaskModule
+# takes it out before the task sees the batch.
 STEP_TARGET_TOKENS = "step_target_tokens"
 
 
@@ -26,8 +27,8 @@ class StepTokensLoader(DataLoader):
     """A DataLoader whose batches carry the target-token count of their optimizer step.
 
     It reads the ``accumulate`` batches of each optimizer step ahead, counts
-    their targets with ``target_tokens`` and serves each batch with the
-    step's count under :data:`STEP_TARGET_TOKENS`, so that the loss can be
+    their targets with ``target_tokens`` and serves each batch with its own
+    and the step's count under :data:`STEP_TARGET_TOKENS`, so that the loss can be
     normalised over the whole step (``TaskModule.training_step``) without
     asking the sampler about batches to come. Hugging Face's Trainer does the
     same (``get_batch_samples``, ``num_items_in_batch``).
@@ -87,8 +88,8 @@ class StepTokensLoader(DataLoader):
                 yield from window
             else:
                 step = sum(count for count in counts if count is not None)
-                for batch in window:
-                    yield {**batch, STEP_TARGET_TOKENS: step}
+                for batch, count in zip(window, counts):
+                    yield {**batch, STEP_TARGET_TOKENS: (count, step)}
             index += len(window)
             batch = next(batches, None) if index < total else None
             pending = [] if batch is None else [batch]

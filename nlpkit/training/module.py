@@ -43,12 +43,18 @@ def _batch_size(batch: dict[str, Any]) -> int:
     return 1
 
 
-def _without_step_tokens(batch: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
-    """The batch as the task's collate made it, and the target tokens of its optimizer step (None: not counted)."""
+def _without_step_tokens(batch: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, int] | None]:
+    """The batch as the task's collate made it, and the target tokens of the batch and of its optimizer step.
+
+    The counts (None where the DataLoader made none: validation, a loss that
+    is not a mean over tokens) come from ``StepTokensLoader``, which counted
+    them before the batch moved to the device: no device sync to read them.
+    """
     if STEP_TARGET_TOKENS not in batch:
         return batch, None
     rest = {key: value for key, value in batch.items() if key != STEP_TARGET_TOKENS}
-    return rest, int(batch[STEP_TARGET_TOKENS])
+    batch_tokens, step_tokens = batch[STEP_TARGET_TOKENS]
+    return rest, (int(batch_tokens), int(step_tokens))
 
 
 class TaskModule(pl.LightningModule):
@@ -79,7 +85,7 @@ class TaskModule(pl.LightningModule):
         self._step_tokens: tuple[int, int] | None = None  # (global step, its target tokens on all processes)
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        batch, step_tokens = _without_step_tokens(batch)
+        batch, counts = _without_step_tokens(batch)
         outputs = self.task.forward(self.model, batch)
         loss = self.task.loss(outputs, batch)
         batch_size = _batch_size(batch)
@@ -93,11 +99,11 @@ class TaskModule(pl.LightningModule):
         metrics = {"val": self.val_metrics, "test": self.test_metrics}.get(stage)
         if metrics is not None:
             metrics.update(*self.task.evaluate_batch(self.model, batch, outputs))
-        if train and step_tokens is not None:
-            return self._step_normalised(loss, batch, step_tokens)
+        if train and counts is not None:
+            return self._step_normalised(loss, *counts)
         return loss
 
-    def _step_normalised(self, loss: torch.Tensor, batch: dict[str, Any], step_tokens: int) -> torch.Tensor:
+    def _step_normalised(self, loss: torch.Tensor, batch_tokens: int, step_tokens: int) -> torch.Tensor:
         """The loss whose gradient is the step's summed token losses over the step's target tokens.
 
         ``loss`` is this batch's mean over its ``n`` target tokens; the step
@@ -108,11 +114,10 @@ class TaskModule(pl.LightningModule):
         sum over the step's batches and processes of
         ``loss * n / N * accumulate_grad_batches * world_size``, divided by
         both, is ``sum(token losses) / N``: every token of the step weighs
-        alike, whatever the batch size, accumulation or devices.
+        alike, whatever the batch size, accumulation or devices. (A strategy
+        that treats the loss otherwise, DeepSpeed, which accumulates itself,
+        treats the mean of batch means alike: the factor corrects that mean.)
         """
-        batch_tokens = self.task.target_tokens(batch)
-        if batch_tokens is None:
-            return loss
         total = self._all_step_tokens(step_tokens)
         scale = batch_tokens / max(total, 1) * self.trainer.accumulate_grad_batches * self.trainer.world_size
         return loss * scale

@@ -124,11 +124,13 @@ def _windows(batches: int, accumulate: int, skipped: int = 0, limit: int | float
     steps: list[list[int]] = []
     counted: list[int] = []  # each step's count, as its batches carry it
     for batch in loader:
+        own, step = batch[STEP_TARGET_TOKENS]
+        assert own == batch["n"]
         if not steps or sum(steps[-1]) == counted[-1]:  # the step before is whole: a new one starts
             steps.append([])
-            counted.append(batch[STEP_TARGET_TOKENS])
+            counted.append(step)
         steps[-1].append(batch["n"])
-        assert batch[STEP_TARGET_TOKENS] == counted[-1]
+        assert step == counted[-1]
     assert [sum(step) for step in steps] == counted
     return steps
 
@@ -146,14 +148,11 @@ def test_each_batch_carries_the_target_tokens_of_its_optimizer_step():
 # -- several processes: the arithmetic ----------------------------------------------------------------------------
 
 
-class _CountingTask(Task):
-    name = "counting"
+class _AnyTask(Task):
+    """The task a TaskModule needs to be built; the test gives it the losses and counts itself."""
 
-    def metrics(self) -> dict[str, Any]:
-        return {}
+    name = "any"
 
-    def target_tokens(self, batch: dict[str, Any]) -> int | None:
-        return int(batch["mask"].sum())
 
 
 def test_processes_and_accumulation_give_the_mean_over_all_the_steps_target_tokens():
@@ -174,11 +173,11 @@ def test_processes_and_accumulation_give_the_mean_over_all_the_steps_target_toke
 
     expected = torch.autograd.grad(sum((token_losses(x) * m).sum() for p in batches for x, m in p) / total, weight)[0]
 
-    module = TaskModule(_CountingTask(None, None), TaskModel(torch.nn.Linear(1, 1), torch.nn.Identity()),  # type: ignore[arg-type]
+    module = TaskModule(_AnyTask(None, None), TaskModel(torch.nn.Linear(1, 1), torch.nn.Identity()),
                         OptimizationSection())
     reduced = []
     strategy = SimpleNamespace(reduce=lambda count, reduce_op: reduced.append(reduce_op) or torch.tensor(total))
-    module.trainer = SimpleNamespace(global_step=0, world_size=2, accumulate_grad_batches=2, strategy=strategy)  # type: ignore[assignment]
+    module.trainer = SimpleNamespace(global_step=0, world_size=2, accumulate_grad_batches=2, strategy=strategy)
     module._step_tokens = None
     gradient = torch.zeros(5)
     for process in batches:
@@ -186,8 +185,52 @@ def test_processes_and_accumulation_give_the_mean_over_all_the_steps_target_toke
         module._step_tokens = None  # each process keeps its own
         for x, mask in process:
             mean = (token_losses(x) * mask).sum() / mask.sum()  # what a task's loss returns
-            loss = module._step_normalised(mean, {"mask": mask}, step_tokens)
+            loss = module._step_normalised(mean, int(mask.sum()), step_tokens)
             # Lightning divides by accumulate_grad_batches; DDP averages over the 2 processes.
             gradient += torch.autograd.grad(loss / 2, weight)[0] / 2
     torch.testing.assert_close(gradient, expected, atol=1e-6, rtol=0)
     assert reduced == ["sum", "sum"]  # one all-reduce per process and step, not one per batch
+
+
+def test_lightning_recreates_the_loader_with_a_distributed_sampler_and_keeps_its_steps():
+    # What Lightning does to a training DataLoader under DDP (use_distributed_sampler): a new one of the same
+    # class from the arguments it was made with, over this process's shard of the sampler's order.
+    from lightning_fabric.utilities.data import _replace_dunder_methods, _update_dataloader
+    from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
+    from torch.utils.data import DataLoader
+
+    from nlpkit.data import EpochSampler
+
+    sampler = EpochSampler(20, batch_size=2)
+    with _replace_dunder_methods(DataLoader, "dataset"):
+        loader = StepTokensLoader(list(range(20)), batch_size=2, sampler=sampler, collate_fn=lambda rows: {"n": len(rows)},
+                                  target_tokens=lambda batch: batch["n"], accumulate=4, skipped=lambda: sampler.skipped)
+    shard = _update_dataloader(loader, DistributedSamplerWrapper(sampler, num_replicas=2, rank=0, shuffle=False))
+    assert isinstance(shard, StepTokensLoader) and len(shard) == 5
+    # This process's 10 rows: a step of 4 batches of 2, then the epoch's last batch alone.
+    assert [batch[STEP_TARGET_TOKENS] for batch in shard] == [(2, 8)] * 4 + [(2, 2)]
+
+
+@pytest.mark.parametrize("batching", [["training.max_tokens=48"], ["data.group_by_length=true"]])
+def test_token_budget_and_length_grouped_batches_count_their_steps(batching, tmp_path, monkeypatch):
+    import nlpkit
+
+    seen: list[tuple[int, int]] = []
+    normalised = TaskModule._step_normalised
+
+    def spy(self, loss, batch_tokens, step_tokens):
+        seen.append((batch_tokens, step_tokens))
+        return normalised(self, loss, batch_tokens, step_tokens)
+
+    monkeypatch.setattr(TaskModule, "_step_normalised", spy)
+    recipe = tiny_recipe("generation", _data("generation", tmp_path), tmp_path / "runs", "decoder",
+                         options={"sample_every": 0})
+    nlpkit.run(recipe, ["optimization.accumulate_grad_batches=2", "training.max_steps=-1", "training.epochs=1",
+                        "trainer.val_check_interval=null", *batching])
+    assert len(seen) >= 3
+    while seen:  # steps of 2 batches, the epoch's last of 1 where its batches are odd in number
+        batches = 2 if len(seen) >= 2 and seen[0][1] == seen[0][0] + seen[1][0] else 1
+        step = seen[:batches]
+        del seen[:batches]
+        assert all(count == sum(tokens for tokens, _ in step) for _, count in step), step
+        assert batches == 2 or not seen
