@@ -58,8 +58,10 @@ class _Gradients(pl.Callback):
             self.grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
 
 
-def _first_step_gradients(task_name: str, folder: Path, batch_size: int, accumulate: int) -> dict[str, torch.Tensor]:
-    folder.mkdir()
+def _fit(task_name: str, folder: Path, batch_size: int, accumulate: int, callbacks: list[pl.Callback],
+         ckpt_path: Path | None = None, **limits: Any) -> TaskModule:
+    """Train a tiny model of the task on `folder`'s rows with Lightning (no validation), from the same weights."""
+    folder.mkdir(exist_ok=True)
     kind = {"generation": "decoder", "translation": "encoder-decoder", "ner": "encoder"}[task_name]
     raw = tiny_recipe(task_name, _data(task_name, folder), folder / "runs", kind,
                       options={"dropout": 0.0} if task_name == "ner" else None)
@@ -68,14 +70,19 @@ def _first_step_gradients(task_name: str, folder: Path, batch_size: int, accumul
     inputs = prepare_inputs(recipe, plugin_set.registries)  # byte-level BPE: the same tokenizer every time
     torch.manual_seed(0)  # the same initial weights in every run
     model, _ = build_model(recipe, plugin_set.registries, inputs.task, inputs.backbone_config)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, accumulate_grad_batches=accumulate, precision="32-true",
+                         gradient_clip_val=None, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+                         default_root_dir=folder, **limits)
+    module = TaskModule(inputs.task, model, recipe.optimization)
+    trainer.fit(module, datamodule=TaskDataModule(inputs.task, inputs.splits, recipe.training), ckpt_path=ckpt_path)
+    return module
+
+
+def _first_step_gradients(task_name: str, folder: Path, batch_size: int, accumulate: int) -> dict[str, torch.Tensor]:
     gradients = _Gradients()
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=1, accumulate_grad_batches=accumulate,
-                         precision="32-true", gradient_clip_val=None, limit_val_batches=0, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[gradients], default_root_dir=folder)
     # EpochSampler's order depends on the seed and the epoch alone: both runs' first step sees the same 8 rows.
-    trainer.fit(TaskModule(inputs.task, model, recipe.optimization),
-                datamodule=TaskDataModule(inputs.task, inputs.splits, recipe.training))
+    _fit(task_name, folder, batch_size, accumulate, [gradients], max_steps=1)
     assert gradients.grads
     return gradients.grads
 
@@ -97,6 +104,34 @@ def test_accumulating_4_batches_of_2_gives_the_gradients_of_one_batch_of_8(task_
     monkeypatch.setattr(load_plugins().registries.tasks.get(task_name), "target_tokens", lambda self, batch: None)
     naive = _first_step_gradients(task_name, tmp_path / "naive", batch_size=2, accumulate=4)
     assert _largest_gap(naive, whole) > 1e-4
+
+
+class _Steps(pl.Callback):
+    """Records the counts each training batch carries; saves a checkpoint after optimizer step `save_at`."""
+
+    def __init__(self, path: Path, save_at: int = 0) -> None:
+        self.path, self.save_at = path, save_at
+        self.counts: list[tuple[int, int]] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self.counts.append(batch[STEP_TARGET_TOKENS])
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.global_step == self.save_at and not self.path.exists():  # as LatestCheckpoint saves
+            trainer.save_checkpoint(self.path)
+
+
+def test_a_run_resumed_mid_epoch_counts_the_steps_of_the_uninterrupted_run(tmp_path):
+    # 16 rows in batches of 2: 8 batches an epoch, in steps of 3, 3 and 2; saved after the first step.
+    full = _Steps(tmp_path / "step-1.ckpt", save_at=1)
+    whole = _fit("generation", tmp_path / "full", 2, 3, [full], max_epochs=2)
+    resumed_steps = _Steps(tmp_path / "unused.ckpt", save_at=-1)
+    resumed = _fit("generation", tmp_path / "resumed", 2, 3, [resumed_steps], ckpt_path=full.path, max_epochs=2)
+    assert len(full.counts) == 16 and [step for _, step in full.counts[:3]] == [sum(n for n, _ in full.counts[:3])] * 3
+    assert resumed_steps.counts == full.counts[3:]  # the resumed epoch starts at the second step's first batch
+    for name, weight in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], weight), name
 
 
 # -- the step windows -------------------------------------------------------------------------------------------
