@@ -372,6 +372,7 @@ class EpochSampler(Sampler[int]):
         self.seed = seed
         self.epoch = 0
         self._resume: tuple[int, int] | None = None
+        self.skipped = 0  # the batches the latest pass left out, trained before a resume
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -388,7 +389,9 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         order = self.order(torch.Generator().manual_seed(self.seed + self.epoch))
+        self.skipped = 0
         if self._resume is not None and self._resume[0] == self.epoch:
+            self.skipped = self._resume[1]
             order = order[self._resume[1] * self.batch_size :]
         self._resume = None
         yield from order

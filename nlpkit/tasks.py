@@ -479,8 +479,23 @@ class Task:
         raise NotImplementedError
 
     def loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
-        """A scalar training loss."""
+        """A scalar training loss: the batch's mean (over examples, or over target tokens, see ``target_tokens``)."""
         raise NotImplementedError
+
+    def target_tokens(self, batch: dict[str, Any]) -> int | None:
+        """How many targets this collated batch's loss averages over: its label tokens that are not ignored.
+
+        Optional. A task whose ``loss`` is a mean over target tokens (language
+        modelling, translation, token tagging) returns their count, and nlpkit
+        then weighs every token of an optimizer step alike: the gradient is
+        the sum of the token losses over all accumulated batches and all
+        processes, divided by their tokens, whatever the batch size,
+        ``accumulate_grad_batches`` or number of devices (``loss`` still
+        returns the batch's mean). None, the default, for a loss that is a
+        mean over examples (classification, question answering): each batch
+        of a step then weighs the same.
+        """
+        return None
 
     def metrics(self) -> dict[str, torchmetrics.Metric]:
         """Fresh torchmetrics metrics, keyed by the names in ``metric_names``."""

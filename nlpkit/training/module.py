@@ -17,6 +17,7 @@ from nlpkit.recipe import OptimizationSection
 from nlpkit.runs import SAMPLES_FILE
 from nlpkit.tasks import Task, TaskModel
 from nlpkit.finetuning import parameter_groups
+from nlpkit.training.datamodule import STEP_TARGET_TOKENS
 
 __all__ = ["TaskModule", "schedule_factor"]
 
@@ -40,6 +41,20 @@ def _batch_size(batch: dict[str, Any]) -> int:
         if isinstance(value, torch.Tensor):
             return int(value.shape[0])
     return 1
+
+
+def _without_step_tokens(batch: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, int] | None]:
+    """The batch as the task's collate made it, and the target tokens of the batch and of its optimizer step.
+
+    The counts (None where the DataLoader made none: validation, a loss that
+    is not a mean over tokens) come from ``StepTokensLoader``, which counted
+    them before the batch moved to the device: no device sync to read them.
+    """
+    if STEP_TARGET_TOKENS not in batch:
+        return batch, None
+    rest = {key: value for key, value in batch.items() if key != STEP_TARGET_TOKENS}
+    batch_tokens, step_tokens = batch[STEP_TARGET_TOKENS]
+    return rest, (int(batch_tokens), int(step_tokens))
 
 
 class TaskModule(pl.LightningModule):
@@ -67,8 +82,10 @@ class TaskModule(pl.LightningModule):
             self.test_metrics: MetricCollection | None = self.val_metrics.clone(prefix="test_")
         else:
             self.val_metrics = self.test_metrics = None
+        self._step_tokens: tuple[int, int] | None = None  # (global step, its target tokens on all processes)
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        batch, counts = _without_step_tokens(batch)
         outputs = self.task.forward(self.model, batch)
         loss = self.task.loss(outputs, batch)
         batch_size = _batch_size(batch)
@@ -82,7 +99,39 @@ class TaskModule(pl.LightningModule):
         metrics = {"val": self.val_metrics, "test": self.test_metrics}.get(stage)
         if metrics is not None:
             metrics.update(*self.task.evaluate_batch(self.model, batch, outputs))
+        if train and counts is not None:
+            return self._step_normalised(loss, *counts)
         return loss
+
+    def _step_normalised(self, loss: torch.Tensor, batch_tokens: int, step_tokens: int) -> torch.Tensor:
+        """The loss whose gradient is the step's summed token losses over the step's target tokens.
+
+        ``loss`` is this batch's mean over its ``n`` target tokens; the step
+        has ``N`` of them on all processes together. Lightning divides the
+        training step's loss by ``accumulate_grad_batches`` (automatic
+        optimisation's ``ClosureResult``: the same divisor for an epoch's
+        shorter last step) and DDP averages the processes' gradients, so the
+        sum over the step's batches and processes of
+        ``loss * n / N * accumulate_grad_batches * world_size``, divided by
+        both, is ``sum(token losses) / N``: every token of the step weighs
+        alike, whatever the batch size, accumulation or devices. (A strategy
+        that treats the loss otherwise, DeepSpeed, which accumulates itself,
+        treats the mean of batch means alike: the factor corrects that mean.)
+        """
+        total = self._all_step_tokens(step_tokens)
+        scale = batch_tokens / max(total, 1) * self.trainer.accumulate_grad_batches * self.trainer.world_size
+        return loss * scale
+
+    def _all_step_tokens(self, step_tokens: int) -> int:
+        """The step's target tokens summed over the processes: one small all-reduce per optimizer step."""
+        if self.trainer.world_size == 1:
+            return step_tokens
+        # global_step counts optimizer steps: the same for every batch of a step, on every process.
+        if self._step_tokens is None or self._step_tokens[0] != self.global_step:
+            count = torch.tensor(step_tokens, dtype=torch.long, device=self.device)
+            total = self.trainer.strategy.reduce(count, reduce_op="sum")
+            self._step_tokens = (self.global_step, int(total))
+        return self._step_tokens[1]
 
     def _log_metrics(self, metrics: MetricCollection | None) -> None:
         """Log an epoch's metrics: each scalar, and each entry of a metric that computes a dict.

@@ -327,6 +327,9 @@ class LanguageModeling(GeneratesText, Task):
     def loss(self, logits, batch):
         return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
 
+    def target_tokens(self, batch):
+        return int((batch["labels"] != IGNORE).sum())  # what `loss` averages over
+
     def metrics(self):
         return {"perplexity": Perplexity(), "token_loss": torchmetrics.MeanMetric()}
 

@@ -245,6 +245,9 @@ class Ner(Task):
             return logits.sum() * 0.0
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORED)
 
+    def target_tokens(self, batch):
+        return int((batch["labels"] != IGNORED).sum())  # the labelled subwords `loss` averages over
+
     # -- decoding -----------------------------------------------------------------
 
     def _constraints(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -170,6 +170,10 @@ class Translation(GeneratesText, Task):
         return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
                                ignore_index=IGNORE_INDEX, label_smoothing=self.config.label_smoothing)
 
+    def target_tokens(self, batch):
+        # What `loss` averages over: label smoothing keeps cross_entropy's mean over the targets not ignored.
+        return int((batch["labels"] != IGNORE_INDEX).sum())
+
     def metrics(self):
         tokenize, lowercase = self.config.bleu_tokenize, self.config.lowercase
         return {"bleu": SacreBLEU(tokenize=tokenize, lowercase=lowercase), "chrf": CHRF(lowercase=lowercase)}
