@@ -82,6 +82,10 @@ IGNORE = -100  # label of a token the loss does not count (cross_entropy's ignor
 
 log = logging.getLogger("nlpkit")
 
+# (datasets fingerprint, block size) of the splits whose truncated examples were logged: prepare runs twice per split.
+# Outside the task, whose state datasets hashes into the fingerprints of its maps (a change would defeat the cache).
+_TRUNCATION_REPORTED: set[tuple[str, int]] = set()
+
 # What a packed row holds (nlpkit_generation.packing): shifted tokens, each token's position and example.
 PACKED_FEATURES = ("input_ids", "labels", "position_ids", "document_ids")
 
@@ -148,9 +152,6 @@ class LanguageModeling(GeneratesText, Task):
     validations = 0  # validation passes seen, for sample_every
     questions: list = []  # validation conversations whose last (assistant) turn holds a reference answer
 
-    def __init__(self, config, tokenizer):
-        super().__init__(config, tokenizer)
-        self._truncation_reported: set[str] = set()  # datasets' fingerprints: prepare runs twice per split
 
     @property
     def block_size(self) -> int:
@@ -273,8 +274,9 @@ class LanguageModeling(GeneratesText, Task):
 
         lengths = pc.list_value_length(encoded.data.column("input_ids"))
         longer = pc.sum(pc.greater(lengths, self.block_size + 1)).as_py() or 0
-        if longer and dataset._fingerprint not in self._truncation_reported:
-            self._truncation_reported.add(dataset._fingerprint)
+        seen = (dataset._fingerprint, self.block_size)
+        if longer and seen not in _TRUNCATION_REPORTED:
+            _TRUNCATION_REPORTED.add(seen)
             log.warning("generation: %d of %d examples are longer than block_size + 1 (%d tokens): truncated",
                         longer, len(encoded), self.block_size + 1)
 
