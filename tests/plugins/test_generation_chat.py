@@ -192,3 +192,15 @@ def test_nlpkit_chat_in_a_terminal_keeps_the_conversation(chat_run, tmp_path):
         assert wait_for_prompt(2) == [line.rstrip() for line in visible.splitlines()]
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_an_exported_chat_run_renders_its_conversations_in_transformers_as_in_nlpkit(chat_run, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model = nlpkit.load(chat_run)
+    folder = model.export(tmp_path / "exported")
+    conversation = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "the dog"},
+                    {"role": "assistant", "content": "a cat"}, {"role": "user", "content": "the sea"}]
+    ids = transformers.AutoTokenizer.from_pretrained(folder).apply_chat_template(conversation, tokenize=True,
+                                                                                 add_generation_prompt=True)
+    ids = ids["input_ids"] if not isinstance(ids, list) else ids
+    assert list(ids) == model.task.tokenizer.apply_chat_template(conversation, add_generation_prompt=True)
