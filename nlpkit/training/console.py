@@ -288,8 +288,9 @@ class RunConsole(pl.Callback):
         if not self._columns:
             # The task's own metrics (its class's names: those a recipe may monitor), not the
             # per-label or per-type scores an instance adds; metrics.csv holds those.
-            task = cast("TaskModule", pl_module).task
-            names = ["train_loss", "val_loss", *(f"val_{name}" for name in type(task).metric_names)]
+            module = cast("TaskModule", pl_module)
+            scores = [*type(module.task).metric_names, *module.score_names]  # and what validation_scores adds
+            names = ["train_loss", "val_loss", *(f"val_{name}" for name in scores)]
             self._columns = [name for name in names if name in metrics]
             log.info("  ".join(["epoch", "  step", "   time", *(f"{_heading(name):>8}" for name in self._columns),
                                 "tokens/s"]))

@@ -83,6 +83,7 @@ class TaskModule(pl.LightningModule):
         else:
             self.val_metrics = self.test_metrics = None
         self._step_tokens: tuple[int, int] | None = None  # (global step, its target tokens on all processes)
+        self.score_names: list[str] = []  # what Task.validation_scores has reported, for the console's table
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         batch, counts = _without_step_tokens(batch)
@@ -165,6 +166,7 @@ class TaskModule(pl.LightningModule):
             scores = self.task.validation_scores(self.model)
             if scores:  # every process computes the same scores on the same model: nothing to synchronise
                 self.log_dict({f"val_{name}": float(value) for name, value in scores.items()}, prog_bar=True)
+                self.score_names = list(dict.fromkeys([*self.score_names, *scores]))
         # Samples cost generation time: not during Lightning's sanity check, and in one process only.
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return

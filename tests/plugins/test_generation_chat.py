@@ -204,3 +204,18 @@ def test_an_exported_chat_run_renders_its_conversations_in_transformers_as_in_nl
                                                                                  add_generation_prompt=True)
     ids = ids["input_ids"] if not isinstance(ids, list) else ids
     assert list(ids) == model.task.tokenizer.apply_chat_template(conversation, add_generation_prompt=True)
+
+
+def test_answer_accuracy_is_the_share_of_replies_whose_answer_matches_the_reference(chat_run):
+    import dataclasses
+
+    model = nlpkit.load(chat_run)
+    task = model.task
+    # The whole reply is the answer: references made of the model's own greedy replies all match.
+    task.config = dataclasses.replace(task.config, answer_pattern=r"^([\s\S]*)$", answer_max_new_tokens=4)
+    questions = [[{"role": "user", "content": "the cat"}], [{"role": "user", "content": "a dog"}]]
+    replies = model.chat(questions, max_new_tokens=4)
+    task.questions = [[*q, r] for q, r in zip(questions, replies)]
+    assert task.validation_scores(model.model) == {"answer_accuracy": 1.0}
+    task.questions = [task.questions[0], [*questions[1], {"role": "assistant", "content": "42"}]]
+    assert task.validation_scores(model.model) == {"answer_accuracy": 0.5}
