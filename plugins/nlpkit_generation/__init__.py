@@ -82,9 +82,9 @@ IGNORE = -100  # label of a token the loss does not count (cross_entropy's ignor
 
 log = logging.getLogger("nlpkit")
 
-# (datasets fingerprint, block size) of the splits whose truncated examples were logged: prepare runs twice per split.
+# (task, datasets fingerprint) of the splits whose truncated examples were logged: prepare runs twice per split.
 # Outside the task, whose state datasets hashes into the fingerprints of its maps (a change would defeat the cache).
-_TRUNCATION_REPORTED: set[tuple[str, int]] = set()
+_TRUNCATION_REPORTED: set[tuple[int, str]] = set()
 
 # What a packed row holds (nlpkit_generation.packing): shifted tokens, each token's position and example.
 PACKED_FEATURES = ("input_ids", "labels", "position_ids", "document_ids")
@@ -274,7 +274,7 @@ class LanguageModeling(GeneratesText, Task):
 
         lengths = pc.list_value_length(encoded.data.column("input_ids"))
         longer = pc.sum(pc.greater(lengths, self.block_size + 1)).as_py() or 0
-        seen = (dataset._fingerprint, self.block_size)
+        seen = (id(self), dataset._fingerprint)
         if longer and seen not in _TRUNCATION_REPORTED:
             _TRUNCATION_REPORTED.add(seen)
             log.warning("generation: %d of %d examples are longer than block_size + 1 (%d tokens): truncated",
