@@ -150,8 +150,8 @@ class LanguageModeling(GeneratesText, Task):
     lower_is_better = ("perplexity", "token_loss")
     regroups_examples = True
     validations = 0  # validation passes seen, for sample_every
-    questions: list = []  # validation conversations whose last (assistant) turn holds a reference answer
-
+    # Validation conversations whose last (assistant) turn holds a reference answer; assigned, never mutated.
+    questions: list[list[dict[str, str]]] = []
 
     @property
     def block_size(self) -> int:
