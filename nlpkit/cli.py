@@ -57,8 +57,7 @@ def cmd_check(args: argparse.Namespace) -> int:
           f"hidden {config.hidden_size}, vocabulary {config.vocab_size}")
     print("  data       " + ", ".join(f"{name} {len(split)} rows" for name, split in inputs.splits.items()))
     for key, value in inputs.task.state().items():
-        shown = ", ".join(map(str, value)) if isinstance(value, list) else value
-        print(f"  {key:<10} {shown}")
+        print(f"  {key:<10} {_summary(value)}")
     print(f"  output     {recipe.output_dir}")
     return 0
 
@@ -149,6 +148,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for answer in model.predict(inputs, batch_size=args.batch_size):
         print(json.dumps(answer, ensure_ascii=False))
     return 0
+
+
+def _summary(value: Any, shown: int = 12) -> str:
+    """A task state entry in one line: a label list as its labels (the first few), a list of records by its length."""
+    if not isinstance(value, list):
+        return str(value)
+    if any(isinstance(item, (list, dict)) for item in value):
+        return f"{len(value)} entries"  # the validation conversations the generation task keeps for its scores
+    more = f" ... ({len(value)} in all)" if len(value) > shown else ""
+    return ", ".join(map(str, value[:shown])) + more
 
 
 def _field(text: str) -> tuple[str, str]:
