@@ -354,6 +354,8 @@ def serve(options: ServeOptions) -> None:
     def stop(signum: int, frame: Any) -> None:
         # LitServe shuts down gracefully on KeyboardInterrupt: uvicorn finishes the requests in flight, then the
         # workers stop. Without this a SIGTERM (docker stop, Kubernetes) would kill the server process at once.
+        # A second SIGTERM during that shutdown must not interrupt it.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)

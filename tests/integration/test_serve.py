@@ -91,7 +91,8 @@ def classification_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def classifier(classification_run) -> Iterator[Server]:
     # A long batch timeout, so that the concurrent requests of the batching test surely meet in one batch.
-    server = Server(classification_run, "--max-batch-size", "16", "--batch-timeout-ms", "200", "--api-key", API_KEY)
+    server = Server(classification_run, "--max-batch-size", "16", "--batch-timeout-ms", "200", "--api-key", API_KEY,
+                    "--max-queue", "10")
     yield server
     server.stop()
 
@@ -247,3 +248,51 @@ def test_serve_without_litserve_names_the_extra(tmp_path):
     assert done.returncode == 2
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and 'pip install "nlpkit[serve]"' in lines[0], done.stderr
+
+
+def test_a_full_queue_answers_503(classifier):
+    # Requests wait out the 200 ms batch timeout, so of 24 sent at once those past the 10 places get 503.
+    def one(_: int) -> tuple[int, Any]:
+        return classifier.call("POST", "/v1/predict", {"inputs": ["good"]}, key=API_KEY)
+
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(one, range(24)))
+    statuses = sorted(status for status, _ in answers)
+    assert set(statuses) == {200, 503} and statuses.count(200) <= 10, statuses
+    assert all("busy" in answer["error"]["message"] for status, answer in answers if status == 503)
+    assert one(0)[0] == 200
+
+
+@pytest.fixture(scope="module")
+def translation_run(tmp_path_factory) -> Path:
+    from tests.plugins.test_translation import pairs, write_parallel
+
+    folder = tmp_path_factory.mktemp("serve-translation")
+    data = {"format": "parallel", "train": str(write_parallel(folder, "train", pairs(64, 1))),
+            "validation": str(write_parallel(folder, "val", pairs(8, 2))), "options": {"target": "de"}}
+    # Short greedy outputs: validation decodes up to max_new_tokens for every sentence.
+    recipe = tiny_recipe("translation", data, folder / "runs", backbone_kind="encoder-decoder",
+                         options={"max_new_tokens": 6, "num_beams": 1})
+    return nlpkit.run(recipe).run_dir
+
+
+def test_translate_and_sigterm_finishes_the_request_in_flight(translation_run):
+    texts = ["the cat runs", "a big red house"]
+    server = Server(translation_run, "--batch-timeout-ms", "1000")
+    try:
+        greedy = server.call("POST", "/v1/translate", {"inputs": texts, "max_new_tokens": 6, "num_beams": 1})
+        unknown = server.call("POST", "/v1/translate", {"inputs": texts, "beams": 2})
+        with ThreadPoolExecutor(1) as pool:
+            # This request waits out the 1 s batch timeout; SIGTERM arrives while it is in flight.
+            in_flight = pool.submit(server.call, "POST", "/v1/translate", {"inputs": texts[:1], "max_new_tokens": 6})
+            time.sleep(0.4)
+            server.process.send_signal(signal.SIGTERM)
+            finished = in_flight.result(timeout=30)
+        server.process.wait(timeout=30)
+    finally:
+        code = server.stop()
+    model = nlpkit.load(translation_run)
+    assert greedy == (200, {"outputs": model.translate(texts, max_new_tokens=6, num_beams=1)})
+    assert unknown[0] == 400 and unknown[1]["error"]["param"] == "beams"
+    assert finished == (200, {"outputs": model.translate(texts[:1], max_new_tokens=6)})
+    assert code == 0
