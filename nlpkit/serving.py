@@ -29,7 +29,9 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -328,7 +330,10 @@ class _Routes:
 
 def build_server(options: ServeOptions, verbs: list[str]) -> ls.LitServer:
     """A LitServer with nlpkit's routes for ``verbs`` (see :func:`verbs_of`); :func:`serve` runs it."""
-    api = ModelAPI(options)
+    with warnings.catch_warnings():
+        # LitServe warns when batch/unbatch exist but max_batch_size is 1; nlpkit's ModelAPI handles both cases.
+        warnings.filterwarnings("ignore", message=".*both batch and unbatch", category=UserWarning)
+        api = ModelAPI(options)
     # CPU only in this increment: the verbs keep their tensors on the CPU (see the README's Serving section).
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=options.workers,
                           max_payload_size=options.max_body_bytes, disable_openapi_url=True)
@@ -336,14 +341,24 @@ def build_server(options: ServeOptions, verbs: list[str]) -> ls.LitServer:
     return server
 
 
+def _check_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise NlpkitError(f"--host/--port: cannot listen on {host}:{port} ({error.strerror})") from None
+
+
 def serve(options: ServeOptions) -> None:
     """Load the model to learn its verbs, then serve it until SIGTERM or Ctrl+C.
 
     Raises:
-        NlpkitError: the folder cannot be loaded, or its model has nothing to serve.
+        NlpkitError: the port is taken, the folder cannot be loaded, or its model has nothing to serve.
     """
     from nlpkit.inference import load
 
+    _check_port(options.host, options.port)  # before the model loads, and in one line (uvicorn: a log line, exit 3)
     model = load(options.path, plugins=options.plugins, blocked=options.blocked, dtype=options.dtype)
     verbs = verbs_of(model)
     del model  # the workers load their own copies
@@ -351,11 +366,14 @@ def serve(options: ServeOptions) -> None:
         raise NlpkitError(f"{options.path}: nothing to serve (a decoder's generation endpoints come later, issue 19)")
     server = build_server(options, verbs)
 
+    main_process = os.getpid()
+
     def stop(signum: int, frame: Any) -> None:
         # LitServe shuts down gracefully on KeyboardInterrupt: uvicorn finishes the requests in flight, then the
         # workers stop. Without this a SIGTERM (docker stop, Kubernetes) would kill the server process at once.
-        # A second SIGTERM during that shutdown must not interrupt it.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if os.getpid() != main_process:
+            return  # the forked uvicorn process inherits this handler; uvicorn re-raises SIGTERM once it has stopped
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the shutdown
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)

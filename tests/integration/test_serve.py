@@ -200,6 +200,13 @@ def test_auth_unknown_endpoint_and_oversize_body(classifier):
     assert classifier.call("POST", "/v1/predict", {"inputs": ["good"]}, key=API_KEY)[0] == 200
 
 
+def test_a_taken_port_is_a_one_line_error(classifier, classification_run):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
+    done = subprocess.run([sys.executable, "-m", "nlpkit.cli", "serve", str(classification_run), "--port",
+                           str(classifier.port)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "cannot listen on" in done.stderr, done.stderr
+
+
 def test_ner_predict_answers_as_the_python_api(ner_run):
     texts = ["Anna Smith went to Paris", "Maria saw Acme in Rome"]
     server = Server(ner_run, "--max-batch-size", "1")
@@ -251,14 +258,15 @@ def test_serve_without_litserve_names_the_extra(tmp_path):
 
 
 def test_a_full_queue_answers_503(classifier):
-    # Requests wait out the 200 ms batch timeout, so of 24 sent at once those past the 10 places get 503.
+    # Requests wait out the 200 ms batch timeout, so of 24 sent at once those that find the 10 places taken get
+    # 503 (how many depends on when the threads' requests arrive; answered ones free their places).
     def one(_: int) -> tuple[int, Any]:
         return classifier.call("POST", "/v1/predict", {"inputs": ["good"]}, key=API_KEY)
 
     with ThreadPoolExecutor(24) as pool:
         answers = list(pool.map(one, range(24)))
     statuses = sorted(status for status, _ in answers)
-    assert set(statuses) == {200, 503} and statuses.count(200) <= 10, statuses
+    assert set(statuses) == {200, 503}, statuses
     assert all("busy" in answer["error"]["message"] for status, answer in answers if status == 503)
     assert one(0)[0] == 200
 
