@@ -381,5 +381,8 @@ def serve(options: ServeOptions) -> None:
                 ", ".join(verbs))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the workers are forked/spawned processes
     start = time.monotonic()
-    server.run(host=options.host, port=options.port, generate_client_file=False, log_level="warning")
+    # One API server process (LitServe's default is one per worker): it only parses and waits, the model is the
+    # bottleneck, and one process keeps the queue bound and the batch counter exact.
+    server.run(host=options.host, port=options.port, num_api_servers=1, generate_client_file=False,
+               log_level="warning")
     logger.info("nlpkit serve: stopped after %.0f s", time.monotonic() - start)

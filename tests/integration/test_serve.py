@@ -167,7 +167,8 @@ def test_concurrent_requests_are_batched(classifier, classification_run):
     ("not an object", b'["a"]', 422, ["JSON object"]),
     ("missing field", b'{"texts": ["a"]}', 400, ["texts"]),
     ("missing inputs", b'{}', 422, ["inputs"]),
-    ("wrong type", b'{"inputs": "a film"}', 200, []),  # a single string is one input, as predict takes it
+    ("one string", b'{"inputs": "a film"}', 200, []),  # a single string is a list of one
+    ("wrong type", b'{"inputs": 5}', 422, ["inputs", "int"]),
     ("wrong item type", b'{"inputs": [3]}', 422, ["inputs[0]"]),
     ("bad task field", b'{"inputs": [{"txt": "a"}]}', 400, ["text"]),
 ])
@@ -193,6 +194,8 @@ def test_auth_unknown_endpoint_and_oversize_body(classifier):
     assert classifier.call("GET", "/v1/models")[0] == 401
     code, answer = classifier.call("POST", "/v1/nothing", {"inputs": ["a"]}, key=API_KEY)
     assert code == 404 and "error" in answer
+    code, answer = classifier.call("GET", "/v1/predict", key=API_KEY)
+    assert code == 405 and "error" in answer
     code, answer = classifier.call("POST", "/v1/embeddings", {"input": "a"}, key=API_KEY)
     assert code == 404  # a classification run has no embeddings endpoint
     code, answer = classifier.call("POST", "/v1/predict", {"inputs": ["a" * (5 * 1024 * 1024)]}, key=API_KEY)
