@@ -315,6 +315,27 @@ def _read_lines(path: str) -> list[str]:
     return [line.rstrip("\r") for line in lines]
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a run or a pretrained folder over HTTP (LitServe): /v1/predict, /v1/embeddings, /v1/translate.
+
+    Concurrent requests are batched (--max-batch-size, --batch-timeout-ms);
+    GET /health shows readiness and the batch sizes served. SIGTERM or Ctrl+C
+    finishes the requests in flight, then stops.
+    """
+    try:
+        from nlpkit.serving import ServeOptions, serve
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in ("litserve", "fastapi"):
+            raise
+        raise NlpkitError(f'serve needs LitServe ({error.name} is not installed): pip install "nlpkit[serve]"') from None
+
+    serve(ServeOptions(path=args.path, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
+                       batch_timeout_ms=args.batch_timeout_ms, workers=args.workers, dtype=args.dtype,
+                       api_key=args.api_key, max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
+                       plugins=list(args.plugin), blocked=list(args.no_plugin)))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a trained run as a Hugging Face-format folder that transformers loads (or a PEFT adapter folder)."""
     model = _load_run(args)
@@ -428,6 +449,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="also load this plugin module")
@@ -489,6 +520,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoding_flags(sub)
     sub.add_argument("--batch-size", type=_positive_int, default=32)
     sub.add_argument("--dtype", default=None, help="weights' dtype for inference (float32, bfloat16)")
+    sub = verb("serve", cmd_serve)
+    sub.add_argument("path", metavar="RUN_OR_FOLDER", help="a run folder, or a pretrained Hugging Face-format folder")
+    sub.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1, this machine only)")
+    sub.add_argument("--port", type=_positive_int, default=8000)
+    sub.add_argument("--max-batch-size", type=_positive_int, default=8,
+                     help="requests answered together by one model call (default: 8; 1 turns batching off)")
+    sub.add_argument("--batch-timeout-ms", type=_non_negative_float, default=10.0,
+                     help="how long a batch waits to fill, in milliseconds (default: 10)")
+    sub.add_argument("--workers", type=_positive_int, default=1, help="model copies, each in its own process (default: 1)")
+    sub.add_argument("--dtype", default=None, help="weights' dtype for inference (float32, bfloat16)")
+    sub.add_argument("--api-key", default=None, metavar="KEY",
+                     help="require 'Authorization: Bearer KEY' on every endpoint but /health")
+    sub.add_argument("--max-queue", type=_positive_int, default=256,
+                     help="requests waiting for an answer; one more is refused with 503 (default: 256)")
+    sub.add_argument("--max-body-bytes", type=_positive_int, default=4 * 1024 * 1024,
+                     help="a larger request body is refused with 413 (default: 4 MiB)")
     sub = verb("export", cmd_export)
     sub.add_argument("run_dir", help="a run folder")
     sub.add_argument("out", help="the folder to write")
