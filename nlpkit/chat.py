@@ -57,11 +57,13 @@ def reply(model: Any, tokenizer: Any, messages: Any, *, defaults: Mapping[str, A
             assistant), or a list of such lists (one batch).
         defaults: the model's decoding defaults (its end-of-sequence token ...).
         stream: called with each new piece of the first conversation's reply.
-        **options: decoding options, as in ``nlpkit.generation.generate``.
+        **options: decoding options, as in ``nlpkit.generation.generate``, and
+            its ``on_text`` and ``details``.
 
     Returns:
         ``{"role": "assistant", "content": text}`` for one conversation, a list
-        of them for a list (a list per conversation with ``num_return_sequences > 1``).
+        of them for a list (a list per conversation with ``num_return_sequences > 1``);
+        with ``details=True``, ``nlpkit.generation.Generated`` objects instead.
 
     Raises:
         NlpkitError: a malformed conversation, a tokenizer without a chat
@@ -80,6 +82,8 @@ def reply(model: Any, tokenizer: Any, messages: Any, *, defaults: Mapping[str, A
         return [tokenizer.apply_chat_template(c, add_generation_prompt=True) for c in batch]
 
     texts = generate(model, tokenizer, conversations, encode=render, defaults=settings, stream=stream, **options)
+    if options.get("details"):  # Generated objects: the replies' texts with their token counts
+        return texts[0] if single else texts
 
     def turn(text: str) -> Message:
         return {"role": "assistant", "content": text}

@@ -316,7 +316,8 @@ def _read_lines(path: str) -> list[str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve a run or a pretrained folder over HTTP (LitServe): /v1/predict, /v1/embeddings, /v1/translate.
+    """Serve a run or a pretrained folder over HTTP (LitServe): /v1/predict, /v1/completions, /v1/chat/completions,
+    /v1/embeddings, /v1/translate.
 
     Concurrent requests are batched (--max-batch-size, --batch-timeout-ms);
     GET /health shows readiness and the batch sizes served. SIGTERM or Ctrl+C

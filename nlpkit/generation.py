@@ -66,7 +66,8 @@ if TYPE_CHECKING:
     from nlpkit.backbones import Decoder, EncoderDecoder
     from nlpkit.tasks import TaskTokenizer
 
-__all__ = ["GenerationOptions", "OPTION_NAMES", "resolve_options", "generate_ids", "generate"]
+__all__ = ["GenerationOptions", "OPTION_NAMES", "resolve_options", "generate_ids", "generate", "Continuation",
+           "Generated"]
 
 log = logging.getLogger("nlpkit")
 
@@ -738,40 +739,76 @@ class _StopStrings:
         return [any(s in text for s in self.strings) for text in texts]
 
 
-class _Printer:
-    """Streams row 0's text as its tokens come: decodes all so far and emits the new part."""
+class _Streamer:
+    """Streams each row's text as its tokens come: decodes the row so far and emits the part not yet shown.
 
-    def __init__(self, tokenizer: TaskTokenizer, eos: list[int], stop: list[str], emit: Callable[[str], None]) -> None:
+    Text that could still become a stop string (a suffix of the text that is a prefix of one) and a byte-level
+    token's half character are held back until the next token says what they are, so that the pieces streamed
+    add up to the final answer exactly.
+    """
+
+    def __init__(self, tokenizer: TaskTokenizer, eos: list[int], stop: list[str], emit: Callable[[int, str], None],
+                 rows: int) -> None:
         self.tokenizer, self.eos, self.stop, self.emit = tokenizer, set(eos), stop, emit
-        self.ids: list[int] = []
-        self.shown = 0
-        self.done = False
+        self.ids: list[list[int]] = [[] for _ in range(rows)]
+        self.shown = [0] * rows
+        self.done = [False] * rows
 
     def __call__(self, tokens: Tensor, running: Tensor) -> None:
-        if self.done or not bool(running[0]):
-            return
-        token = int(tokens[0])
-        if token in self.eos:
-            self.finish()
-            self.done = True
-            return
-        self.ids.append(token)
-        self._show(final=False)
+        for row, (token, live) in enumerate(zip(tokens[: len(self.ids)].tolist(), running.tolist())):
+            if self.done[row] or not live:
+                continue
+            if token in self.eos:
+                self._show(row, final=True)
+                continue
+            self.ids[row].append(token)
+            self._show(row, final=False)
 
     def finish(self) -> None:
         """Shows what is still held back: bytes that never became a character decode as U+FFFD, as in the answer."""
-        if not self.done:
-            self._show(final=True)
+        for row in range(len(self.ids)):
+            if not self.done[row]:
+                self._show(row, final=True)
 
-    def _show(self, final: bool) -> None:
-        text = self.tokenizer.decode(self.ids)
+    def _show(self, row: int, final: bool) -> None:
+        text = self.tokenizer.decode(self.ids[row], skip_special_tokens=True)
         cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
-        if cut >= 0:  # the answer ends before a stop string: show nothing of it
-            text, self.done = text[:cut], True
-        elif text.endswith("\ufffd") and not final:
-            return  # a byte-level token may end inside a character: wait for the rest of it
-        self.emit(text[self.shown:])
-        self.shown = len(text)
+        end = len(text)
+        if cut >= 0:  # the answer ends before a stop string
+            end, final = cut, True
+        elif not final:
+            if text.endswith("\ufffd"):
+                return  # a byte-level token may end inside a character: wait for the rest of it
+            held = max((n for s in self.stop for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+            end -= held
+        if end > self.shown[row]:
+            self.emit(row, text[self.shown[row] : end])
+            self.shown[row] = end
+        self.done[row] = final
+
+
+@dataclass
+class Continuation:
+    """One continuation with what an API reports of it.
+
+    Attributes:
+        text: the text, special tokens skipped and cut before a stop string.
+        tokens: the tokens generated (an end-of-sequence token that ended it counted).
+        finish_reason: ``"stop"`` (an end-of-sequence token or a stop string ended it) or ``"length"``
+            (``max_new_tokens`` or the context window did).
+    """
+
+    text: str
+    tokens: int
+    finish_reason: Literal["stop", "length"]
+
+
+@dataclass
+class Generated:
+    """A prompt's continuations (``num_return_sequences`` of them) and its length in tokens."""
+
+    prompt_tokens: int
+    continuations: list[Continuation]
 
 
 def generate(
@@ -782,8 +819,10 @@ def generate(
     encode: Callable[[list[Any]], list[list[int]]] | None = None,
     defaults: Mapping[str, Any] | None = None,
     stream: Callable[[str], None] | None = None,
+    on_text: Callable[[int, str], None] | None = None,
+    details: bool = False,
     **options: Any,
-) -> str | list[str] | list[list[str]]:
+) -> Any:
     """Generate text: the continuation of each prompt (or, for an encoder-decoder, its output).
 
     Args:
@@ -797,13 +836,19 @@ def generate(
         defaults: the checkpoint's generation defaults (``generation_config.json``).
         stream: called with each new piece of text of the first prompt as it is
             produced (greedy and sampling).
+        on_text: called with ``(row, piece)`` for every continuation's new text
+            (row ``i * num_return_sequences + j`` is prompt ``i``'s ``j``-th);
+            the pieces of a row add up to its final text (greedy and sampling).
+        details: return a :class:`Generated` per prompt (texts, token counts,
+            finish reasons) instead of the texts.
         **options: decoding options, named as in ``transformers``' ``generate``
             (see :class:`GenerationOptions`), plus ``stop`` and ``seed``.
 
     Returns:
         The continuation only, special tokens skipped and cut before a stop
         string: a string for a single prompt, a list of strings for a list,
-        and a list of lists when ``num_return_sequences > 1``.
+        and a list of lists when ``num_return_sequences > 1``; with
+        ``details``, a :class:`Generated` (or a list of them) instead.
 
     Raises:
         NlpkitError: an unknown option or value, or a prompt longer than the
@@ -829,24 +874,37 @@ def generate(
     output_tokenizer = getattr(tokenizer, "target", None) if kind == "encoder-decoder" else None
     output_tokenizer = output_tokenizer or tokenizer
     stop = _StopStrings(output_tokenizer, o.stop) if o.stop else None
-    printer = None
-    if stream is not None and o.num_beams == 1:
-        printer = _Printer(output_tokenizer, o.eos_ids, o.stop, stream)
-    found = generate_ids(model, ids, o, stop=stop, on_tokens=printer)
-    if printer is not None:
-        printer.finish()
+    streamer = None
+    if o.num_beams == 1 and (stream is not None or on_text is not None):
+        def emit(row: int, text: str) -> None:
+            if on_text is not None:
+                on_text(row, text)
+            if stream is not None and row == 0:
+                stream(text)
+        rows = len(ids) * o.num_return_sequences if on_text is not None else 1
+        streamer = _Streamer(output_tokenizer, o.eos_ids, o.stop, emit, rows)
+    found = generate_ids(model, ids, o, stop=stop, on_tokens=streamer)
+    if streamer is not None:
+        streamer.finish()
     eos = set(o.eos_ids)
-    answers: list[list[str]] = []  # per prompt, its num_return_sequences texts
-    for rows in found:
-        texts_out = []
-        for row in rows:
-            if row and row[-1] in eos:
+    answers: list[Generated] = []
+    for prompt, rows_found in zip(ids, found):
+        continuations = []
+        for row in rows_found:
+            tokens = len(row)
+            ended = bool(row) and row[-1] in eos
+            if ended:
                 row = row[:-1]
             text = output_tokenizer.decode(row, skip_special_tokens=True)
-            cut = min((i for i in (text.find(s) for s in o.stop) if i >= 0), default=len(text))
-            texts_out.append(text[:cut])
-        answers.append(texts_out)
-    if o.num_return_sequences > 1:
+            cut = min((i for i in (text.find(s) for s in o.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                text, ended = text[:cut], True
+            continuations.append(Continuation(text, tokens, "stop" if ended else "length"))
+        answers.append(Generated(len(prompt), continuations))
+    if details:
         return answers[0] if single else answers
-    firsts = [texts_out[0] for texts_out in answers]
+    texts_out = [[c.text for c in generated.continuations] for generated in answers]
+    if o.num_return_sequences > 1:
+        return texts_out[0] if single else texts_out
+    firsts = [texts[0] for texts in texts_out]
     return firsts[0] if single else firsts

@@ -108,7 +108,9 @@ class LoadedModel:
             **options: decoding options named as in ``transformers``' ``generate``
                 (``max_new_tokens``, ``do_sample``, ``num_beams``, ``temperature``,
                 ``top_k``, ``top_p`` ...), plus ``stop`` and ``seed``; see
-                :class:`nlpkit.generation.GenerationOptions`.
+                :class:`nlpkit.generation.GenerationOptions`. ``on_text`` and
+                ``details`` as in :func:`nlpkit.generation.generate` (every
+                row's text as it comes; token counts and finish reasons).
 
         Returns:
             The continuation only, special tokens skipped: a string for one

@@ -418,8 +418,9 @@ def load_recipe(
         registries: the plugin registries to check names against (tasks,
             presets, formats); loaded from the installed plugins when None.
         check_files: check what training needs: that data and tokenizer files
-            exist, the trackers' packages and logins (a run folder's recipe is
-            read without: it needs none of them to predict).
+            exist, the trackers' packages and logins, the Trainer arguments'
+            names against Lightning's (a run folder's recipe is read without:
+            it needs none of them to predict, and importing Lightning takes seconds).
 
     Returns:
         The validated :class:`Recipe`, with absolute paths.
@@ -466,7 +467,7 @@ def load_recipe(
     _check_data(recipe_obj, task_cls, registries, recipe_dir, ctx, check_files)
     _check_tokenizer(recipe_obj, recipe_dir, ctx, check_files)
     _check_training(recipe_obj, task_cls, ctx)
-    _check_trainer(recipe_obj, ctx)
+    _check_trainer(recipe_obj, ctx, check_files)
     _check_logging(recipe_obj, ctx, check_files)
     recipe_obj.output_dir = str(_resolve_path(recipe_obj.output_dir, recipe_dir))
     if check_files:
@@ -658,17 +659,20 @@ def _check_training(recipe: Recipe, task_cls: type[Task], ctx: Context) -> None:
         training.monitor_mode = "min" if training.monitor in lower else "max"
 
 
-def _check_trainer(recipe: Recipe, ctx: Context) -> None:
-    """Check pass-through Trainer arguments by name without importing Lightning.
+def _check_trainer(recipe: Recipe, ctx: Context, check_names: bool) -> None:
+    """Check pass-through Trainer arguments by name.
 
     The names are checked against Lightning's signature lazily (only when the
-    section is not empty), so most recipes never import Lightning here.
+    section is not empty and ``check_names``), so most recipes never import
+    Lightning here.
     """
     if not recipe.trainer:
         return
     for key in recipe.trainer:
         if key in _TRAINER_KEYS_OWNED:
             raise ctx.error(("trainer", key), f"set through {_TRAINER_KEYS_OWNED[key]}, not the trainer section")
+    if not check_names:
+        return
     import inspect
 
     from pytorch_lightning import Trainer

@@ -6,11 +6,10 @@ tanh "pooler" and a linear layer, RoBERTa's and ELECTRA's classifier.dense and o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
-import torchmetrics
 from torch import nn
 
 import nlpkit
@@ -18,6 +17,9 @@ from nlpkit.tasks import BackboneConfig, HFHead, Task, TaskModel, TaskTokenizer,
 from nlpkit_classification.hf import classification_layout, sequence_classification_head
 from nlpkit_classification.labels import RowLabels
 from nlpkit_classification.report import classification_section
+
+if TYPE_CHECKING:
+    import torchmetrics
 
 @dataclass
 class ClassificationOptions:
@@ -71,6 +73,8 @@ class Classification(Task):
 
     def metrics(self) -> dict[str, torchmetrics.Metric]:  # multi-label accuracy: right yes/no decisions over all labels
         kind: Literal["multilabel", "multiclass"] = "multilabel" if self.config.multi_label else "multiclass"
+        import torchmetrics  # here, not at the top: it takes seconds to import, which loading a run need not pay
+
         sizes = dict(num_classes=len(self.labels), num_labels=len(self.labels), threshold=self.config.threshold)
         return {"accuracy": torchmetrics.Accuracy(kind, **sizes, average="micro"),
                 "macro_f1": torchmetrics.F1Score(kind, **sizes, average="macro")}

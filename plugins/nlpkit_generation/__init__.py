@@ -67,9 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import torch.nn.functional as F
-import torchmetrics
 from torch import nn
 
 import nlpkit
@@ -128,15 +126,6 @@ class LanguageModelingOptions:
                 raise ValueError("answer_pattern: expected a group around the answer, as in '####\\s*(\\S+)'")
         if self.answer_questions < 1 or self.answer_max_new_tokens < 1:
             raise ValueError("answer_questions and answer_max_new_tokens: expected integers >= 1")
-
-
-class Perplexity(torchmetrics.MeanMetric):
-    """exp of the mean of per-token losses (nats): the perplexity of the predicted tokens."""
-
-    higher_is_better = False  # type: ignore[assignment]  # torchmetrics' BaseAggregator declares it as None, Metric as bool | None
-
-    def compute(self) -> torch.Tensor:
-        return super().compute().exp()
 
 
 class LanguageModeling(GeneratesText, Task):
@@ -333,6 +322,10 @@ class LanguageModeling(GeneratesText, Task):
         return int((batch["labels"] != IGNORE).sum())  # what `loss` averages over
 
     def metrics(self):
+        import torchmetrics  # here, not at the top: it takes seconds to import, which loading a run need not pay
+
+        from nlpkit_generation.metrics import Perplexity
+
         return {"perplexity": Perplexity(), "token_loss": torchmetrics.MeanMetric()}
 
     def evaluate_batch(self, model, batch, logits):

@@ -35,13 +35,11 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import nlpkit
 from nlpkit.tasks import NlpkitError, Task, family_head, head_layers, pad
 from nlpkit_ner.alignment import place_words, word_windows
 from nlpkit_ner.data import FORMATS, join_words, split_words
-from nlpkit_ner.metrics import EntityScore
 from nlpkit_ner.schemes import SCHEMES, check_tags, chunks, entity_type, scheme_tags, spans, tags_from_spans, transitions
 
 __all__ = ["Ner", "NerOptions"]
@@ -308,6 +306,8 @@ class Ner(Task):
         return answers
 
     def metrics(self):
+        from nlpkit_ner.metrics import EntityScore  # here: torchmetrics takes seconds to import
+
         options = {"mode": self.config.metric_mode, "scheme": self.config.train_scheme}
         metrics = {name: EntityScore(self.types, name, **options) for name in Ner.metric_names}
         for type_, name in zip(self.types, self.type_metrics):

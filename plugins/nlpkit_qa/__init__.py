@@ -26,13 +26,11 @@ gold answers, as the official ``evaluate-v1.1.py`` scores them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn.functional as F
-import torchmetrics
 from torch import nn
-from torchmetrics.text import SQuAD
 
 import nlpkit
 from nlpkit.tasks import (BackboneConfig, HFHead, NlpkitError, Prediction, ReportSection, RunRecord, Task, TaskModel,
@@ -40,6 +38,9 @@ from nlpkit.tasks import (BackboneConfig, HFHead, NlpkitError, Prediction, Repor
 from nlpkit_qa.data import ANSWER_COLUMNS, FORMATS, check_answers, gold_answers
 from nlpkit_qa.hf import question_answering_head
 from nlpkit_qa.spans import Span, answer_tokens, best_span, characters, context_span
+
+if TYPE_CHECKING:
+    import torchmetrics
 
 __all__ = ["QuestionAnswering", "QAOptions"]
 
@@ -216,6 +217,8 @@ class QuestionAnswering(Task):
         return answers
 
     def metrics(self) -> dict[str, torchmetrics.Metric]:
+        from torchmetrics.text import SQuAD  # here: torchmetrics takes seconds to import
+
         return {"squad": SQuAD()}  # computes {"exact_match", "f1"}, 0-100
 
     def evaluate_batch(self, model: TaskModel, batch: dict[str, Any],

@@ -27,12 +27,10 @@ Marian) — unless the recipe sets it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
-import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.text import CHRFScore, SacreBLEUScore
 
 import nlpkit
 from nlpkit import generation
@@ -64,24 +62,6 @@ class TranslationOptions:
 
 class NoHead(nn.Module):
     """Nothing to add: the backbone's own LM head writes the target tokens."""
-
-
-class SacreBLEU(SacreBLEUScore):
-    """Corpus BLEU with sacreBLEU's semantics, on its 0-100 scale."""
-
-    def compute(self) -> torch.Tensor:
-        return super().compute() * 100
-
-
-class CHRF(CHRFScore):
-    """chrF with sacreBLEU's defaults (character 6-grams, no word n-grams, beta 2), on its 0-100 scale."""
-
-    def __init__(self, lowercase: bool = False) -> None:
-        super().__init__(n_char_order=6, n_word_order=0, beta=2.0, lowercase=lowercase)
-
-    def compute(self) -> torch.Tensor:
-        # A tensor: CHRFScore returns a tuple only with return_sentence_level_score, not asked for above.
-        return cast(torch.Tensor, super().compute()) * 100
 
 
 class Translation(GeneratesText, Task):
@@ -176,6 +156,8 @@ class Translation(GeneratesText, Task):
 
     def metrics(self):
         tokenize, lowercase = self.config.bleu_tokenize, self.config.lowercase
+        from nlpkit_translation.metrics import CHRF, SacreBLEU  # here: torchmetrics takes seconds to import
+
         return {"bleu": SacreBLEU(tokenize=tokenize, lowercase=lowercase), "chrf": CHRF(lowercase=lowercase)}
 
     def _translate_ids(self, model, batch, **options):

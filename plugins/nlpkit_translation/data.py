@@ -16,10 +16,12 @@ side need no special format: name the columns with ``data.columns``.
 from __future__ import annotations
 
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from nlpkit import NlpkitError
+
+if TYPE_CHECKING:
+    import datasets
 
 
 def target_path(source: Path, target: str) -> Path:
@@ -50,6 +52,8 @@ def load_parallel(files: dict[str, str], target: str | None = None) -> datasets.
         NlpkitError: no ``target`` option, a missing twin file, files of
             different lengths, or an empty line (naming the file and line).
     """
+    import datasets  # here: the plugin is imported to load any run, and datasets takes a second to import
+
     if not target:
         raise NlpkitError("data.options.target: the parallel format needs the target language, e.g. {target: de}, "
                           "to find train.de beside train.en")

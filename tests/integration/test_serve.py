@@ -1,8 +1,10 @@
 """``nlpkit serve`` as a user runs it: the real server in a subprocess, spoken to over HTTP on 127.0.0.1.
 
-One server per model (module-scoped): a tiny classification run, a tiny NER
-run, a tiny pretrained BERT folder for embeddings. Every answer is compared
-with the Python API's answer to the same inputs.
+One server per model: a tiny run of each built-in task (classification, NER,
+QA, generation on chat data, translation), the generation run exported as a
+pretrained decoder folder, and a tiny pretrained BERT folder for embeddings.
+Every answer is compared with the Python API's answer to the same inputs; the
+OpenAI endpoints are also called with the ``openai`` package.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from base64 import b64decode
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
@@ -70,6 +74,18 @@ class Server:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())
+
+    def stream(self, path: str, body: Any, key: str | None = API_KEY) -> list[Any]:
+        """A streamed answer's server-sent events: each ``data:`` line's JSON, and the final "[DONE]"."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=json.dumps(body).encode(),
+                                         method="POST", headers={"Content-Type": "application/json",
+                                                                 "Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            lines = response.read().decode().split("\n\n")
+        events = [line.removeprefix("data: ") for line in lines if line]
+        assert all(line.startswith("data: ") for line in lines if line), lines
+        return [event if event == "[DONE]" else json.loads(event) for event in events]
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -229,12 +245,18 @@ def test_embeddings_in_openai_shape(encoder_folder):
                                                                 "encoding_format": "float"})
         one = server.call("POST", "/v1/embeddings", {"input": TEXTS[0], "model": encoder_folder.name})
         unsupported = server.call("POST", "/v1/embeddings", {"input": "a", "dimensions": 8})
-        base64 = server.call("POST", "/v1/embeddings", {"input": "a", "encoding_format": "base64"})
+        base64 = server.call("POST", "/v1/embeddings", {"input": TEXTS[:2], "encoding_format": "base64"})
+        unknown_format = server.call("POST", "/v1/embeddings", {"input": "a", "encoding_format": "int8"})
         predict = server.call("POST", "/v1/predict", {"inputs": ["a"]})
+        openai = pytest.importorskip("openai")
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="unused", max_retries=0)
+        from_client = client.embeddings.create(model=encoder_folder.name, input=TEXTS[:2])
     finally:
         server.stop()
     assert status == 200, answer
     model = nlpkit.load(encoder_folder)
+    assert [item.embedding for item in from_client.data] == [item["embedding"] for item in answer["data"]]
+    assert from_client.usage.prompt_tokens == answer["usage"]["prompt_tokens"]
     expected = model.embed(TEXTS[:2])
     assert answer["object"] == "list" and answer["model"] == encoder_folder.name
     assert [item["index"] for item in answer["data"]] == [0, 1]
@@ -244,7 +266,10 @@ def test_embeddings_in_openai_shape(encoder_folder):
     assert answer["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
     assert one[0] == 200 and len(one[1]["data"]) == 1
     assert unsupported[0] == 400 and unsupported[1]["error"]["param"] == "dimensions"
-    assert base64[0] == 400 and base64[1]["error"]["param"] == "encoding_format"
+    assert base64[0] == 200
+    decoded = [struct.unpack(f"<{len(e)}f", b64decode(item["embedding"])) for item, e in zip(base64[1]["data"], expected)]
+    assert torch.allclose(torch.tensor(decoded), expected, atol=1e-5)
+    assert unknown_format[0] == 400 and unknown_format[1]["error"]["param"] == "encoding_format"
     assert predict[0] == 404  # a pretrained encoder folder has no task to predict
 
 
@@ -307,3 +332,206 @@ def test_translate_and_sigterm_finishes_the_request_in_flight(translation_run):
     assert unknown[0] == 400 and unknown[1]["error"]["param"] == "beams"
     assert finished == (200, {"outputs": model.translate(texts[:1], max_new_tokens=6)})
     assert code == 0
+
+
+def test_qa_predict_answers_as_the_python_api(tmp_path):
+    from tests.plugins.test_qa import qa_files, qa_rows
+
+    recipe = tiny_recipe("qa", qa_files(tmp_path / "data"), tmp_path / "runs",
+                         options={"doc_stride": 4, "max_question_length": 12})
+    run_dir = nlpkit.run(recipe).run_dir
+    rows = [{"question": r["question"], "context": r["context"]} for r in qa_rows(3, 12)]
+    server = Server(run_dir)
+    try:
+        status, answer = server.call("POST", "/v1/predict", {"inputs": rows})
+    finally:
+        server.stop()
+    assert status == 200, answer
+    assert answer["outputs"] == json.loads(json.dumps(nlpkit.load(run_dir).predict(rows)))
+
+
+def test_loading_a_run_imports_neither_lightning_nor_torchmetrics(classification_run, translation_run):
+    # What a worker's start waits for: these imports took ~5 s of the ~7 s that loading a tiny run took.
+    check = ("import sys, nlpkit\n"
+             "for path in sys.argv[1:]:\n"
+             "    nlpkit.load(path).predict(['a short text'])\n"
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'pytorch_lightning', 'torchmetrics', 'datasets'}))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
+    done = subprocess.run([sys.executable, "-c", check, str(classification_run), str(translation_run)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+# -- generation: /v1/completions and /v1/chat/completions -------------------------------------------------------
+
+PROMPTS = ["the cat sat on", "a dog ran to the big"]
+CONVERSATION = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "the cat sat"}]
+
+
+@pytest.fixture(scope="module")
+def chat_run(tmp_path_factory) -> Path:
+    from nlpkit.testing import write_rows
+    from tests.plugins.test_generation_chat import _conversations
+
+    folder = tmp_path_factory.mktemp("serve-chat")
+    rows = [{"messages": c} for c in _conversations(40)]
+    data = {"format": "chat", "train": str(write_rows(folder / "train.jsonl", rows[:32])),
+            "validation": str(write_rows(folder / "validation.jsonl", rows[32:]))}
+    recipe = tiny_recipe("generation", data, folder / "runs", "decoder",
+                         {"sample_every": 0, "packing": True, "block_size": 96})
+    recipe["backbone"]["config"]["max_positions"] = 128
+    recipe["tokenizer"]["max_length"] = 128
+    return nlpkit.run(recipe).run_dir
+
+
+@pytest.fixture(scope="module")
+def generator(chat_run) -> Iterator[Server]:
+    server = Server(chat_run, "--max-batch-size", "8", "--batch-timeout-ms", "150", "--api-key", API_KEY)
+    yield server
+    server.stop()
+
+
+def _usage(generated: list[Any]) -> dict[str, int]:
+    prompt = sum(g.prompt_tokens for g in generated)
+    completion = sum(c.tokens for g in generated for c in g.continuations)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def test_completions_answer_as_the_python_api(generator, chat_run):
+    model = nlpkit.load(chat_run)
+    cases = [({"max_tokens": 8, "temperature": 0}, dict(max_new_tokens=8, do_sample=False)),
+             ({"max_tokens": 8, "temperature": 0, "stop": " the"}, dict(max_new_tokens=8, stop=[" the"])),
+             ({"max_tokens": 6, "temperature": 0.9, "top_p": 0.95, "seed": 5, "n": 2},
+              dict(max_new_tokens=6, do_sample=True, temperature=0.9, top_p=0.95, seed=5, num_return_sequences=2))]
+    for fields, options in cases:
+        for prompt in PROMPTS:  # one request at a time: batches of one, the same tokens as the Python API's
+            status, answer = generator.call("POST", "/v1/completions", {"model": chat_run.name, "prompt": prompt,
+                                                                        **fields}, key=API_KEY)
+            assert status == 200, answer
+            expected = model.generate([prompt], details=True, **options)
+            assert answer["object"] == "text_completion" and answer["model"] == chat_run.name
+            assert [(c["index"], c["text"], c["finish_reason"]) for c in answer["choices"]] == [
+                (i, c.text, c.finish_reason) for i, c in enumerate(expected[0].continuations)]
+            assert answer["usage"] == _usage(expected)
+            assert answer["usage"]["prompt_tokens"] == len(model.task.encode_prompts([prompt])[0])
+
+
+def test_chat_completions_answer_as_the_python_api(generator, chat_run):
+    model = nlpkit.load(chat_run)
+    status, answer = generator.call("POST", "/v1/chat/completions", {"messages": CONVERSATION, "max_tokens": 8},
+                                    key=API_KEY)
+    assert status == 200, answer
+    expected = model.chat(CONVERSATION, max_new_tokens=8, details=True)
+    assert answer["object"] == "chat.completion" and answer["id"].startswith("chatcmpl-")
+    assert answer["choices"] == [{"index": 0, "message": {"role": "assistant", "content": expected.continuations[0].text},
+                                  "logprobs": None, "finish_reason": expected.continuations[0].finish_reason}]
+    assert answer["choices"][0]["message"] == model.chat(CONVERSATION, max_new_tokens=8)
+    # The prompt is the conversation rendered through the run's chat template, as the model saw it.
+    rendered = model.task.tokenizer.apply_chat_template(CONVERSATION, add_generation_prompt=True)
+    assert answer["usage"] == _usage([expected]) and answer["usage"]["prompt_tokens"] == len(rendered)
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "the cat "}, {"type": "text",
+                                                                                             "text": "sat"}]}]}
+    status, from_parts = generator.call("POST", "/v1/chat/completions", {**parts, "max_tokens": 8}, key=API_KEY)
+    plain = model.chat([{"role": "user", "content": "the cat sat"}], max_new_tokens=8)
+    assert status == 200 and from_parts["choices"][0]["message"] == plain
+
+
+def test_streamed_answers_add_up_to_the_whole_answers(generator):
+    body = {"prompt": PROMPTS, "max_tokens": 8, "temperature": 0, "stop": ["on the"]}
+    whole = generator.call("POST", "/v1/completions", body, key=API_KEY)[1]
+    events = generator.stream("/v1/completions", {**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert events[-1] == "[DONE]" and events[-2]["choices"] == [] and events[-2]["usage"] == whole["usage"]
+    chunks = events[:-2]
+    assert {e["object"] for e in chunks} == {"text_completion"} and len({e["id"] for e in chunks}) == 1
+    for choice in whole["choices"]:
+        mine = [c for e in chunks for c in e["choices"] if c["index"] == choice["index"]]
+        assert "".join(c["text"] for c in mine) == choice["text"]
+        assert [c["finish_reason"] for c in mine] == [None] * (len(mine) - 1) + [choice["finish_reason"]]
+
+    body = {"messages": CONVERSATION, "max_tokens": 8}
+    whole = generator.call("POST", "/v1/chat/completions", body, key=API_KEY)[1]
+    events = generator.stream("/v1/chat/completions", {**body, "stream": True})
+    assert events[-1] == "[DONE]"
+    deltas = [e["choices"][0] for e in events[:-1]]
+    assert {e["object"] for e in events[:-1]} == {"chat.completion.chunk"}
+    assert deltas[0]["delta"]["role"] == "assistant" and all("role" not in d["delta"] for d in deltas[1:])
+    assert "".join(d["delta"].get("content", "") for d in deltas) == whole["choices"][0]["message"]["content"]
+    assert deltas[-1]["finish_reason"] == whole["choices"][0]["finish_reason"]
+
+
+def test_concurrent_completions_are_batched(generator, chat_run):
+    prompts = ["the cat sat", "the dog ran", "a big red house", "the mat", "a dog", "the sea by the"]
+    expected = nlpkit.load(chat_run).generate(prompts, max_new_tokens=6)
+    before = generator.call("GET", "/health")[1]["batch_sizes"]
+
+    def one(prompt: str) -> tuple[int, Any]:
+        return generator.call("POST", "/v1/completions", {"prompt": prompt, "max_tokens": 6, "temperature": 0},
+                              key=API_KEY)
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        answers = list(pool.map(one, prompts))
+    assert [status for status, _ in answers] == [200] * len(prompts)
+    # Left padding changes nothing: batched, each prompt continues as in the Python API's batch.
+    assert [answer["choices"][0]["text"] for _, answer in answers] == expected
+    after = generator.call("GET", "/health")[1]["batch_sizes"]
+    grown = {size: count - before.get(size, 0) for size, count in after.items() if count > before.get(size, 0)}
+    assert sum(grown.values()) == len(prompts) and max(int(size) for size in grown) > 1, grown
+
+
+@pytest.mark.parametrize("path, body, status, param", [
+    ("/v1/completions", {"prompt": "the cat", "max_tokens": -1}, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": "the cat", "max_tokens": "8"}, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": "the cat", "temperature": "hot"}, 400, "temperature"),
+    ("/v1/completions", {"prompt": "the cat", "presence_penalty": 0.5}, 400, "presence_penalty"),
+    ("/v1/completions", {"prompt": "the cat", "n": 2, "temperature": 0}, 400, "n"),
+    ("/v1/completions", {"prompt": "the cat", "stream": "yes"}, 400, "stream"),
+    ("/v1/completions", {"prompt": [[1, 2, 3]]}, 400, "prompt"),
+    ("/v1/completions", {"max_tokens": 4}, 422, "prompt"),
+    ("/v1/completions", {"prompt": "the cat", "model": "gpt-4"}, 404, "model"),
+    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 422, "messages"),
+    ("/v1/chat/completions", {"messages": CONVERSATION, "tools": []}, 400, "tools"),
+])
+def test_bad_completion_requests_name_the_field(generator, path, body, status, param):
+    code, answer = generator.call("POST", path, body, key=API_KEY)
+    assert code == status and answer["error"]["param"] == param, answer
+    assert generator.call("POST", "/v1/completions", {"prompt": "the", "max_tokens": 2}, key=API_KEY)[0] == 200
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prompt_longer_than_the_context_window_is_a_json_400(generator, stream):
+    code, answer = generator.call("POST", "/v1/completions", {"prompt": "the cat " * 100, "stream": stream},
+                                  key=API_KEY)
+    assert code == 400 and "context window of 128 tokens" in answer["error"]["message"], answer
+
+
+@pytest.fixture(scope="module")
+def exported_decoder(chat_run, tmp_path_factory) -> Path:
+    return nlpkit.load(chat_run).export(tmp_path_factory.mktemp("serve-decoder") / "chat-decoder")
+
+
+def test_the_openai_client_talks_to_a_pretrained_decoder_folder(exported_decoder):
+    openai = pytest.importorskip("openai")
+    server = Server(exported_decoder)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="unused", max_retries=0)
+        model_id = client.models.list().data[0].id
+        completion = client.completions.create(model=model_id, prompt=PROMPTS[0], max_tokens=6, temperature=0)
+        chat = client.chat.completions.create(model=model_id, messages=CONVERSATION, max_tokens=6)
+        stream = client.chat.completions.create(model=model_id, messages=CONVERSATION, max_tokens=6, stream=True,
+                                                stream_options={"include_usage": True})
+        chunks = list(stream)
+        with pytest.raises(openai.BadRequestError, match="presence_penalty"):
+            client.completions.create(model=model_id, prompt="the", presence_penalty=1.0)
+        predict = server.call("POST", "/v1/predict", {"inputs": ["a"]})
+    finally:
+        server.stop()
+    model = nlpkit.load(exported_decoder)
+    assert model_id == exported_decoder.name
+    assert completion.choices[0].text == model.generate(PROMPTS[0], max_new_tokens=6, do_sample=False)
+    assert completion.usage.completion_tokens <= 6 and completion.choices[0].finish_reason in ("stop", "length")
+    reply = model.chat(CONVERSATION, max_new_tokens=6)
+    assert chat.choices[0].message.role == "assistant" and chat.choices[0].message.content == reply["content"]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply["content"]
+    assert chunks[-1].usage.total_tokens == chat.usage.total_tokens
+    assert predict[0] == 404  # a pretrained folder has no task to predict

@@ -145,6 +145,29 @@ def test_stop_strings_end_the_continuation_before_them(run_dir):
     assert model.generate("the", stop=[later, stop], **options) == text[:start]
 
 
+def test_every_rows_streamed_pieces_add_up_to_its_answer_and_details_count_its_tokens(run_dir):
+    model = nlpkit.load(run_dir)
+    options = dict(max_new_tokens=24, do_sample=True, seed=0, num_return_sequences=2)
+    unstopped = model.generate(["the", "a dog"], **options)
+    stop, start = _middle_stop(unstopped[1][0])  # cuts prompt 2's first continuation (row 2)
+    pieces: dict[int, list[str]] = {}
+    found = model.generate(["the", "a dog"], stop=stop, details=True,
+                           on_text=lambda row, text: pieces.setdefault(row, []).append(text), **options)
+    texts = [c.text for generated in found for c in generated.continuations]
+    assert texts[2] == unstopped[1][0][:start]
+    # A stop string's first character is held back until the next token shows it is not the stop string.
+    assert ["".join(pieces.get(row, [])) for row in range(4)] == texts
+    encode = model.task.encode_prompts
+    assert [g.prompt_tokens for g in found] == [len(ids) for ids in encode(["the", "a dog"])]
+    cut = found[1].continuations[0]
+    assert cut.finish_reason == "stop" and cut.tokens < 24
+    for c, text in zip((c for g in found for c in g.continuations), (t for ts in unstopped for t in ts)):
+        if stop in text:  # the same draws: the stop string cuts it where it first occurs
+            assert (c.text, c.finish_reason) == (text[: text.index(stop)], "stop")
+        else:  # 24 tokens, or fewer when an end-of-sequence token came
+            assert (c.text, c.finish_reason) == (text, "length" if c.tokens == 24 else "stop")
+
+
 def test_bfloat16_weights_generate(run_dir):
     model = nlpkit.load(run_dir, dtype="bfloat16")
     assert next(model.model.parameters()).dtype == torch.bfloat16

@@ -45,7 +45,7 @@ def test_a_prompt_longer_than_the_context_window_is_refused():
 def test_streaming_shows_an_unfinished_character_at_the_end_as_the_answer_does(ending):
     import torch
 
-    from nlpkit.generation import _Printer
+    from nlpkit.generation import _Streamer
     from nlpkit.testing import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
@@ -53,7 +53,7 @@ def test_streaming_shows_an_unfinished_character_at_the_end_as_the_answer_does(e
     # "Ã" is byte 0xC3 in the byte-level alphabet: the first half of "é", which never gets its second byte.
     ids = [tokenizer.backend.token_to_id(t) for t in ("t", "Ã", "o", "Ã")] + ([eos] if ending == "eos" else [])
     shown: list[str] = []
-    printer = _Printer(tokenizer, [eos], [], shown.append)
+    printer = _Streamer(tokenizer, [eos], [], lambda row, text: shown.append(text), rows=1)
     for token in ids:
         printer(torch.tensor([token]), torch.tensor([True]))
     printer.finish()
