@@ -63,12 +63,14 @@ downloads them where pip reaches PyPI), the script first installs them with
 and puts /tmp/site on its path. nlpkit itself is used from the working tree
 (the repository root and `plugins/` go on the path; nothing is installed).
 
-Run, from the repository root (the whole run about 3 to 5 minutes on an H200)::
+Run from the repository root. Every part is bounded (30 decoder steps, 25
+encoder steps a side, two 3-step runs) so that the whole run stays well inside
+10 minutes; it has not yet been timed on a GPU::
 
     bash benchmarks/gpu_wheels.sh                    # here, with network: .whl/
     python3 benchmarks/gpu.py --json gpu.json        # there, carrying .whl
 
-    python benchmarks/gpu.py --dry-run               # every part at tiny size on the CPU, ~30 s
+    python benchmarks/gpu.py --dry-run               # every part at tiny size on the CPU, ~25 s
 
 `--dry-run` runs the same path at tiny size on the CPU (a 2-layer decoder of
 width 64 on 64-token blocks, the encoder benchmark's `small` size at batch 4,
@@ -200,7 +202,6 @@ def release_device_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
 
 
 # ---------------------------------------------------------------------------
