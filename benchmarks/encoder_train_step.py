@@ -22,10 +22,15 @@ batch of 16 x 128 token ids with a full attention mask and 2 labels.
   matrices, 0 on vectors, which for BERT is the Trainer's own bias/LayerNorm
   split).
 
-Precisions: `fp32`, and `bf16` = `torch.autocast("cpu", dtype=torch.bfloat16)`
+Precisions: `fp32`, and `bf16` = `torch.autocast(device, dtype=torch.bfloat16)`
 around forward and loss with fp32 master weights, backward and the optimizer
 outside autocast. Gradient clipping and the LR scheduler are left out on both
 sides.
+
+Device: the CPU by default; `--device cuda` runs both sides on the GPU (each
+step ends with `float(loss)`, which waits for the GPU, so the wall time of a
+step is its GPU time). Peak RSS says nothing about GPU memory, so the memory
+processes run only on the CPU.
 
 How it measures:
 - Time: one process per configuration builds both sides and alternates
@@ -92,17 +97,18 @@ LR, BETAS, EPS, WEIGHT_DECAY = 5e-5, (0.9, 0.999), 1e-8, 0.01
 # ---------------------------------------------------------------------------
 
 
-def _batch(torch: Any) -> dict[str, Any]:
+def _batch(torch: Any, batch_size: int = BATCH, device: str = "cpu") -> dict[str, Any]:
     generator = torch.Generator().manual_seed(1)
-    return {
-        "input_ids": torch.randint(0, VOCAB, (BATCH, LENGTH), generator=generator),
-        "attention_mask": torch.ones(BATCH, LENGTH, dtype=torch.long),
-        "token_type_ids": torch.zeros(BATCH, LENGTH, dtype=torch.long),
-        "labels": torch.randint(0, NUM_LABELS, (BATCH,), generator=generator),
+    batch = {
+        "input_ids": torch.randint(0, VOCAB, (batch_size, LENGTH), generator=generator),
+        "attention_mask": torch.ones(batch_size, LENGTH, dtype=torch.long),
+        "token_type_ids": torch.zeros(batch_size, LENGTH, dtype=torch.long),
+        "labels": torch.randint(0, NUM_LABELS, (batch_size,), generator=generator),
     }
+    return {name: tensor.to(device) for name, tensor in batch.items()}
 
 
-def _build_nlpkit(size: str, precision: str) -> tuple[Any, Any, Any, str]:
+def _build_nlpkit(size: str, precision: str, device: str = "cpu") -> tuple[Any, Any, Any, str]:
     """nlpkit Encoder + the classification plugin's head, and TaskModule's optimizer."""
     from nlpkit_classification import Classification, ClassificationOptions
 
@@ -119,7 +125,7 @@ def _build_nlpkit(size: str, precision: str) -> tuple[Any, Any, Any, str]:
     )
     task = Classification(ClassificationOptions(dropout=DROPOUT), tokenizer=None)
     task.load_state({"labels": [str(i) for i in range(NUM_LABELS)]})
-    model = TaskModel(Encoder(config), task.build_head(config))
+    model = TaskModel(Encoder(config), task.build_head(config)).to(device)
 
     optimization = OptimizationSection(lr=LR, weight_decay=WEIGHT_DECAY, betas=list(BETAS), eps=EPS)
     module = TaskModule(task, model, optimization)
@@ -135,7 +141,7 @@ def _build_nlpkit(size: str, precision: str) -> tuple[Any, Any, Any, str]:
     return model, optimizer, loss_fn, _describe(optimizer)
 
 
-def _build_transformers(size: str, precision: str, hf_optimizer: str) -> tuple[Any, Any, Any, str]:
+def _build_transformers(size: str, precision: str, hf_optimizer: str, device: str = "cpu") -> tuple[Any, Any, Any, str]:
     """BertForSequenceClassification and the optimizer transformers' Trainer would build."""
     import torch
     import transformers
@@ -148,7 +154,7 @@ def _build_transformers(size: str, precision: str, hf_optimizer: str) -> tuple[A
         layer_norm_eps=1e-12, hidden_dropout_prob=DROPOUT, attention_probs_dropout_prob=DROPOUT,
         num_labels=NUM_LABELS,
     )
-    model = transformers.BertForSequenceClassification(config)
+    model = transformers.BertForSequenceClassification(config).to(device)
 
     if hf_optimizer == "trainer":
         # The Trainer's own choice from the default TrainingArguments values (building
@@ -187,21 +193,24 @@ def _describe(optimizer: Any) -> str:
     return f"{type(optimizer).__name__}({impl})"
 
 
-def _build(side: str, size: str, precision: str, hf_optimizer: str) -> dict[str, Any]:
-    """Builds one side and returns its step function and a description."""
+def _build(side: str, size: str, precision: str, hf_optimizer: str, device: str = "cpu",
+           batch_size: int = BATCH) -> dict[str, Any]:
+    """Builds one side on `device` and returns its step function and a description."""
     import torch
 
     torch.manual_seed(0)
     if side == "nlpkit":
-        model, optimizer, loss_fn, optimizer_text = _build_nlpkit(size, precision)
+        model, optimizer, loss_fn, optimizer_text = _build_nlpkit(size, precision, device)
     else:
-        model, optimizer, loss_fn, optimizer_text = _build_transformers(size, precision, hf_optimizer)
+        model, optimizer, loss_fn, optimizer_text = _build_transformers(size, precision, hf_optimizer, device)
     model.train()
-    batch = _batch(torch)
+    batch = _batch(torch, batch_size, device)
     autocast = precision == "bf16"
+    device_type = torch.device(device).type
 
     def step() -> float:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        # float(loss) at the end waits for the device: on a GPU the step has ended once it returns.
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
             loss = loss_fn(batch)
         loss.backward()
         optimizer.step()
@@ -223,14 +232,15 @@ def _import_everything() -> float:
 
 
 def run_timing_child(size: str, precision: str, steps: int, warmup: int, hf_optimizer: str,
-                     threads: int | None, profile: bool) -> dict[str, Any]:
-    """Builds both sides in this process and alternates their steps; returns the step times."""
+                     threads: int | None, profile: bool, device: str = "cpu",
+                     batch_size: int = BATCH) -> dict[str, Any]:
+    """Builds both sides in this process on `device` and alternates their steps; returns the step times."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     _import_everything()
-    sides = {side: _build(side, size, precision, hf_optimizer) for side in SIDES}
+    sides = {side: _build(side, size, precision, hf_optimizer, device, batch_size) for side in SIDES}
     times: dict[str, list[float]] = {side: [] for side in SIDES}
     cpu_times: dict[str, list[float]] = {side: [] for side in SIDES}
     losses: dict[str, list[float]] = {side: [] for side in SIDES}
@@ -252,8 +262,9 @@ def run_timing_child(size: str, precision: str, steps: int, warmup: int, hf_opti
         from torch.profiler import profile as torch_profile
 
         result["profile"] = {}
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device != "cpu" else [])
         for side in SIDES:
-            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            with torch_profile(activities=activities) as prof:
                 sides[side]["step"]()
             result["profile"][side] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
     return result
@@ -286,6 +297,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch threads in the timing processes (default: torch's choice, one per core)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-side peak-memory processes")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step per side")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device both sides run on (cpu, cuda, cuda:1 ...); memory processes: cpu only")
     parser.add_argument("--child", choices=("timing", "nlpkit", "transformers"), help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     sizes, precisions = options.sizes.split(","), options.precisions.split(",")
@@ -300,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if options.child == "timing":
         print(json.dumps(run_timing_child(sizes[0], precisions[0], options.steps, options.warmup,
-                                          options.hf_optimizer, options.threads, options.profile)))
+                                          options.hf_optimizer, options.threads, options.profile, options.device)))
         return
     if options.child:
         print(json.dumps(run_memory_child(options.child, sizes[0], precisions[0], options.warmup + 1,
@@ -313,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     for size in sizes:
         for precision in precisions:
             where = ["--sizes", size, "--precisions", precision, *common]
-            runs = [run_child(__file__, ["--child", "timing", *where, *threads]
+            runs = [run_child(__file__, ["--child", "timing", *where, *threads, "--device", options.device]
                               + (["--profile"] if options.profile and r == 0 else []))
                     for r in range(options.repeats)]
             times = {side: [t for run in runs for t in run["times"][side]] for side in SIDES}
@@ -323,7 +336,8 @@ def main(argv: list[str] | None = None) -> None:
             cpu_ratio = cpu_medians["nlpkit"] / cpu_medians["transformers"]
             # Steps i of both sides ran back to back, so their ratio is the least disturbed figure.
             paired = statistics.median(a / b for a, b in zip(times["nlpkit"], times["transformers"]))
-            memory = {} if options.no_memory else {side: run_child(__file__, ["--child", side, *where]) for side in SIDES}
+            measure_memory = not options.no_memory and options.device == "cpu"
+            memory = {side: run_child(__file__, ["--child", side, *where]) for side in SIDES} if measure_memory else {}
             rows.append((size, precision, medians, paired, cpu_ratio, memory))
 
             print(f"\n== {size} {precision}: batch {BATCH} x {LENGTH}, {options.warmup} warm-up + {options.steps} "
