@@ -133,7 +133,7 @@ def child(side: str, folder: str, config: str, new_tokens: int) -> None:
         from nlpkit.generation import generate_ids, resolve_options
 
         model = from_pretrained(folder, dtype=nlpkit_dtype)
-        pack_for_cpu_inference(model)  # as nlpkit.load does (float32 weights only)
+        pack_for_cpu_inference(model, release=True)  # as nlpkit.load does (float32 weights only)
         resolved = resolve_options({**options, "pad_token_id": pad}, generation_defaults(Path(folder)))
         rows = prompts.tolist()
 

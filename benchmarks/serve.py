@@ -154,10 +154,10 @@ def load_level(port: int, path: str, bodies: list[dict], clients: int, seconds: 
 
 
 def measure(model: str, path: Path, bodies: list[dict], endpoint: str, levels: list[int], seconds: float,
-            warmup: int) -> list[dict[str, Any]]:
+            warmup: int, extra_flags: list[str]) -> list[dict[str, Any]]:
     rows = []
     for mode, flags in MODES.items():
-        server = Server(path, flags)
+        server = Server(path, flags + extra_flags)
         try:
             load_level(server.port, endpoint, bodies[:warmup], min(warmup, 8), seconds)  # warm-up, not reported
             before = server.health()["batch_sizes"]
@@ -196,9 +196,11 @@ def main() -> None:
     parser.add_argument("--gen-requests", type=int, default=32, help="generation requests per level")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--level-seconds", type=float, default=60.0)
+    parser.add_argument("--dtype", help="the servers' --dtype (both modes), e.g. bfloat16; default float32")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     models = args.models.split(",")
+    extra_flags = ["--dtype", args.dtype] if args.dtype else []
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         if "classification" in models:
@@ -206,7 +208,8 @@ def main() -> None:
             sentences = [line.split("\t")[0] for line in
                          (SHARED / "data" / "sst2" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]]
             bodies = [{"inputs": [sentences[i % len(sentences)]]} for i in range(args.requests)]
-            rows += measure("sst2-minilm", run, bodies, "/v1/predict", levels, args.level_seconds, warmup=16)
+            rows += measure("sst2-minilm", run, bodies, "/v1/predict", levels, args.level_seconds, warmup=16,
+                            extra_flags=extra_flags)
         if "generation" in models:
             folder = make_decoder(Path(tmp) / "gpt2-random")
             lines = [line for line in (SHARED / "data" / "tiny_shakespeare" / "input.txt").read_text(
@@ -214,7 +217,7 @@ def main() -> None:
             bodies = [{"prompt": lines[i % len(lines)], "max_tokens": args.max_tokens, "temperature": 0}
                       for i in range(args.gen_requests)]
             rows += measure("gpt2-size decoder", folder, bodies, "/v1/completions", levels, args.level_seconds,
-                            warmup=4)
+                            warmup=4, extra_flags=extra_flags)
     print(table(rows))
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import platform
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -196,7 +197,12 @@ class Linear(nn.Linear):
     - `pack()` keeps a copy of the weight in oneDNN's blocked layout, used
       for float32 CPU inputs whenever gradients are off (inference); a
       weight changed after packing (an optimizer step, `load_state_dict`)
-      drops the stale copy and falls back.
+      drops the stale copy and falls back. `pack(release=True)` keeps the
+      blocked weight *instead of* the dense one (inference-only models: no
+      second copy in memory); the dense weight comes back (`unpack`) before
+      anything that needs it: `train()`, `state_dict()` (saving, exporting),
+      `load_state_dict()`, `.to()`, a forward pass with gradients, autocast
+      or another dtype. Shape, dtype and device read as before.
     - Without a packed copy, up to 128 rows are multiplied weight-first,
       `(W @ x.T).T`, a lone row doubled so BLAS takes its matrix-matrix path.
 
@@ -204,25 +210,68 @@ class Linear(nn.Linear):
     """
 
     _packed: tuple[Tensor, int, int] | None = None  # (blocked weight, weight version, weight data pointer)
+    _released = False  # the weight parameter holds the blocked weight itself (pack(release=True))
 
-    def pack(self) -> bool:
-        """Keeps a oneDNN-blocked copy of a float32 CPU weight for inference; whether one was made."""
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # What reads or writes the dense weight gets it back first (see the class docstring). Module-level
+        # functions, not lambdas: a whole model must stay picklable (torch.save(model)).
+        self.register_state_dict_pre_hook(_unpack_before_state_dict)
+        self.register_load_state_dict_pre_hook(_unpack_before_load)
+
+    def pack(self, release: bool = False) -> bool:
+        """Keeps a oneDNN-blocked copy of a float32 CPU weight for inference; whether one was made.
+
+        Args:
+            release: keep the blocked weight in place of the dense one (one copy in memory, not two).
+        """
+        if self._released:
+            return True
         weight = self.weight
         if weight.dtype != torch.float32 or weight.device.type != "cpu" or not _onednn_linear_available():
             return False
         with torch.no_grad():
             blocked = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _PACKED_ROWS_HINT)
-        self._packed = (blocked, weight._version, weight.data_ptr())
+        if release:
+            # An opaque oneDNN tensor, which `.data =` refuses: a new Parameter of the same shape, dtype and device.
+            self.weight = nn.Parameter(blocked, requires_grad=weight.requires_grad)
+            self._packed, self._released = None, True
+        else:
+            self._packed = (blocked, weight._version, weight.data_ptr())
         return True
+
+    def unpack(self) -> None:
+        """Brings the dense weight back if `pack(release=True)` replaced it (no-op otherwise)."""
+        if self._released:
+            self.weight = nn.Parameter(self.weight.data.to_dense(), requires_grad=self.weight.requires_grad)
+            self._released = False
+
+    def train(self, mode: bool = True) -> "Linear":
+        if mode:
+            self.unpack()
+        return super().train(mode)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "Linear":
+        self.unpack()  # .to(), .float(), .cuda() ... convert the dense weight
+        return super()._apply(fn, recurse)
 
     def __getstate__(self) -> dict:
         # The packed copy is an opaque oneDNN tensor that cannot be pickled or deep-copied; a copy of
-        # the module starts unpacked (`pack()` it again).
+        # the module starts unpacked (`pack()` it again), with the dense weight.
         state = self.__dict__.copy()
         state.pop("_packed", None)
+        if self._released:
+            weight = nn.Parameter(self.weight.data.to_dense(), requires_grad=self.weight.requires_grad)
+            state["_parameters"] = {**state["_parameters"], "weight": weight}
+            state["_released"] = False
         return state
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._released:
+            if x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() \
+                    and not torch.is_autocast_enabled("cpu"):
+                return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, self.bias, "none", [], "")
+            self.unpack()
         if x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32 \
                 or torch.is_autocast_enabled("cpu"):
             return super().forward(x)
@@ -243,18 +292,61 @@ class Linear(nn.Linear):
         return y[:, :rows].t().contiguous().view(*x.shape[:-1], self.out_features)
 
 
-def pack_for_cpu_inference(model: nn.Module) -> int:
+def _unpack_before_state_dict(module: Linear, prefix: str, keep_vars: bool) -> None:
+    module.unpack()
+
+
+def _unpack_before_load(module: Linear, *args: Any) -> None:
+    module.unpack()
+
+
+def pack_for_cpu_inference(model: nn.Module, release: bool = False) -> int:
     """Packs every float32 CPU `Linear` of `model` for inference (see `Linear.pack`).
 
-    Costs a second copy of those weights in memory; float32 decoding on the
-    CPU runs 1.2-2x faster than unpacked (GPT-2 small: 1.4x `transformers`
-    greedy at batch 1, 2.5x at batch 8, 2.8x in beam search; see
-    benchmarks/README.md). Training is unaffected: with
-    gradients on, the dense weights are used, and a weight that changes
-    drops its packed copy.
+    Float32 decoding on the CPU runs 1.2-2x faster than unpacked (GPT-2 small:
+    1.4x `transformers` greedy at batch 1, 2.5x at batch 8, 2.8x in beam
+    search; see benchmarks/README.md). Training is unaffected: with gradients
+    on, the dense weights are used, and a weight that changes drops its
+    packed copy.
+
+    Args:
+        model: the model; its float32 CPU `Linear` layers are packed.
+        release: keep each packed weight instead of the dense one, for
+            inference-only models as `nlpkit.load` makes them: one copy of the
+            weights in memory, not two. A weight another module shares (an LM
+            head tied to the token embedding, which looks rows up in it) keeps
+            its dense form beside the packed copy.
 
     Returns:
         How many layers were packed (0 on other devices or dtypes, or a
         torch build without oneDNN).
     """
-    return sum(module.pack() for module in model.modules() if isinstance(module, Linear))
+    uses: dict[int, int] = {}
+    for module in model.modules():
+        for parameter in module._parameters.values():
+            if parameter is not None:
+                uses[id(parameter)] = uses.get(id(parameter), 0) + 1
+    packed = sum(module.pack(release=release and uses[id(module.weight)] == 1)
+                 for module in model.modules() if isinstance(module, Linear))
+    if release and packed:
+        _copy_out_of_mapped_files(model)
+    return packed
+
+
+def _copy_out_of_mapped_files(model: nn.Module) -> None:
+    """Copies the dense tensors left into memory of their own, so that no weights file stays mapped.
+
+    safetensors maps the file, and a tensor read from it without a copy (an
+    embedding table) keeps the whole mapping alive: every page read while
+    loading stays in the process's memory. Once the layers hold their packed
+    weights, the few dense tensors left are copied (GPT-2 small: 1,249 MB
+    resident before, 927 after; `transformers` needs 878).
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            for parameter in module._parameters.values():
+                if parameter is not None and not parameter.is_mkldnn:
+                    parameter.data = parameter.data.clone()
+            for name, buffer in module._buffers.items():
+                if buffer is not None:
+                    module._buffers[name] = buffer.clone()

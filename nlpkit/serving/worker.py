@@ -40,6 +40,7 @@ INTERNAL_PATH = "/_nlpkit/model"
 # Verbs answered with nlpkit.generation's Generated objects (token counts, finish reasons), streamable.
 GENERATING_VERBS = ("complete", "chat")
 
+PREDICT_CHUNK = 8
 Event = dict[str, Any] | None
 OnText = Callable[[int, str], None]
 
@@ -138,7 +139,9 @@ class ModelAPI(ls.LitAPI):
 
     def _run(self, verb: str, inputs: list[Any], options: dict[str, Any], on_text: OnText | None = None) -> list[Any]:
         if verb == "predict":
-            return self.model.predict(inputs)
+            # predict sorts a batch's inputs by length: chunks of 8 then pad little (measured fastest for 8-32
+            # SST-2 sentences on 2 CPU cores, 1.4x one padded batch of 32).
+            return self.model.predict(inputs, batch_size=PREDICT_CHUNK)
         if verb == "translate":
             return self.model.translate(inputs, **options)
         if verb == "embed":

@@ -220,3 +220,43 @@ def test_moved_names_are_still_importable_from_layers() -> None:
     assert layers.Linear is cpu.Linear and layers.Dropout is cpu.Dropout
     assert layers.pack_for_cpu_inference is cpu.pack_for_cpu_inference
     assert layers._onednn_linear_available is cpu._onednn_linear_available
+
+
+@needs_onednn
+def test_a_released_weight_is_one_copy_that_answers_the_same_and_comes_back_dense_when_needed() -> None:
+    import copy
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(cpu.Linear(16, 24), torch.nn.ReLU(), cpu.Linear(24, 4)).eval()
+    reference = copy.deepcopy(model)
+    x = torch.randn(5, 16)
+    assert cpu.pack_for_cpu_inference(model, release=True) == 2
+    assert model[0].weight.is_mkldnn and model[0].weight.shape == (24, 16) and model[0]._packed is None
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+    # Saving reads the dense weight, exactly as it was.
+    state = model.state_dict()
+    assert not model[0].weight.is_mkldnn
+    assert all(torch.equal(state[name], value) for name, value in reference.state_dict().items())
+    # Training, gradients, moving and loading each bring the dense weight back first.
+    for bring_back in (lambda m: m.train(), lambda m: m(x).sum().backward(), lambda m: m.double(),
+                       lambda m: m.load_state_dict(reference.state_dict())):
+        released = copy.deepcopy(reference)
+        cpu.pack_for_cpu_inference(released, release=True)
+        bring_back(released)
+        assert not released[0].weight.is_mkldnn
+    # A copy starts dense; the original stays released.
+    assert cpu.pack_for_cpu_inference(model, release=True) == 2
+    copied = copy.deepcopy(model)
+    assert not copied[0].weight.is_mkldnn and model[0].weight.is_mkldnn
+    with torch.no_grad():
+        torch.testing.assert_close(copied(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_a_weight_tied_to_an_embedding_keeps_its_dense_form() -> None:
+    embedding, head = torch.nn.Embedding(24, 16), cpu.Linear(16, 24, bias=False)
+    head.weight = embedding.weight  # an LM head tied to the token embedding, which looks rows up in it
+    model = torch.nn.ModuleDict({"embedding": embedding, "head": head})
+    assert cpu.pack_for_cpu_inference(model, release=True) == 1
+    assert head.weight is embedding.weight and not head.weight.is_mkldnn and head._packed is not None
