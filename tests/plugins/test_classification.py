@@ -29,6 +29,12 @@ def test_single_label_run_learns_and_predicts(sentiment_recipe):
     assert sum(one["scores"].values()) == pytest.approx(1.0, abs=1e-5)
     many = model.predict(["a dreadful grim story", "the happy kind actor"])
     assert [answer["label"] for answer in many] == ["neg", "pos"]
+    # Batched by length (longest last here), answered in the order given: each as it is answered alone.
+    texts = ["a dreadful grim story that was awful and grim and sad", "good", "the happy kind actor", "grim"]
+    batched = model.predict(texts, batch_size=2)
+    for text, answer in zip(texts, batched):
+        alone = model.predict(text)
+        assert answer["label"] == alone["label"] and answer["score"] == pytest.approx(alone["score"], abs=1e-5)
 
 
 def test_run_folder_holds_everything_needed(sentiment_recipe):
