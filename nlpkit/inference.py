@@ -17,7 +17,7 @@ from nlpkit.plugins import PluginSet, load_plugins
 from nlpkit.recipe import PeftSection, Recipe
 from nlpkit.registry import Registries
 from nlpkit.runs import RUN_FILE, SOURCE_CHECKPOINT_FILE, WEIGHTS_FILE, RunFolder
-from nlpkit.tasks import ExportsToTransformers, GeneratesText, Task, TaskModel
+from nlpkit.tasks import ExportsToTransformers, GeneratesText, Task, TaskModel, answer_features
 
 __all__ = ["LoadedModel", "PretrainedModel", "load"]
 
@@ -82,10 +82,7 @@ class LoadedModel:
         """Answer one input or a list of inputs.
 
         Inputs are batched in order of length (as sentence-transformers'
-        ``encode`` does) and answered in the order given: a batch pads to its
-        longest input, and on SST-2 sentences a random batch of 32 is half
-        padding (MiniLM, 2 CPU cores: 32 inputs in 0.26 s as one batch, 0.18 s
-        as four length-sorted batches of 8).
+        ``encode`` does) and answered in the order given (:func:`answer_features`).
 
         Args:
             inputs: a text, a mapping of the task's fields (``{"text": ..., "text_pair": ...}``),
@@ -98,13 +95,7 @@ class LoadedModel:
         single = isinstance(inputs, (str, dict))
         items = [inputs] if single else list(inputs)
         features = self.features(self._examples(items)) if items else []
-        order = sorted(range(len(features)), key=lambda i: _padded_size(features[i]))
-        answers: list[Any] = [None] * len(features)
-        for start in range(0, len(features), batch_size):
-            chunk = order[start : start + batch_size]
-            batch = self.task.collate([features[i] for i in chunk])
-            for i, answer in zip(chunk, self.task.decode(self.task.forward(self.model, batch), batch)):
-                answers[i] = answer
+        answers = answer_features(self.task, self.model, features, batch_size)
         return answers[0] if single else answers
 
     def generate(self, prompts: str | Sequence[str], *, stream: Callable[[str], None] | None = None,
@@ -429,16 +420,6 @@ class PretrainedModel:
 _MODEL_FILE_PATTERNS = ("config.json", "adapter_config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json", "*.bin",
                         "*.bin.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                         "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "*.model", "*.spm")
-
-
-def _padded_size(feature: dict[str, Any]) -> tuple[int, int]:
-    """What a feature adds to its batch's padded size: (windows, tokens of the longest); one window for most tasks."""
-    ids = feature.get("input_ids")
-    if not isinstance(ids, (list, tuple)) or not ids:
-        return (0, 0)
-    if isinstance(ids[0], (list, tuple)):  # a long input split into windows (QA, NER)
-        return (len(ids), max(len(window) for window in ids))
-    return (1, len(ids))
 
 
 def _model_files(folder: Path) -> list[Path]:

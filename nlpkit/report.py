@@ -36,7 +36,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Sequence, Union
 
 from nlpkit._files import atomic_write, make_folder
 from nlpkit.errors import NlpkitError
@@ -77,12 +77,14 @@ class _CurveGrid:
 
 
 def write_predictions(run_dir: Path, task: Task, model: TaskModel, dataset: Any, batch_size: int,
-                      device: Any = None, limit_batches: int | float | None = None) -> Path:
+                      device: Any = None, limit_batches: int | float | None = None,
+                      forward_context: Callable[[], ContextManager[Any]] | None = None) -> Path:
     """Answer every example of ``dataset`` with ``model`` as ``predict`` does; write ``predictions/validation.jsonl``.
 
     Each example is encoded from its input fields (``input_columns`` and the
     ``optional_columns`` present, the targets left out, as ``predict`` sees
-    it) and answered through the task's ``decode``; a row is
+    it) and answered through the task's ``decode``, in batches of similar
+    length (``nlpkit.tasks.answer_features``); a row is
     ``{"example": {...every field...}, "prediction": answer}``.
 
     Args:
@@ -94,8 +96,12 @@ def write_predictions(run_dir: Path, task: Task, model: TaskModel, dataset: Any,
         device: where to run the model (the trainer's device); None: where it is.
         limit_batches: the run's ``trainer.limit_val_batches`` (batches, or a
             fraction of them, as Lightning reads it): the examples validation saw.
+        forward_context: what the forward passes run in (the trainer's precision: bf16 autocast
+            under ``bf16-mixed``), so that the answers are those validation scored.
     """
-    import torch
+    import contextlib
+
+    from nlpkit.tasks import answer_features  # here: the rest of the report needs neither torch nor the task module
 
     if limit_batches is not None:
         dataset = dataset.select(range(_validated_rows(len(dataset), batch_size, limit_batches)))
@@ -103,19 +109,13 @@ def write_predictions(run_dir: Path, task: Task, model: TaskModel, dataset: Any,
     if device is not None:
         model.to(device)
     model.eval()
-    lines: list[str] = []
-    with torch.inference_mode():
-        for start in range(0, len(dataset), batch_size):
-            rows = dataset[start : start + batch_size]  # column -> values
-            encoded = task.encode({name: rows[name] for name in fields})
-            features = [dict(zip(encoded, values)) for values in zip(*encoded.values())]
-            batch = task.collate(features)
-            if device is not None:
-                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            answers = task.decode(task.forward(model, batch), batch)
-            for i, answer in enumerate(answers):
-                example = {name: values[i] for name, values in rows.items()}
-                lines.append(json.dumps({"example": example, "prediction": answer}, ensure_ascii=False, default=str))
+    rows = dataset[:]  # column -> values
+    encoded = task.encode({name: rows[name] for name in fields})
+    features = [dict(zip(encoded, values)) for values in zip(*encoded.values())]
+    with (forward_context or contextlib.nullcontext)():
+        answers = answer_features(task, model, features, batch_size, device)
+    lines = [json.dumps({"example": {name: values[i] for name, values in rows.items()}, "prediction": answer},
+                        ensure_ascii=False, default=str) for i, answer in enumerate(answers)]
     path = run_dir / PREDICTIONS_FILE
     make_folder(path.parent, "the predictions folder")
     atomic_write(path, "".join(line + "\n" for line in lines))

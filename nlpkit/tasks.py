@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Task", "TaskModel", "Backbone", "BackboneOutputs", "BackboneConfig", "TaskTokenizer", "GeneratesText", "ExportsToTransformers", "HFHead",
            "HeadShape", "family_head", "head_layers", "head_weights", "shaped_hf_head", "NoOptions", "pad", "NlpkitError",
-           "ReportSection", "Table", "Matrix", "Curves", "Text", "Prediction", "RunRecord"]
+           "ReportSection", "Table", "Matrix", "Curves", "Text", "Prediction", "RunRecord", "answer_features"]
 
 
 @dataclass
@@ -592,3 +592,37 @@ class ExportsToTransformers(Protocol):
             task (with these options) has no counterpart for ``family``.
         """
         ...
+
+
+def answer_features(task: Task, model: TaskModel, features: list[dict[str, Any]], batch_size: int,
+                    device: torch.device | None = None) -> list[Any]:
+    """The task's answer to each feature (``encode``'s rows), batched in order of length, in the order given.
+
+    ``predict`` and the run report's validation predictions both answer through this. A batch pads to
+    its longest input, and on SST-2 sentences a random batch of 32 is half padding (MiniLM, 2 CPU
+    cores: 32 inputs in 0.26 s as one batch, 0.18 s as four length-sorted batches of 8).
+
+    Args:
+        device: where the batches go (the model's device); None leaves them on the CPU.
+    """
+    order = sorted(range(len(features)), key=lambda i: _padded_size(features[i]))
+    answers: list[Any] = [None] * len(features)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = task.collate([features[i] for i in chunk])
+            if device is not None:
+                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            for i, answer in zip(chunk, task.decode(task.forward(model, batch), batch)):
+                answers[i] = answer
+    return answers
+
+
+def _padded_size(feature: dict[str, Any]) -> tuple[int, int]:
+    """What a feature adds to its batch's padded size: (windows, tokens of the longest); one window for most tasks."""
+    ids = feature.get("input_ids")
+    if not isinstance(ids, (list, tuple)) or not ids:
+        return (0, 0)
+    if isinstance(ids[0], (list, tuple)):  # a long input split into windows (QA, NER)
+        return (len(ids), max(len(window) for window in ids))
+    return (1, len(ids))

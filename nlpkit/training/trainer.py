@@ -339,7 +339,7 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
             run.save_weights(model, leave_out=base_weight_names(model) if adapters_only else None)
             run.write_json(METRICS_FILE, metrics)
             finish_trackers(trainer, metrics)
-            _write_predictions(run, task, model, inputs.splits["validation"], recipe, trainer.strategy.root_device)
+            _write_predictions(run, task, model, inputs.splits["validation"], recipe, trainer)
             run.mark_finished()
     except BaseException as error:
         if created:  # the process that made the folder; the others of a multi-process run joined it
@@ -352,7 +352,7 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
     return RunResult(run.path, metrics, primary=trainer.is_global_zero)
 
 
-def _write_predictions(run: RunFolder, task: Any, model: Any, validation: Any, recipe: Recipe, device: Any) -> None:
+def _write_predictions(run: RunFolder, task: Any, model: Any, validation: Any, recipe: Recipe, trainer: Any) -> None:
     """What the report shows of the model's errors: the best model's answers to the validation split.
 
     A task that cannot answer (its ``encode`` needs the targets) keeps its trained run: the error is
@@ -360,7 +360,8 @@ def _write_predictions(run: RunFolder, task: Any, model: Any, validation: Any, r
     """
     try:
         write_predictions(run.path, task, model, validation, recipe.training.eval_batch_size or recipe.training.batch_size,
-                          device, recipe.trainer.get("limit_val_batches"))
+                          trainer.strategy.root_device, recipe.trainer.get("limit_val_batches"),
+                          forward_context=trainer.precision_plugin.forward_context)
     except Exception:
         log.exception("nlpkit: the validation predictions could not be written; the run report will not show "
                       "the task's part")
