@@ -77,7 +77,6 @@ class LoadedModel:
         encoded = self.task.encode(examples)
         return [dict(zip(encoded, values)) for values in zip(*encoded.values())]
 
-    @torch.inference_mode()
     def predict(self, inputs: str | dict[str, Any] | Sequence[str | dict[str, Any]], batch_size: int = 32) -> Any:
         """Answer one input or a list of inputs.
 
