@@ -54,6 +54,8 @@ CONFIGS = {
     "beam-4": ("gpt2", 1, 4, "float32", "float32", None),
     "bf16-vs-fp32": ("gpt2", 1, 1, "bfloat16", "float32", None),
     "bf16-vs-bf16": ("gpt2", 1, 1, "bfloat16", "bfloat16", None),
+    "bf16-8-vs-bf16": ("gpt2", 8, 1, "bfloat16", "bfloat16", None),
+    "llama-bf16-1": ("llama", 1, 1, "bfloat16", "bfloat16", None),
     "llama-greedy-1": ("llama", 1, 1, "float32", "float32", None),
     "llama-greedy-8": ("llama", 8, 1, "float32", "float32", None),
     # Translation-style beam search: 8 sources, 4 beams, 64 new tokens (issue 7's benchmark).
@@ -133,7 +135,7 @@ def child(side: str, folder: str, config: str, new_tokens: int) -> None:
         from nlpkit.generation import generate_ids, resolve_options
 
         model = from_pretrained(folder, dtype=nlpkit_dtype)
-        pack_for_cpu_inference(model, release=True)  # as nlpkit.load does (float32 weights only)
+        pack_for_cpu_inference(model, release=True)  # as nlpkit.load does
         resolved = resolve_options({**options, "pad_token_id": pad}, generation_defaults(Path(folder)))
         rows = prompts.tolist()
 

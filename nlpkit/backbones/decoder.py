@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from nlpkit.backbones.config import BackboneConfig
-from nlpkit.backbones.cache import BackboneOutput, KVCache
+from nlpkit.backbones.cache import BackboneOutput, KVCache, kv_cache_dtype
 from nlpkit.backbones.layers import (
     Embeddings,
     Linear,
@@ -147,7 +147,7 @@ class Decoder(nn.Module):
 
         dtype = compute_dtype(x)
         if cache is None and use_cache:
-            cache = KVCache.allocate(config, batch, total, dtype=dtype, device=x.device)
+            cache = KVCache.allocate(config, batch, total, dtype=kv_cache_dtype(dtype, x.device), device=x.device)
         if cache is not None:
             cache.reserve(total)
         rotary = local_rotary = None

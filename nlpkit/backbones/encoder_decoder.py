@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from nlpkit.backbones.config import BackboneConfig
-from nlpkit.backbones.cache import BackboneOutput, KVCache
+from nlpkit.backbones.cache import BackboneOutput, KVCache, kv_cache_dtype
 from nlpkit.backbones.layers import (
     Embeddings,
     Linear,
@@ -242,7 +242,8 @@ class EncoderDecoder(nn.Module):
 
         target = self.token_embedding(decoder_input_ids)  # (batch, seq, hidden)
         if cache is None and use_cache:
-            cache = KVCache.allocate(self.config, batch, length, dtype=compute_dtype(target), device=target.device)
+            cache = KVCache.allocate(self.config, batch, length, dtype=kv_cache_dtype(compute_dtype(target), target.device),
+                                    device=target.device)
         hidden = self.decoder(
             target, decoder_attention_mask, cache=cache, memory=memory, memory_attention_mask=attention_mask
         )

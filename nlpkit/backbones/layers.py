@@ -565,6 +565,7 @@ class Attention(nn.Module):
                     raise ValueError("cross-attention needs encoder outputs when the cache holds none")
                 k, v = self._split_kv(memory)
                 if cache is not None:
+                    k, v = k.to(cache.dtype), v.to(cache.dtype)
                     cache.cross_keys[self.layer_index], cache.cross_values[self.layer_index] = k, v
         else:
             k, v = self._split_kv(x)
@@ -574,6 +575,10 @@ class Attention(nn.Module):
                 q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
             if cache is not None:
                 k, v = cache.update(self.layer_index, k, v)  # (batch, kv_heads, past + seq, head_dim)
+        dtype = q.dtype
+        if k.dtype != dtype:  # a half-precision model's float32 cache on the CPU: attend in float32 (kv_cache_dtype)
+            q = q.to(k.dtype)
+            mask = mask.to(k.dtype) if mask is not None and mask.is_floating_point() else mask
         if self.disentangled:
             if relative is None:
                 raise ValueError("disentangled attention needs the relative embeddings and their index")
@@ -595,7 +600,7 @@ class Attention(nn.Module):
                 enable_gqa=self.num_kv_heads != self.num_heads,
             )  # (batch, heads, seq, head_dim)
         y = y.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
-        return self.output(y)
+        return self.output(y.to(dtype))
 
 
     def _relative_terms(self, embeddings: Tensor, index: Tensor) -> dict[str, tuple[Tensor, Tensor]]:

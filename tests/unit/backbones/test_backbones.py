@@ -129,6 +129,45 @@ def test_preallocated_cache_is_written_in_place() -> None:
     assert max_diff(torch.cat(steps, dim=1), full[:, 3:]) < TOLERANCE
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_bfloat16_decoder_keeps_a_float32_cache_on_the_cpu_and_decodes_as_closely(family: str) -> None:
+    # A half-precision model's cache on the CPU is float32 and its attention over it runs in float32
+    # (kv_cache_dtype: faster there); its cached steps are as close to the float32 truth as its own full pass.
+    exact = build("decoder", DECODERS[family])
+    model = copy.deepcopy(exact).to(torch.bfloat16)
+    ids = tokens(2, 9)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding: the additive mask is cast with the queries
+    with torch.no_grad():
+        truth = exact(ids, mask).last_hidden_state
+        full = model(ids, mask).last_hidden_state.float()
+        out = model(ids[:, :4], mask[:, :4], use_cache=True)
+        cache, pieces = out.past_key_values, [out.last_hidden_state]
+        for i in range(4, 9):
+            out = model(ids[:, i : i + 1], mask[:, : i + 1], past_key_values=cache, use_cache=True)
+            pieces.append(out.last_hidden_state)
+    assert cache.dtype == torch.float32 and all(p.dtype == torch.bfloat16 for p in pieces)
+    stepped = torch.cat(pieces, dim=1).float()
+    real = mask.bool()
+    assert max_diff(stepped[real], truth[real]) <= 1.25 * max_diff(full[real], truth[real])
+
+
+def test_a_bfloat16_encoder_decoder_keeps_float32_cross_attention_keys_on_the_cpu() -> None:
+    exact = build("encoder-decoder", ENCODER_DECODERS["bart"])
+    model = copy.deepcopy(exact).to(torch.bfloat16)
+    source, target = tokens(2, 7, seed=2), tokens(2, 5, seed=3)
+    with torch.no_grad():
+        truth = exact(source, decoder_input_ids=target).last_hidden_state
+        full = model(source, decoder_input_ids=target).last_hidden_state.float()
+        out = model(source, decoder_input_ids=target[:, :1], use_cache=True)
+        cache, pieces = out.past_key_values, [out.last_hidden_state]
+        for i in range(1, 5):
+            out = model(decoder_input_ids=target[:, i : i + 1], past_key_values=cache, use_cache=True)
+            pieces.append(out.last_hidden_state)
+    assert cache.dtype == torch.float32 and cache.cross_keys[0].dtype == torch.float32
+    assert max_diff(torch.cat(pieces, dim=1).float(), truth) <= 1.25 * max_diff(full, truth)
+
+
 @pytest.mark.parametrize("family", ENCODER_DECODERS)
 def test_encoder_decoder_cached_decoding_matches_full_pass(family: str) -> None:
     model = build("encoder-decoder", ENCODER_DECODERS[family])

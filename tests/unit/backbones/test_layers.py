@@ -178,9 +178,31 @@ def test_packed_linear_drops_a_stale_copy_when_the_weight_changes() -> None:
         assert torch.equal(ours(x), torch.ones(3, 24))
 
 
-def test_only_float32_cpu_weights_are_packed() -> None:
-    model = torch.nn.Sequential(cpu.Linear(8, 8), cpu.Linear(8, 8).to(torch.bfloat16), torch.nn.Linear(8, 8))
-    assert cpu.pack_for_cpu_inference(model) == (1 if cpu._onednn_linear_available() else 0)
+def test_float32_and_bfloat16_cpu_weights_are_packed_where_onednn_has_them() -> None:
+    model = torch.nn.Sequential(cpu.Linear(8, 8), cpu.Linear(8, 8).to(torch.bfloat16),
+                                cpu.Linear(8, 8).double(), torch.nn.Linear(8, 8))
+    expected = 0
+    if cpu._onednn_linear_available():
+        expected = 2 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else 1
+    assert cpu.pack_for_cpu_inference(model) == expected
+
+
+@pytest.mark.skipif(not (cpu._onednn_linear_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+                    reason="no oneDNN bfloat16 on this CPU")
+@pytest.mark.parametrize("release", [False, True])
+@pytest.mark.parametrize("rows", [1, 8, 300])
+def test_a_packed_bfloat16_linear_equals_nn_linear_in_inference(rows: int, release: bool) -> None:
+    torch.manual_seed(0)
+    ours, reference = cpu.Linear(64, 200).bfloat16(), torch.nn.Linear(64, 200).bfloat16()
+    reference.load_state_dict(ours.state_dict())
+    assert cpu.pack_for_cpu_inference(ours, release=release) == 1
+    assert ours.weight.is_mkldnn == release and ours.weight.dtype == torch.bfloat16
+    x = torch.randn(rows, 64, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        # Both accumulate in float32 and round once; they may differ in the summation order only.
+        torch.testing.assert_close(ours(x), reference(x), rtol=1.6e-2, atol=1e-2)
+    assert ours.weight.is_mkldnn == release  # a bfloat16 input kept the packed weight
+    assert ours(x).requires_grad and not ours.weight.is_mkldnn  # training needs the dense weight back
 
 
 @needs_onednn
@@ -260,3 +282,6 @@ def test_a_weight_tied_to_an_embedding_keeps_its_dense_form() -> None:
     model = torch.nn.ModuleDict({"embedding": embedding, "head": head})
     assert cpu.pack_for_cpu_inference(model, release=True) == 1
     assert head.weight is embedding.weight and not head.weight.is_mkldnn and head._packed is not None
+    with torch.inference_mode():
+        assert head(torch.randn(3, 16)).shape == (3, 24)
+    assert head._packed is not None  # the packed copy is current (a stale one is dropped when used), so it is used
