@@ -276,12 +276,18 @@ def test_a_released_weight_is_one_copy_that_answers_the_same_and_comes_back_dens
 
 
 @needs_onednn
-def test_a_weight_tied_to_an_embedding_keeps_its_dense_form() -> None:
-    embedding, head = torch.nn.Embedding(24, 16), cpu.Linear(16, 24, bias=False)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_weight_tied_to_an_embedding_keeps_its_dense_form(dtype: torch.dtype) -> None:
+    if dtype not in cpu._packable_dtypes():
+        pytest.skip("no oneDNN bfloat16 on this CPU")
+    embedding, head, other = torch.nn.Embedding(24, 16), cpu.Linear(16, 24, bias=False), cpu.Linear(16, 16)
     head.weight = embedding.weight  # an LM head tied to the token embedding, which looks rows up in it
-    model = torch.nn.ModuleDict({"embedding": embedding, "head": head})
-    assert cpu.pack_for_cpu_inference(model, release=True) == 1
-    assert head.weight is embedding.weight and not head.weight.is_mkldnn and head._packed is not None
+    model = torch.nn.ModuleDict({"embedding": embedding, "head": head, "other": other}).to(dtype)
+    copy_too = dtype == torch.bfloat16  # a second, packed copy only where the dense product is slow
+    assert cpu.pack_for_cpu_inference(model, release=True) == 1 + copy_too
+    assert head.weight is embedding.weight and not head.weight.is_mkldnn
+    assert (head._packed is not None) == copy_too
     with torch.inference_mode():
-        assert head(torch.randn(3, 16)).shape == (3, 24)
-    assert head._packed is not None  # the packed copy is current (a stale one is dropped when used), so it is used
+        torch.testing.assert_close(head(torch.ones(3, 16, dtype=dtype)),
+                                   torch.ones(3, 16, dtype=dtype) @ embedding.weight.T, rtol=1.6e-2, atol=1e-2)
+    assert (head._packed is not None) == copy_too  # current (a stale copy is dropped when used), so it is used
