@@ -108,8 +108,8 @@ def _batch(torch: Any, batch_size: int = BATCH, device: str = "cpu") -> dict[str
     return {name: tensor.to(device) for name, tensor in batch.items()}
 
 
-def _build_nlpkit(size: str, precision: str, device: str = "cpu") -> tuple[Any, Any, Any, str]:
-    """nlpkit Encoder + the classification plugin's head, and TaskModule's optimizer."""
+def _build_nlpkit(size: str, precision: str, device: str = "cpu", compile: bool = False) -> tuple[Any, Any, Any, str]:
+    """nlpkit Encoder + the classification plugin's head, and TaskModule's optimizer; `compile`: training.compile."""
     from nlpkit_classification import Classification, ClassificationOptions
 
     from nlpkit.backbones import BackboneConfig, Encoder
@@ -126,6 +126,10 @@ def _build_nlpkit(size: str, precision: str, device: str = "cpu") -> tuple[Any, 
     task = Classification(ClassificationOptions(dropout=DROPOUT), tokenizer=None)
     task.load_state({"labels": [str(i) for i in range(NUM_LABELS)]})
     model = TaskModel(Encoder(config), task.build_head(config)).to(device)
+    if compile:
+        from nlpkit.finetuning import compile_layers
+
+        compile_layers(model.backbone)  # what `training.compile: true` does
 
     optimization = OptimizationSection(lr=LR, weight_decay=WEIGHT_DECAY, betas=list(BETAS), eps=EPS)
     module = TaskModule(task, model, optimization)
@@ -194,13 +198,13 @@ def _describe(optimizer: Any) -> str:
 
 
 def _build(side: str, size: str, precision: str, hf_optimizer: str, device: str = "cpu",
-           batch_size: int = BATCH) -> dict[str, Any]:
+           batch_size: int = BATCH, compile: bool = False) -> dict[str, Any]:
     """Builds one side on `device` and returns its step function and a description."""
     import torch
 
     torch.manual_seed(0)
     if side == "nlpkit":
-        model, optimizer, loss_fn, optimizer_text = _build_nlpkit(size, precision, device)
+        model, optimizer, loss_fn, optimizer_text = _build_nlpkit(size, precision, device, compile)
     else:
         model, optimizer, loss_fn, optimizer_text = _build_transformers(size, precision, hf_optimizer, device)
     model.train()
@@ -233,14 +237,15 @@ def _import_everything() -> float:
 
 def run_timing_child(size: str, precision: str, steps: int, warmup: int, hf_optimizer: str,
                      threads: int | None, profile: bool, device: str = "cpu",
-                     batch_size: int = BATCH) -> dict[str, Any]:
+                     batch_size: int = BATCH, compile: bool = False) -> dict[str, Any]:
     """Builds both sides in this process on `device` and alternates their steps; returns the step times."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     _import_everything()
-    sides = {side: _build(side, size, precision, hf_optimizer, device, batch_size) for side in SIDES}
+    sides = {side: _build(side, size, precision, hf_optimizer, device, batch_size, compile) for side in SIDES}
+    first_step: dict[str, float] = {}  # with --compile, nlpkit's holds the compilation
     times: dict[str, list[float]] = {side: [] for side in SIDES}
     cpu_times: dict[str, list[float]] = {side: [] for side in SIDES}
     losses: dict[str, list[float]] = {side: [] for side in SIDES}
@@ -249,11 +254,13 @@ def run_timing_child(size: str, precision: str, steps: int, warmup: int, hf_opti
         for side in (SIDES if i % 2 == 0 else SIDES[::-1]):
             start, start_cpu = time.perf_counter(), time.process_time()
             losses[side].append(sides[side]["step"]())
+            first_step.setdefault(side, time.perf_counter() - start)
             if i >= warmup:
                 times[side].append(time.perf_counter() - start)
                 cpu_times[side].append(time.process_time() - start_cpu)
     result: dict[str, Any] = {
         "times": times, "cpu_times": cpu_times, "losses": losses, "threads": torch.get_num_threads(),
+        "first_step": first_step,
         "optimizer": {side: sides[side]["optimizer"] for side in SIDES},
         "params": {side: sides[side]["params"] for side in SIDES},
     }
@@ -299,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step per side")
     parser.add_argument("--device", default="cpu",
                         help="torch device both sides run on (cpu, cuda, cuda:1 ...); memory processes: cpu only")
+    parser.add_argument("--compile", action="store_true",
+                        help="nlpkit side: torch.compile its layers (training.compile: true); prints the first step")
     parser.add_argument("--child", choices=("timing", "nlpkit", "transformers"), help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     sizes, precisions = options.sizes.split(","), options.precisions.split(",")
@@ -313,7 +322,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if options.child == "timing":
         print(json.dumps(run_timing_child(sizes[0], precisions[0], options.steps, options.warmup,
-                                          options.hf_optimizer, options.threads, options.profile, options.device)))
+                                          options.hf_optimizer, options.threads, options.profile, options.device,
+                                          compile=options.compile)))
         return
     if options.child:
         print(json.dumps(run_memory_child(options.child, sizes[0], precisions[0], options.warmup + 1,
@@ -327,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
         for precision in precisions:
             where = ["--sizes", size, "--precisions", precision, *common]
             runs = [run_child(__file__, ["--child", "timing", *where, *threads, "--device", options.device]
+                              + (["--compile"] if options.compile else [])
                               + (["--profile"] if options.profile and r == 0 else []))
                     for r in range(options.repeats)]
             times = {side: [t for run in runs for t in run["times"][side]] for side in SIDES}
@@ -351,6 +362,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  {side:12s} {runs[0]['params'][side] / 1e6:.2f}M params, {runs[0]['optimizer'][side]}\n"
                       f"  {'':12s} steps [{steps_text}] s (CPU time median {cpu_medians[side]:.3f} s)"
                       f"{mem_text}; loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+            if options.compile:
+                print(f"  nlpkit compiled (training.compile): first step {runs[0]['first_step']['nlpkit']:.1f} s "
+                      f"(compilation included), transformers' first {runs[0]['first_step']['transformers']:.1f} s")
             print(f"  ratio nlpkit/transformers: of medians {medians['nlpkit'] / medians['transformers']:.3f}, "
                   f"median of paired steps {paired:.3f}, of CPU-time medians {cpu_ratio:.3f}", flush=True)
             if options.profile:

@@ -89,7 +89,7 @@ def build_model(recipe: Recipe, registries: Registries, task: Task, config: Any)
         The model, and for a pretrained backbone what the run folder records of
         its source (folder, family, config.json), for export; else None.
     """
-    from nlpkit.finetuning import checkpoint_layers, freeze
+    from nlpkit.finetuning import checkpoint_layers, compile_layers, freeze
 
     section = recipe.backbone
     source = None
@@ -117,6 +117,8 @@ def build_model(recipe: Recipe, registries: Registries, task: Task, config: Any)
                  100 * trainable / total)
     if section.gradient_checkpointing:
         checkpoint_layers(model.backbone)
+    if recipe.training.compile:
+        compile_layers(model.backbone)
     frozen = freeze(model.backbone, section.freeze_embeddings, section.freeze_layers, section.freeze)
     if frozen:
         log.info("frozen: %d of %d backbone parameters", frozen, sum(p.numel() for p in model.backbone.parameters()))

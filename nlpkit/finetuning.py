@@ -1,4 +1,4 @@
-"""Fine-tuning controls: frozen parts, layer-wise learning-rate decay, gradient checkpointing.
+"""Fine-tuning controls: frozen parts, layer-wise learning-rate decay, gradient checkpointing, compiled layers.
 
 They work from the structure the three backbones share (parameter names
 ``embeddings.*``, ``layers.N.*``; ``layers`` module lists), so they apply to
@@ -20,7 +20,7 @@ from nlpkit.errors import NlpkitError
 if TYPE_CHECKING:
     from nlpkit.tasks import TaskModel
 
-__all__ = ["freeze", "layer_depths", "parameter_groups", "checkpoint_layers"]
+__all__ = ["freeze", "layer_depths", "parameter_groups", "checkpoint_layers", "compile_layers"]
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 _EMBEDDING = re.compile(r"(?:^|\.)embeddings\.|^token_embedding\.")
@@ -107,9 +107,33 @@ def checkpoint_layers(backbone: nn.Module) -> int:
         The number of layers wrapped.
     """
     wrapped = 0
-    for name, module in backbone.named_modules():
-        if isinstance(module, nn.ModuleList) and name.split(".")[-1] == "layers":
-            for layer in module:
-                layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
-                wrapped += 1
+    for layer in _layers(backbone):
+        layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
+        wrapped += 1
     return wrapped
+
+
+def compile_layers(backbone: nn.Module) -> int:
+    """Compiles each Transformer layer with ``torch.compile`` (``training.compile``), in place.
+
+    Layers, not the whole backbone: PyTorch's "regional compilation". A
+    stack's layers run the same code, so one compiled graph serves them all
+    and compile time does not grow with depth; embeddings, heads and the
+    decoding loop stay eager. ``nn.Module.compile`` keeps parameter names, so
+    checkpoints and exports are unaffected. Compilation happens in the first
+    step (``CompileTime`` reports how long it took).
+
+    Returns:
+        The number of layers compiled.
+    """
+    compiled = 0
+    for layer in _layers(backbone):
+        layer.compile()
+        compiled += 1
+    return compiled
+
+
+def _layers(backbone: nn.Module) -> list[nn.Module]:
+    """The Transformer layers of every stack (the ``layers`` module lists the three backbones share)."""
+    return [layer for name, module in backbone.named_modules()
+            if isinstance(module, nn.ModuleList) and name.split(".")[-1] == "layers" for layer in module]

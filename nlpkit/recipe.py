@@ -265,6 +265,8 @@ class TrainingSection:
     checkpoint_every_n_steps: int = 200
     # Average the weights of the last N epochs' ends into the run's model (instead of the best checkpoint).
     average_checkpoints: int | None = None
+    # torch.compile each Transformer layer (nlpkit.finetuning.compile_layers); the first step reports the time.
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -37,7 +37,6 @@ __all__ = ["Dropout", "Linear", "attention_with_dropout", "pack_for_cpu_inferenc
 # ---------------------------------------------------------------------------
 
 
-@functools.cache
 def _bernoulli_is_serial() -> bool:
     """Whether `Tensor.bernoulli_(p)` runs on one thread on this CPU.
 
@@ -57,9 +56,13 @@ def _bernoulli_is_serial() -> bool:
         return "intel" not in platform.processor().lower()
 
 
+# Read once at import: a constant, also to torch.compile (which would warn about tracing a cached function).
+_BERNOULLI_IS_SERIAL = _bernoulli_is_serial()
+
+
 def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
     """Boolean mask, True with probability `1 - p`, from the default generator."""
-    if device.type == "cpu" and _bernoulli_is_serial():
+    if device.type == "cpu" and _BERNOULLI_IS_SERIAL:
         # float32 uniforms have 24 random bits, the resolution of CUDA's own dropout.
         return torch.rand(shape, device=device) >= p
     return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1.0 - p)

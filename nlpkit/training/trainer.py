@@ -152,6 +152,10 @@ def _trainer(recipe: Recipe, run: RunFolder, resumed_recipe: dict[str, Any] | No
     # What --resume continues from: every N steps, mid-epoch too, and at every epoch end. Last in
     # the list, so that at an epoch end it saves what the other callbacks made of the epoch.
     callbacks.append(LatestCheckpoint(run.checkpoint_dir / LAST_CHECKPOINT, training.checkpoint_every_n_steps))
+    if training.compile:
+        from nlpkit.training.compile_time import CompileTime
+
+        callbacks.append(CompileTime())
     trainer = pl.Trainer(
         default_root_dir=run.path,
         max_epochs=training.epochs,

@@ -113,3 +113,39 @@ def test_gradient_checkpointing_gives_the_same_gradients(kind):
 def test_gradient_checkpointing_from_the_recipe(sentiment_recipe):
     result = nlpkit.run(sentiment_recipe, ["backbone.gradient_checkpointing=true", "training.epochs=2"])
     assert result.metrics["val_accuracy"] >= 0.8
+
+
+@pytest.mark.slow
+def test_compiled_layers_give_the_same_outputs_and_gradients():
+    from nlpkit.finetuning import compile_layers
+
+    torch.manual_seed(0)
+    config = dataclasses.replace(PRESETS["decoder-tiny"](), vocab_size=50, hidden_size=32, num_heads=2,
+                                 intermediate_size=64, num_layers=3, dropout=0.0, attention_dropout=0.0)
+    eager, compiled = build_backbone(config).train(), build_backbone(config).train()
+    compiled.load_state_dict(eager.state_dict())
+    assert compile_layers(compiled) == 3
+    ids = torch.randint(1, 50, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    results = []
+    for model in (eager, compiled):
+        out = model(ids, attention_mask=mask).last_hidden_state
+        out.pow(2).sum().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    for name, grad in results[0][1].items():  # float32 rounding, in another order of sums
+        assert (results[1][1][name] - grad).abs().max() <= 1e-5 * grad.abs().max(), name
+    # Names stay those of the eager model: checkpoints and exports cannot tell the difference.
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    assert all(layer._compiled_call_impl is not None for layer in compiled.layers)
+
+
+@pytest.mark.slow
+def test_training_compile_from_the_recipe_reports_the_compile_time(sentiment_recipe, caplog):
+    with caplog.at_level("INFO", logger="nlpkit"):
+        result = nlpkit.run(sentiment_recipe, ["training.compile=true", "training.epochs=2"])
+    assert result.metrics["val_accuracy"] >= 0.8
+    assert any(r.getMessage().startswith("training.compile: about ") for r in caplog.records)
+    loaded = nlpkit.load(result.run_dir)  # the run's weights under their usual names
+    assert len(loaded.predict([{"text": "a fine film"}])) == 1

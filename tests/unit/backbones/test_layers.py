@@ -17,7 +17,7 @@ from nlpkit.backbones import BackboneConfig, Encoder, cpu, layers
 
 @pytest.mark.parametrize("serial", [True, False])
 def test_dropout_matches_torch_distribution_and_scaling(serial: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cpu, "_bernoulli_is_serial", lambda: serial)
+    monkeypatch.setattr(cpu, "_BERNOULLI_IS_SERIAL", serial)
     torch.manual_seed(0)
     dropout = cpu.Dropout(0.1).train()
     x = torch.randn(1000, 1000, requires_grad=True)
