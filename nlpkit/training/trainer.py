@@ -331,8 +331,13 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
             log.info("the run's model: the average of %d checkpoints", len(recent.best_k_models))
             best = None
         metrics: dict[str, float] = {}
-        for results in trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False):
-            metrics.update(results)
+        if best is not None and _last_validation_saved_best(trainer, checkpoint):
+            # The model holds the best checkpoint's weights, and the validation that saved it scored them:
+            # a second pass would give the same numbers (5.5 s of an 8,000-row SST-2 job).
+            metrics.update({name: value for name, value in trainer.callback_metrics.items() if name.startswith("val_")})
+        else:
+            for results in trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False):
+                metrics.update(results)
         if "test" in inputs.splits:
             for results in trainer.test(module, datamodule=datamodule, verbose=False):
                 metrics.update(results)
@@ -354,6 +359,18 @@ def train(recipe: Recipe, plugin_set: PluginSet, resume: str | Path | None = Non
     if trainer.is_global_zero and recipe.report:
         _write_report(run, plugin_set)
     return RunResult(run.path, metrics, primary=trainer.is_global_zero)
+
+
+def _last_validation_saved_best(trainer: Any, checkpoint: Any) -> bool:
+    """Whether the best checkpoint was written at the last optimizer step, so the model in memory is that one.
+
+    ``ModelCheckpoint`` records where and at which step it last saved (on every
+    process alike, so all of them decide the same). With ``save_top_k=1`` it
+    saves only a new best, at the end of a validation. A resumed run that has
+    not improved since has no record: it validates from the checkpoint.
+    """
+    return (getattr(checkpoint, "_last_global_step_saved", -1) == trainer.global_step
+            and getattr(checkpoint, "_last_checkpoint_saved", None) == checkpoint.best_model_path)
 
 
 def _write_predictions(run: RunFolder, task: Any, model: Any, validation: Any, recipe: Recipe, trainer: Any) -> None:

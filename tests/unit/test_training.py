@@ -168,6 +168,25 @@ def test_best_checkpoint_is_the_one_reported(sentiment_recipe):
     assert result.metrics["val_accuracy"] == pytest.approx(best, abs=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_the_best_model_is_validated_again_only_when_training_went_past_it(sentiment_recipe, monkeypatch, mode):
+    # Monitoring the loss for its minimum, the last of 3 epochs is (almost surely) the best; for its maximum, the
+    # first. Either way the reported scores are the best epoch's; a second validation pass runs only where the model
+    # in memory trained past the best checkpoint.
+    import pytorch_lightning as pl
+
+    passes = []
+    validate = pl.Trainer.validate
+    monkeypatch.setattr(pl.Trainer, "validate", lambda self, *a, **k: passes.append(1) or validate(self, *a, **k))
+    result = nlpkit.run(sentiment_recipe, ["training.monitor=val_loss", f"training.monitor_mode={mode}"])
+    val_rows = [row for row in history(result.run_dir) if row.get("val_loss")]  # a second pass adds a row
+    losses = [float(row["val_loss"]) for row in val_rows[:3]]
+    best = losses.index((min if mode == "min" else max)(losses))  # a tie keeps the earlier checkpoint
+    assert len(passes) == (0 if best == 2 else 1) and len(val_rows) == 3 + len(passes)
+    for name in ("val_loss", "val_accuracy"):
+        assert result.metrics[name] == pytest.approx(float(val_rows[best][name]), abs=1e-6)
+
+
 def test_accumulation_and_max_steps_count_optimizer_steps(sentiment_recipe):
     # 240 examples / batch 16 = 15 batches an epoch; accumulating 5 gives 3 optimizer steps an epoch.
     result = nlpkit.run(sentiment_recipe, ["training.epochs=2", "optimization.accumulate_grad_batches=5"])
