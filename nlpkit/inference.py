@@ -265,7 +265,7 @@ class LoadedModel:
         import pytorch_lightning as pl
         from torch.utils.data import DataLoader
 
-        from nlpkit.data import load_splits, select_task_columns
+        from nlpkit.data import evaluation_order, load_splits, select_task_columns
         from nlpkit.training.module import TaskModule
         from nlpkit.training.trainer import quiet_lightning
 
@@ -284,7 +284,9 @@ class LoadedModel:
         splits = select_task_columns(load_splits(section, formats), section, type(self.task))
         self.task.check_split(str(path), splits["test"])
         quiet_lightning()
-        loader = DataLoader(self.task.prepare(splits["test"]), batch_size=batch_size, collate_fn=self.task.collate)
+        features = self.task.prepare(splits["test"])
+        order = evaluation_order([self.task.feature_length(f) for f in features])  # as training's validation
+        loader = DataLoader(features, batch_size=batch_size, sampler=order, collate_fn=self.task.collate)
         trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
         (results,) = trainer.test(TaskModule(self.task, self.model), dataloaders=loader, verbose=False)
         return {key.removeprefix("test_"): float(value) for key, value in results.items()}

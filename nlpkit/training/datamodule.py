@@ -11,7 +11,7 @@ from typing_extensions import override
 
 import torch
 
-from nlpkit.data import BatchedFeatures, EpochSampler, LengthGroupedSampler, token_budget_batches
+from nlpkit.data import BatchedFeatures, EpochSampler, LengthGroupedSampler, evaluation_order, token_budget_batches
 from nlpkit.recipe import TrainingSection
 from nlpkit.tasks import Task
 
@@ -145,6 +145,10 @@ class TaskDataModule(pl.LightningDataModule):
                 sampler = EpochSampler(len(features), size, seed=self.training.seed)
             if self._resume is not None:
                 sampler.resume(self._resume["epoch"], self._resume["batches"])
+        order: list[int] | None = None
+        if not train and self._whole(split):
+            # Not under limit_val/test_batches, which must keep taking the split's first batches.
+            order = evaluation_order([self.task.feature_length(f) for f in features])
         arguments: dict[str, Any] = {}
         loader: type[DataLoader] = DataLoader
         if train and self.trainer is not None and type(self.task).target_tokens is not Task.target_tokens:
@@ -155,7 +159,7 @@ class TaskDataModule(pl.LightningDataModule):
         return loader(
             features,
             batch_size=batch_size,
-            sampler=sampler,
+            sampler=sampler if sampler is not None else order,
             collate_fn=self.task.collate,
             num_workers=self.training.num_workers,
             persistent_workers=self.training.num_workers > 0,
@@ -164,6 +168,13 @@ class TaskDataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(self.training.seed),
             **arguments,
         )
+
+    def _whole(self, split: str) -> bool:
+        """Whether the trainer evaluates all of ``split`` (no ``limit_val_batches`` / ``limit_test_batches``)."""
+        if self.trainer is None:
+            return True
+        limit = self.trainer.limit_test_batches if split == "test" else self.trainer.limit_val_batches
+        return isinstance(limit, float) and limit == 1.0
 
     @override
     def state_dict(self) -> dict[str, int]:

@@ -52,6 +52,9 @@ def test_a_lora_run_trains_only_adapters_and_head_then_loads_merged_and_exports(
 
     model = nlpkit.load(result.run_dir)
     assert not any("lora_" in name for name, _ in model.model.named_parameters())  # merged at load
+    # The merged layers are plain Linears again, so they take the packed fast path like any loaded model.
+    attention = model.model.backbone.layers[0].attention
+    assert attention.query.weight.is_mkldnn and attention.value.weight.is_mkldnn
     rows = tiny_classification_rows(3, 5)
     batch = model.task.collate(model.features({"text": [r["text"] for r in rows]}))
     # The unmerged run: the base backbone with its adapters applied, the trained weights loaded.

@@ -144,6 +144,36 @@ def test_group_by_length_batches_examples_of_similar_length_and_serves_each_once
     assert grouped < at_random / 5
 
 
+@pytest.mark.parametrize("limit", [None, 2])
+def test_validation_batches_in_order_of_length_unless_limited(tmp_path, monkeypatch, limit):
+    from nlpkit_classification import Classification
+
+    rng = random.Random(0)
+    rows = [{"text": " ".join(rng.choice(POSITIVE + NEUTRAL) for _ in range(rng.randint(1, 20))), "label": i % 2}
+            for i in range(64)]
+    data = {"train": str(write_csv(tmp_path / "train.csv", rows)), "validation": str(write_csv(tmp_path / "dev.csv", rows))}
+    seen: list[list[int]] = []
+    forward = Classification.forward
+
+    def spy(self, model, batch):
+        if not model.training:
+            seen.append(batch["attention_mask"].sum(-1).tolist())  # each example's length, as batched
+        return forward(self, model, batch)
+
+    monkeypatch.setattr(Classification, "forward", spy)
+    overrides = ["training.epochs=1"] + ([f"trainer.limit_val_batches={limit}"] if limit else [])
+    nlpkit.run(tiny_recipe(tmp_path, data=data, tokenizer={"max_length": 64}), overrides)
+    # The epoch's validation comes first (the report's predictions, which batch by length themselves, after it).
+    if limit is None:
+        # Every example once, shortest first: each batch pads little.
+        lengths = [n for batch in seen for n in batch][: len(rows)]
+        assert lengths == sorted(lengths) and lengths != sorted(lengths, reverse=True)
+    else:
+        # A limit keeps taking the split's first batches, in file order (the report's predictions do too).
+        lengths = [n for batch in seen[:limit] for n in batch]
+        assert len(lengths) == limit * 16 and lengths != sorted(lengths)
+
+
 def test_same_seed_same_weights(sentiment_recipe):
     sentiment_recipe["tokenizer"]["train"] = "bpe"  # deterministic training (WordPiece's is not upstream)
     first = nlpkit.run(sentiment_recipe, ["training.epochs=1"])
