@@ -544,9 +544,13 @@ def _unigram_pipeline(
     T5 and XLM-R (tokenization_t5.py, tokenization_xlm_roberta.py): SentencePiece's
     compiled normaliser, split on whitespace, "▁" before each word; the unknown
     token at the class's fixed id (T5 2, XLM-R 3). DeBERTa-v2
-    (tokenization_deberta_v2.py) ignores the compiled normaliser: whitespace
-    runs, tabs and newlines become one space, NFC, right strip, optional
-    lower-casing and punctuation splitting; its unknown token is found by name.
+    (tokenization_deberta_v2.py, transformers 5.25 on): optional lower-casing,
+    then SentencePiece's compiled normaliser (NFKC: "²" reads as "2", "ﬁ" as
+    "fi", as the SentencePiece model the checkpoint was trained with reads them),
+    right strip and runs of spaces to one; without a compiled normaliser,
+    whitespace runs, tabs and newlines to one space, NFC and right strip (what
+    transformers 5.0-5.24 did in every case); optional punctuation splitting;
+    its unknown token is found by name.
     """
     if family == "t5":
         return _metaspace_unigram(charsmap, vocab, 2, prepend_scheme="always")
@@ -556,8 +560,12 @@ def _unigram_pipeline(
     unk_id = vocab.index((unk, 0.0)) if (unk, 0.0) in vocab else 1  # DebertaV2Tokenizer's lookup and default
     backend = tokenizers.Tokenizer(models.Unigram(vocab, unk_id=unk_id, byte_fallback=False))
     steps: list[normalizers.Normalizer] = [normalizers.Lowercase()] if config.get("do_lower_case", False) else []
-    steps += [normalizers.Replace(Regex(r"\s{2,}|[\n\r\t]"), " "), normalizers.NFC(),
-              normalizers.Strip(left=False, right=True)]  # fmt: skip
+    if charsmap:
+        steps += [normalizers.Precompiled(charsmap), normalizers.Strip(left=False, right=True),
+                  normalizers.Replace(Regex(r" {2,}"), " ")]  # fmt: skip
+    else:
+        steps += [normalizers.Replace(Regex(r"\s{2,}|[\n\r\t]"), " "), normalizers.NFC(),
+                  normalizers.Strip(left=False, right=True)]  # fmt: skip
     backend.normalizer = normalizers.Sequence(steps)
     prepend_scheme = "always" if config.get("add_prefix_space", True) else "first"
     splits: list[pre_tokenizers.PreTokenizer] = []

@@ -602,8 +602,9 @@ def from_pretrained(path: str | Path, max_length: int | None = None) -> Tokenize
       <unk>``, pieces shifted by one, ``<mask>`` last), RoBERTa template.
     - ``spm.model`` (DeBERTa-v2 / v3, mDeBERTa): SentencePiece unigram, the
       pieces' own ids (``[PAD] [CLS] [SEP] [UNK]`` first, ``[MASK]`` added
-      last), normalised as transformers' ``DebertaV2Tokenizer`` does (runs of
-      whitespace to one space, NFC; not the model's own normaliser), honours
+      last), normalised as transformers' ``DebertaV2Tokenizer`` does since
+      5.25 (the model's own compiled normaliser, as SentencePiece applies
+      it, then runs of spaces to one), honours
       ``do_lower_case`` and ``split_by_punct``; ``[CLS] A [SEP] B [SEP]``
       with type ids 0 and 1.
     - ``source.spm`` + ``target.spm`` + ``vocab.json`` (Marian): the source

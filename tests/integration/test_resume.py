@@ -283,14 +283,16 @@ def test_resume_refuses_another_recipe_and_trains_longer_keeping_the_history(tra
     rows_before = history(folder)
     assert main(["run", str(trained[1]), "training.epochs=2", "--resume", str(folder)]) == 0
     rows = history(folder)
-    # The first epoch's rows stay (the finished run's closing validation, logged after its last
-    # checkpoint, makes way for the second epoch's rows and a new one); then the second epoch's.
-    assert rows[: len(rows_before) - 1] == rows_before[:-1]
+    # The finished run's rows stay: its one validation saved its best checkpoint, so it closed without
+    # validating again (train() kept that validation's scores). Then the second epoch's rows.
+    assert rows[: len(rows_before)] == rows_before
+    validations = [row for row in rows if "val_loss" in row]
+    improved = float(validations[1]["val_loss"]) < float(validations[0]["val_loss"])
     # (Rows without an epoch are LearningRateMonitor's learning rates.)
-    epochs = [row["epoch"] for row in rows[len(rows_before) - 1 :] if "epoch" in row]
-    assert set(epochs[:-1]) == {"1"} and epochs[-1] == "2"  # the second epoch's rows, the closing validation
-    # One validation row each: epoch 0's, epoch 1's, the closing one (not the first run's closing one again).
-    assert [row["epoch"] for row in rows if "val_loss" in row] == ["0", "1", "2"]
+    epochs = [row["epoch"] for row in rows[len(rows_before) :] if "epoch" in row]
+    closing = [] if improved else ["2"]  # a closing validation from best.ckpt only if epoch 1 did not improve
+    assert set(epochs) - set(closing) == {"1"}
+    assert [row["epoch"] for row in validations] == ["0", "1", *closing]
     assert yaml.safe_load((folder / "recipe.yaml").read_text())["training"]["epochs"] == 2
 
 
@@ -307,9 +309,11 @@ def test_samples_of_a_resumed_run_are_the_whole_runs(tmp_path):
     run_dir = nlpkit.run(recipe).run_dir
     steps = lambda: [line for line in (run_dir / "samples.txt").read_text().splitlines() if line.startswith("step ")]
     first = steps()
-    assert len(first) == 2  # the epoch's validation, the closing one
+    assert len(first) == 1  # the epoch's validation, which saved the best checkpoint: no closing one
     nlpkit.run(recipe, ["training.epochs=2"], resume=run_dir)
-    assert steps()[:1] == first[:1] and len(steps()) == 3
+    losses = [float(row["val_loss"]) for row in history(run_dir) if "val_loss" in row]
+    closing = 0 if losses[1] < losses[0] else 1  # from best.ckpt, only where the second epoch did not improve
+    assert steps()[:1] == first and len(steps()) == 2 + closing
 
 
 def test_a_moved_run_folder_resumes_in_its_new_place(trained, tmp_path):

@@ -312,3 +312,18 @@ def test_spm_model_found_by_its_file_name(tmp_path: Path) -> None:
         (tmp_path / name).unlink()
     ours = from_pretrained(tmp_path)
     assert ours.special_tokens["cls"] == "[CLS]" and ours.encode("a").ids[0] == ours.token_id("cls")
+
+
+@pytest.mark.parametrize("layout", ["spm.model", "tokenizer.json"])
+def test_deberta_pieces_are_sentencepieces_own(layout: str, tmp_path: Path) -> None:
+    """DeBERTa-v2/v3 text is segmented as its SentencePiece model segments it, normaliser included (NFKC: "²" as
+    "2", "ﬁ" as "fi"), whichever transformers release is installed: the model was trained on those pieces."""
+    sentencepiece = pytest.importorskip("sentencepiece")
+    reference, folder = tmp_path / "spm", tmp_path / "under-test"
+    reference.mkdir(), folder.mkdir()
+    deberta_v2(reference, "spm.model")
+    deberta_v2(folder, layout)  # the same model (a deterministic training), as spm.model or its tokenizer.json
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(reference / "spm.model"))
+    ours = from_pretrained(folder)
+    for text in [*ENCODER_TEXTS[2:], *ROUND_TRIP_TEXTS, "x² + y² = z², α β γ"]:
+        assert ours.encode(text, add_special_tokens=False).ids == processor.encode(text), text
