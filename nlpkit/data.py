@@ -430,7 +430,8 @@ def evaluation_order(lengths: Sequence[int]) -> list[int]:
 
     A batch pads to its longest example, and the metrics add up over examples
     in any order (SST-2 dev, MiniLM in bf16: 5.6 s a validation pass in file
-    order, 3.1 s sorted). A loss that is a mean over each batch's tokens
+    order under a profiler; the report's predictions over the same split, in
+    this order, 3.1 s). A loss that is a mean over each batch's tokens
     depends on how examples are batched, so training's validation and
     ``evaluate`` batch alike.
     """
