@@ -114,23 +114,42 @@ def checkpoint_layers(backbone: nn.Module) -> int:
 
 
 def compile_layers(backbone: nn.Module) -> int:
-    """Compiles each Transformer layer with ``torch.compile`` (``training.compile``), in place.
+    """Compiles each Transformer layer's training forward pass with ``torch.compile`` (``training.compile``).
 
     Layers, not the whole backbone: PyTorch's "regional compilation". A
     stack's layers run the same code, so one compiled graph serves them all
-    and compile time does not grow with depth; embeddings, heads and the
-    decoding loop stay eager. ``nn.Module.compile`` keeps parameter names, so
-    checkpoints and exports are unaffected. Compilation happens in the first
-    step (``CompileTime`` reports how long it took).
+    and compile time does not grow with depth; embeddings and heads stay
+    eager. Only training steps take the compiled path: validation and
+    generation run the layers eagerly, where a decoding loop's growing cache
+    would make torch compile again at every step until it gave up. Parameter
+    names do not change, so checkpoints and exports are unaffected.
+    Compilation happens in the first steps (``CompileTime`` reports how long
+    it took).
 
     Returns:
         The number of layers compiled.
     """
+    import torch
+
     compiled = 0
     for layer in _layers(backbone):
-        layer.compile()
+        layer.forward = _TrainingForward(layer, torch.compile(layer.forward), layer.forward)
         compiled += 1
     return compiled
+
+
+class _TrainingForward:
+    """A layer's ``forward``: the compiled one while training with gradients, the eager one otherwise."""
+
+    def __init__(self, layer: nn.Module, compiled: Any, eager: Any) -> None:
+        self.layer, self.compiled, self.eager = layer, compiled, eager
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        if self.layer.training and torch.is_grad_enabled():
+            return self.compiled(*args, **kwargs)
+        return self.eager(*args, **kwargs)
 
 
 def _layers(backbone: nn.Module) -> list[nn.Module]:
