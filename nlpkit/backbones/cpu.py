@@ -7,8 +7,8 @@ the CPU, for speed only, and is pinned to the formula it stands in for by
 `tests/unit/backbones/test_layers.py`:
 
 - `Dropout` keeps a 1-byte boolean mask for backward instead of torch's
-  float noise and, on CPUs where `bernoulli_` runs serially, draws it with
-  `torch.rand` (`_keep_mask`).
+  float noise and, on CPUs where `bernoulli_` runs serially, draws it as
+  16-bit random numbers, two from each 32-bit draw (`_keep_mask`).
 - `attention_with_dropout` is SDPA's CPU `math` path (the only one with
   dropout) with both scales inside the matmuls, a plain softmax and the same
   boolean dropout mask.
@@ -23,6 +23,7 @@ Other devices, and the cases each docstring names, use torch's own kernels.
 from __future__ import annotations
 
 import functools
+import math
 import platform
 from typing import Any
 
@@ -63,8 +64,12 @@ _BERNOULLI_IS_SERIAL = _bernoulli_is_serial()
 def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
     """Boolean mask, True with probability `1 - p`, from the default generator."""
     if device.type == "cpu" and _BERNOULLI_IS_SERIAL:
-        # float32 uniforms have 24 random bits, the resolution of CUDA's own dropout.
-        return torch.rand(shape, device=device) >= p
+        # torch's CPU random kernels run on one thread, one draw of 32 random bits per element: here each
+        # draw makes two 16-bit numbers, half the draws of `torch.rand(shape) >= p` (a million mask
+        # elements: 2.3 against 4.3 ms). p is kept to 1/65536 (0.1 drops 0.100006 of the elements).
+        count = math.prod(shape)
+        bits = torch.empty((count + 1) // 2, dtype=torch.int32, device=device).random_(-(2**31), 2**31)
+        return (bits.view(torch.int16)[:count] >= round(p * 65536) - 32768).view(shape)
     return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1.0 - p)
 
 
