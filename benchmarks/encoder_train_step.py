@@ -108,8 +108,8 @@ def _batch(torch: Any, batch_size: int = BATCH, device: str = "cpu") -> dict[str
     return {name: tensor.to(device) for name, tensor in batch.items()}
 
 
-def _build_nlpkit(size: str, precision: str, device: str = "cpu", compile: bool = False) -> tuple[Any, Any, Any, str]:
-    """nlpkit Encoder + the classification plugin's head, and TaskModule's optimizer; `compile`: training.compile."""
+def _build_nlpkit(size: str, precision: str, device: str = "cpu", compiled: bool = False) -> tuple[Any, Any, Any, str]:
+    """nlpkit Encoder + the classification plugin's head, and TaskModule's optimizer; `compiled`: training.compile."""
     from nlpkit_classification import Classification, ClassificationOptions
 
     from nlpkit.backbones import BackboneConfig, Encoder
@@ -126,7 +126,7 @@ def _build_nlpkit(size: str, precision: str, device: str = "cpu", compile: bool 
     task = Classification(ClassificationOptions(dropout=DROPOUT), tokenizer=None)
     task.load_state({"labels": [str(i) for i in range(NUM_LABELS)]})
     model = TaskModel(Encoder(config), task.build_head(config)).to(device)
-    if compile:
+    if compiled:
         from nlpkit.finetuning import compile_layers
 
         compile_layers(model.backbone)  # what `training.compile: true` does
@@ -198,13 +198,13 @@ def _describe(optimizer: Any) -> str:
 
 
 def _build(side: str, size: str, precision: str, hf_optimizer: str, device: str = "cpu",
-           batch_size: int = BATCH, compile: bool = False) -> dict[str, Any]:
+           batch_size: int = BATCH, compiled: bool = False) -> dict[str, Any]:
     """Builds one side on `device` and returns its step function and a description."""
     import torch
 
     torch.manual_seed(0)
     if side == "nlpkit":
-        model, optimizer, loss_fn, optimizer_text = _build_nlpkit(size, precision, device, compile)
+        model, optimizer, loss_fn, optimizer_text = _build_nlpkit(size, precision, device, compiled)
     else:
         model, optimizer, loss_fn, optimizer_text = _build_transformers(size, precision, hf_optimizer, device)
     model.train()
@@ -237,14 +237,14 @@ def _import_everything() -> float:
 
 def run_timing_child(size: str, precision: str, steps: int, warmup: int, hf_optimizer: str,
                      threads: int | None, profile: bool, device: str = "cpu",
-                     batch_size: int = BATCH, compile: bool = False) -> dict[str, Any]:
+                     batch_size: int = BATCH, compiled: bool = False) -> dict[str, Any]:
     """Builds both sides in this process on `device` and alternates their steps; returns the step times."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     _import_everything()
-    sides = {side: _build(side, size, precision, hf_optimizer, device, batch_size, compile) for side in SIDES}
+    sides = {side: _build(side, size, precision, hf_optimizer, device, batch_size, compiled) for side in SIDES}
     first_step: dict[str, float] = {}  # with --compile, nlpkit's holds the compilation
     times: dict[str, list[float]] = {side: [] for side in SIDES}
     cpu_times: dict[str, list[float]] = {side: [] for side in SIDES}
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     if options.child == "timing":
         print(json.dumps(run_timing_child(sizes[0], precisions[0], options.steps, options.warmup,
                                           options.hf_optimizer, options.threads, options.profile, options.device,
-                                          compile=options.compile)))
+                                          compiled=options.compile)))
         return
     if options.child:
         print(json.dumps(run_memory_child(options.child, sizes[0], precisions[0], options.warmup + 1,

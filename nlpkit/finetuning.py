@@ -128,9 +128,23 @@ def compile_layers(backbone: nn.Module) -> int:
 
     Returns:
         The number of layers compiled.
+
+    Raises:
+        NlpkitError: no CUDA and no working C++ compiler, which torch.compile's
+            CPU backend needs: said before training, not as a traceback at its
+            first step.
     """
     import torch
 
+    if not torch.cuda.is_available():
+        from torch._inductor import cpp_builder  # private: the search Inductor itself runs before compiling
+
+        try:
+            cpp_builder.get_cpp_compiler()
+        except Exception as error:  # InvalidCxxCompiler, or whatever a broken toolchain raises
+            raise NlpkitError(f"training.compile: torch.compile needs a working C++ compiler on the CPU and found "
+                              f"none ({type(error).__name__}; set CXX to one, install g++, or set training.compile: "
+                              f"false)") from None
     compiled = 0
     for layer in _layers(backbone):
         layer.forward = _TrainingForward(layer, torch.compile(layer.forward), layer.forward)

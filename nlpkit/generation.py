@@ -341,9 +341,9 @@ def _ban_repeated_ngrams(scores: Tensor, history: Tensor, n: int) -> Tensor:
 def _cache_dtype(model: nn.Module, device: torch.device) -> torch.dtype:
     from nlpkit.backbones.cache import kv_cache_dtype
 
-    if torch.is_autocast_enabled(device.type):
-        return torch.get_autocast_dtype(device.type)
-    return kv_cache_dtype(next(model.parameters()).dtype, device)
+    autocast = torch.is_autocast_enabled(device.type)
+    compute = torch.get_autocast_dtype(device.type) if autocast else next(model.parameters()).dtype
+    return kv_cache_dtype(compute, device)
 
 
 class _DecoderSteps:

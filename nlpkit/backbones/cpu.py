@@ -351,8 +351,8 @@ def pack_for_cpu_inference(model: nn.Module, release: bool = False) -> int:
     linears = [module for module in model.modules() if isinstance(module, Linear)]
     if not release:
         return sum(module.pack() for module in linears)
-    alone = [module for module in linears if uses[id(module.weight)] == 1]
-    packed = sum(module.pack(release=True) for module in alone)
+    shared = [module for module in linears if uses[id(module.weight)] > 1]
+    packed = sum(module.pack(release=True) for module in linears if uses[id(module.weight)] == 1)
     if packed:
         # Before the shared weights get their packed copies: the copy moves them, and a packed copy
         # remembers the address of the weight it was made from (it would read as stale and go unused).
@@ -360,8 +360,7 @@ def pack_for_cpu_inference(model: nn.Module, release: bool = False) -> int:
     # A shared weight's packed copy is a second copy: worth it in bfloat16 only, where the dense product is
     # 2x slower (GPT-2's tied head at one row: 5.5 against 2.8 ms); float32 multiplies few rows weight-first
     # about as fast as packed (6.0 against 5.8 ms), so there a copy would cost 150 MB for nothing.
-    return packed + sum(module.pack() for module in linears
-                        if module not in alone and module.weight.dtype == torch.bfloat16)
+    return packed + sum(module.pack() for module in shared if module.weight.dtype == torch.bfloat16)
 
 
 def _copy_out_of_mapped_files(model: nn.Module) -> None:

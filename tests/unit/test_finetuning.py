@@ -162,3 +162,15 @@ def test_training_compile_from_the_recipe_reports_the_compile_time(sentiment_rec
     assert any(r.getMessage().startswith("training.compile: about ") for r in caplog.records)
     loaded = nlpkit.load(result.run_dir)  # the run's weights under their usual names
     assert len(loaded.predict([{"text": "a fine film"}])) == 1
+
+
+def test_training_compile_without_a_cpu_compiler_is_a_one_line_error(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    from nlpkit.finetuning import compile_layers
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only machine
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/g++"))
+    with pytest.raises(NlpkitError, match=r"^training\.compile: torch\.compile needs a working C\+\+ compiler") as caught:
+        compile_layers(tiny("decoder"))
+    assert "\n" not in str(caught.value)
