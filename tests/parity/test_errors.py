@@ -187,8 +187,23 @@ def test_untied_head_missing_from_a_base_class_folder_starts_fresh(tmp_path: Pat
     del state["lm_head.weight"]
     save_file(state, folder / "model.safetensors")
     assert load_checkpoint(folder).fresh == ["lm_head.weight"]
-    from_pretrained(folder)
+    head = dict(from_pretrained(folder).named_parameters())["lm_head.weight"]
     assert "random initialisation" in caplog.text
+    assert 0.01 < float(head.std()) < 0.03  # drawn as init_weights draws it (N(0, 0.02)), not left as allocated
+
+
+def test_loading_a_folder_draws_no_random_numbers(tmp_path: Path) -> None:
+    # Every weight comes from the folder, so none is drawn first: the user's seeded stream is untouched.
+    folder = _folder(tmp_path, LLAMA, "llama")
+    torch.manual_seed(0)
+    loaded = from_pretrained(folder)
+    after_loading = torch.rand(8)
+    torch.manual_seed(0)
+    assert torch.equal(after_loading, torch.rand(8))
+    saved = load_file(folder / "model.safetensors")
+    assert torch.equal(dict(loaded.named_parameters())["layers.0.attention.query.weight"],
+                       saved["layers.0.self_attn.q_proj.weight"])
+    assert float(torch.nn.init.normal_(torch.zeros(1000)).std()) > 0.5  # torch's init works again afterwards
 
 
 # ---------------------------------------------------------------------------
