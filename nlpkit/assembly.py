@@ -28,6 +28,7 @@ from typing import Any
 
 from nlpkit import tokenization
 from nlpkit.backbones.config import BackboneConfig
+from nlpkit.backbones.layers import initialisation_skipped
 from nlpkit.errors import NlpkitError
 from nlpkit.recipe import Recipe, load_recipe
 from nlpkit.registry import Registries
@@ -249,8 +250,9 @@ def restore(run: RunFolder, registries: Registries) -> Restored:
     recipe.source = str(run.path / "recipe.yaml")
     task, config = restore_task(run, recipe, registries)
     if recipe.peft is None:
-        model = TaskModel(registries.backbone_kinds.get(config.kind)(config), task.build_head(config),
-                          task.renamed_weights)
+        with initialisation_skipped():  # the strict load below replaces every weight
+            model = TaskModel(registries.backbone_kinds.get(config.kind)(config), task.build_head(config),
+                              task.renamed_weights)
         run.load_weights(model)
         return Restored(recipe, task, model.eval())
     from nlpkit.adapters import apply_adapters, base_weight_names, merge_adapters

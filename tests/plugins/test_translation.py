@@ -87,7 +87,9 @@ def test_parallel_errors_name_file_and_line(tmp_path, case, expected):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("translation")
-    recipe = translation_recipe(tmp_path, training={"epochs": 8})
+    # 12 epochs, not fewer: this toy model's start depends on the seed's random stream, and some streams
+    # (seed 0 with 2026-12-04's dropout masks) are still at BLEU 0 after 8 epochs, then learn (86.6 at 12).
+    recipe = translation_recipe(tmp_path, training={"epochs": 12})
     recipe["data"]["train"] = str(write_parallel(tmp_path, "train", pairs(800, 1)))
     return nlpkit.run(recipe), recipe
 

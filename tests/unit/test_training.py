@@ -181,6 +181,13 @@ def test_same_seed_same_weights(sentiment_recipe):
     a, b = load_file(first.run_dir / "model.safetensors"), load_file(second.run_dir / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert first.metrics == second.metrics
+    # Loading the run draws none of the weights it replaces: the seeded stream is untouched, the weights are the file's.
+    torch.manual_seed(0)
+    loaded = nlpkit.load(first.run_dir)
+    after_loading = torch.rand(8)
+    torch.manual_seed(0)
+    assert torch.equal(after_loading, torch.rand(8))
+    assert all(torch.equal(tensor, a[name]) for name, tensor in loaded.model.state_dict().items())
 
 
 def test_early_stopping_ends_training_before_the_last_epoch(sentiment_recipe):

@@ -37,7 +37,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ from nlpkit.backbones.checkpoints._common import (
     read_weights,
 )
 from nlpkit.backbones.config import BackboneConfig
+from nlpkit.backbones.layers import initialisation_skipped
 from nlpkit.errors import NlpkitError
 from nlpkit.registry import Registries, Registry
 
@@ -339,34 +340,6 @@ def from_pretrained(path: str | Path, dtype: torch.dtype | str | None = None, *,
     return build_from_checkpoint(load_checkpoint(path, registries=registries), dtype)
 
 
-# The `torch.nn.init` functions modules initialise their weights with (`reset_parameters`, `init_weights`).
-_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
-                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
-                   "sparse_")
-
-
-@contextlib.contextmanager
-def _initialisation_skipped() -> Iterator[None]:
-    """Modules built inside keep their weights as allocated (uninitialised memory) instead of drawing them.
-
-    The `torch.nn.init` functions do nothing meanwhile, as in `transformers`'
-    `no_init_weights`, which its `from_pretrained` builds models inside.
-    Buffers computed from the config (sinusoidal tables) are still made.
-    """
-    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
-    try:
-        for name in _INIT_FUNCTIONS:
-            setattr(nn.init, name, _leave_as_is)
-        yield
-    finally:
-        for name, function in saved.items():
-            setattr(nn.init, name, function)
-
-
-def _leave_as_is(tensor: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-    return tensor
-
-
 def build_from_checkpoint(loaded: LoadedCheckpoint, dtype: torch.dtype | str | None = None) -> nn.Module:
     """The backbone module of a checkpoint already read with `load_checkpoint` (see `from_pretrained`)."""
     target = _resolve_dtype(dtype, loaded.hf_config)
@@ -374,7 +347,7 @@ def build_from_checkpoint(loaded: LoadedCheckpoint, dtype: torch.dtype | str | N
     # a 4.4 s load on 2 cores), unless the folder lacks one, which keeps its initialisation (BART's missing
     # bias is a buffer of zeros, made as such).
     uninitialised = set(loaded.fresh) <= {"final_logits_bias"}
-    with _initialisation_skipped() if uninitialised else contextlib.nullcontext():
+    with initialisation_skipped() if uninitialised else contextlib.nullcontext():
         backbone = loaded.backbone_class(loaded.config)
     backbone = backbone.to(target)
     state = {name: tensor.to(target) for name, tensor in loaded.backbone_state.items()}
