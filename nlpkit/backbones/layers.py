@@ -829,7 +829,9 @@ def initialisation_skipped() -> Iterator[None]:
     advances the user's seeded random stream. The `torch.nn.init` functions
     do nothing meanwhile, as in `transformers`' `no_init_weights`, which its
     `from_pretrained` builds models inside. Buffers computed from the config
-    (sinusoidal tables) are still made.
+    (sinusoidal tables) are still made. The functions are torch's, shared by
+    the process: a module another thread builds meanwhile is not initialised
+    either.
     """
     saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
     try:
