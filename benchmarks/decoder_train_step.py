@@ -37,7 +37,6 @@ from typing import Any
 import _train_step
 
 BATCH, LENGTH = 8, 256
-IGNORE = -100  # the label cross-entropy skips, on both sides
 
 
 def _hf_config(size: str) -> Any:
@@ -52,9 +51,11 @@ def _hf_config(size: str) -> Any:
     return transformers.GPT2Config(**width[size])
 
 
-def _batch(torch: Any, batch_size: int = BATCH, device: str = "cpu", vocab: int = 32000) -> dict[str, Any]:
+def _batch(torch: Any, batch_size: int = BATCH, device: str = "cpu") -> dict[str, Any]:
+    from nlpkit_generation import IGNORE  # the label both sides' cross-entropy skips
+
     generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, vocab, (batch_size, LENGTH), generator=generator)
+    ids = torch.randint(0, 32000, (batch_size, LENGTH), generator=generator)  # ids every size's vocabulary holds
     shifted = torch.cat([ids[:, 1:], torch.full((batch_size, 1), IGNORE)], dim=1)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids, "shifted_labels": shifted}
     return {name: tensor.to(device) for name, tensor in batch.items()}
