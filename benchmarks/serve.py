@@ -12,8 +12,8 @@ Two models, each behind a real ``nlpkit serve`` process on 127.0.0.1:
   model's), saved by ``transformers``. Each request is a Shakespeare line to
   ``/v1/completions`` with ``max_tokens`` ``--max-tokens``, greedy.
 
-For each model, two servers in turn: batching on (``--max-batch-size 32``,
-``--batch-timeout-ms 10``) and off (``--max-batch-size 1``); against each, 1, 8
+For each model, two servers in turn: batching on (``--max-batch-size 32``, the
+default ``--batch-timeout-ms``) and off (``--max-batch-size 1``); against each, 1, 8
 and 32 concurrent clients (threads with keep-alive connections), each sending
 its next request when its last is answered, a bounded number of requests per
 level (``--requests``, ``--gen-requests``) and at most ``--level-seconds``.
@@ -44,7 +44,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-MODES = {"batching": ["--max-batch-size", "32", "--batch-timeout-ms", "10"], "max-batch-size 1": ["--max-batch-size", "1"]}
+MODES = {"batching": ["--max-batch-size", "32"], "max-batch-size 1": ["--max-batch-size", "1"]}
 
 
 def train_classification_run(folder: Path, steps: int) -> Path:

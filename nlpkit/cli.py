@@ -527,8 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--port", type=_positive_int, default=8000)
     sub.add_argument("--max-batch-size", type=_positive_int, default=8,
                      help="requests answered together by one model call (default: 8; 1 turns batching off)")
-    sub.add_argument("--batch-timeout-ms", type=_non_negative_float, default=10.0,
-                     help="how long a batch waits to fill, in milliseconds (default: 10)")
+    sub.add_argument("--batch-timeout-ms", type=_non_negative_float, default=None,
+                     help="how long a free worker collects requests for a batch, in milliseconds (default: 10 "
+                          "for a model that generates text, else 1; 0 takes only those waiting, but polls without "
+                          "pause: a busy core)")
     sub.add_argument("--workers", type=_positive_int, default=1, help="model copies, each in its own process (default: 1)")
     sub.add_argument("--dtype", default=None, help="weights' dtype for inference (float32, bfloat16)")
     sub.add_argument("--api-key", default=None, metavar="KEY",

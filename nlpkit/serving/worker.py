@@ -1,7 +1,7 @@
 """The inference worker: one model copy answering batches of requests of every verb, streaming where asked.
 
-LitServe hands :class:`ModelAPI` up to ``max_batch_size`` requests that
-arrived within ``batch_timeout`` of each other. Requests of one verb and equal
+LitServe hands :class:`ModelAPI` the requests a free worker collected within
+``batch_timeout``, up to ``max_batch_size``. Requests of one verb and equal
 decoding options are answered with one call of the model's verb (one padded
 batch); a batch that mixes verbs or options runs one call per group, in turn.
 Grouping rather than per-row options: ``nlpkit.generation`` decodes a batch

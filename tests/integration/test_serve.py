@@ -285,6 +285,17 @@ def test_serve_without_litserve_names_the_extra(tmp_path):
     assert len(lines) == 1 and 'pip install "nlpkit[serve]"' in lines[0], done.stderr
 
 
+@pytest.mark.parametrize("verbs, flag_ms, window_ms", [
+    (["predict"], None, 1.0), (["embed"], None, 1.0), (["predict", "complete", "chat"], None, 10.0),
+    (["predict", "translate"], None, 10.0), (["predict", "complete"], 0.0, 0.0), (["predict"], 25.0, 25.0)])
+def test_the_batch_window_is_short_unless_the_model_generates(tmp_path, verbs, flag_ms, window_ms):
+    # The README's default: a generation call takes long, so its requests may wait longer to share one.
+    from nlpkit.serving import ServeOptions, build_server
+
+    server = build_server(ServeOptions(path=str(tmp_path), batch_timeout_ms=flag_ms), verbs)
+    assert [api.batch_timeout for api in server.litapi_connector] == [window_ms / 1000]
+
+
 def test_a_full_queue_answers_503(classifier):
     # Requests wait out the 200 ms batch timeout, so of 24 sent at once those that find the 10 places taken get
     # 503 (how many depends on when the threads' requests arrive; answered ones free their places).
