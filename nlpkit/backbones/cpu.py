@@ -110,8 +110,10 @@ def attention_with_dropout(
     into zeros; nlpkit masks with `finfo.min`, so it has none), draws float
     dropout noise with `bernoulli_` and multiplies by it. Here both scales go
     into the matmuls' `alpha`, the softmax is plain, and the dropout keeps a
-    boolean mask. Like the math path, half-precision inputs are computed in
-    float32 and the result is cast back.
+    boolean mask. bfloat16 inputs are multiplied in bfloat16 where the CPU
+    has bfloat16 instructions (as autocast's `matmul` does; oneDNN accumulates
+    in float32), with the mask and softmax in float32; other half-precision
+    inputs, like the math path, are computed in float32.
 
     Args:
         q: `(batch, heads, queries, head_dim)`.
@@ -131,26 +133,31 @@ def attention_with_dropout(
     if k.shape[1] != heads:  # grouped-query attention: query head h reads kv head h // group
         k = k.repeat_interleave(heads // k.shape[1], dim=1)
         v = v.repeat_interleave(heads // v.shape[1], dim=1)
-    # Like the math path, half precision is computed in float32.
-    compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    # The products' dtype. bfloat16's are 3.4x float32's speed here (192 products of 128 x 64 by 64 x 128: 1.3
+    # against 4.4 ms), and a BERT-base attention's forward and backward at 16 x 128 took 35-42 ms against 62-64.
+    products = dtype
+    if dtype == torch.float16 or (dtype == torch.bfloat16 and not _bfloat16_is_native()):
+        products = torch.float32
+    softmax_dtype = torch.promote_types(products, torch.float32)
     with torch.autocast(q.device.type, enabled=False):
-        # One pass each into contiguous (batch * heads, seq, head_dim) rows: the cast writes them
-        # contiguous, and without a cast `to` returns its input and `reshape` copies.
+        # One pass each into contiguous (batch * heads, seq, head_dim) rows: a cast writes them contiguous,
+        # and without one `to` makes the contiguous copy that `reshape` would.
         q3, k3, v3 = (
-            t.to(compute, memory_format=torch.contiguous_format).reshape(batch * heads, t.shape[2], head_dim)
+            t.to(products, memory_format=torch.contiguous_format).reshape(batch * heads, t.shape[2], head_dim)
             for t in (q, k, v)
         )
         scale = head_dim**-0.5 if scale is None else scale
         # beta=0: the (empty) input is ignored; the scale is applied inside the GEMM.
         scores = torch.baddbmm(q3.new_empty(()), q3, k3.transpose(1, 2), beta=0.0, alpha=scale)
-        scores = scores.view(batch, heads, queries, keys)  # (batch, heads, queries, keys)
-        # In place: baddbmm's backward needs its inputs, not its output.
+        # (batch, heads, queries, keys), at least float32 from here on; in place: baddbmm's backward needs its
+        # inputs, not its output.
+        scores = scores.view(batch, heads, queries, keys).to(softmax_dtype)
         if mask is not None:
-            scores.add_(mask.to(compute))
+            scores.add_(mask.to(softmax_dtype))
         if is_causal:
             scores.masked_fill_(torch.ones(queries, keys, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
         weights = torch.softmax(scores, dim=-1)
-        weights = torch.where(_keep_mask(weights.shape, dropout_p, weights.device), weights, 0.0)
+        weights = torch.where(_keep_mask(weights.shape, dropout_p, weights.device), weights, 0.0).to(products)
         y = torch.baddbmm(
             v3.new_empty(()), weights.view(batch * heads, queries, keys), v3, beta=0.0, alpha=1.0 / (1.0 - dropout_p)
         )  # (batch * heads, queries, head_dim); alpha is the dropout's 1 / (1 - p)
@@ -190,11 +197,17 @@ _PACKED_ROWS_HINT = 64  # oneDNN picks the blocking for this many rows; 64 measu
 
 
 @functools.cache
+def _bfloat16_is_native() -> bool:
+    """Whether oneDNN multiplies bfloat16 with this CPU's own instructions (AVX512-BF16, AMX), not emulated."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@functools.cache
 def _packable_dtypes() -> frozenset[torch.dtype]:
     """The weight dtypes oneDNN packs here: float32, and bfloat16 where the CPU has bf16 instructions."""
     if not _onednn_linear_available():
         return frozenset()
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if _bfloat16_is_native():
         return frozenset({torch.float32, torch.bfloat16})
     return frozenset({torch.float32})
 

@@ -77,10 +77,13 @@ def test_attention_with_dropout_is_sdpa_math_given_the_mask(
         assert (ours.grad.double() - theirs.grad).abs().max().item() < 1e-5
 
 
-def test_attention_with_dropout_computes_half_precision_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("native", [True, False])
+def test_attention_with_dropout_in_bfloat16_is_the_float32_maths(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # native: the products in bfloat16 (a CPU with bfloat16 instructions); else all in float32, as SDPA's math path.
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 4, 7, 8) for _ in range(3))
     monkeypatch.setattr(cpu, "_keep_mask", lambda shape, p, device: torch.ones(shape, dtype=torch.bool))
+    monkeypatch.setattr(cpu, "_bfloat16_is_native", lambda: native)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = cpu.attention_with_dropout(q.bfloat16(), k.bfloat16(), v.bfloat16(), None, False, None, 0.5)
     assert y.dtype == torch.bfloat16
