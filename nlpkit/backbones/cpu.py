@@ -57,8 +57,10 @@ def _bernoulli_is_serial() -> bool:
         return "intel" not in platform.processor().lower()
 
 
-# Read once at import: a constant, also to torch.compile (which would warn about tracing a cached function).
+# Read once at import: constants, also to torch.compile (which would warn about tracing a cached function).
 _BERNOULLI_IS_SERIAL = _bernoulli_is_serial()
+# Whether oneDNN multiplies bfloat16 with this CPU's own instructions (AVX512-BF16, AMX), not emulated.
+_BFLOAT16_IS_NATIVE = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
@@ -136,7 +138,7 @@ def attention_with_dropout(
     # The products' dtype. bfloat16's are 3.4x float32's speed here (192 products of 128 x 64 by 64 x 128: 1.3
     # against 4.4 ms), and a BERT-base attention's forward and backward at 16 x 128 took 35-47 ms against 62-64.
     products = dtype
-    if dtype == torch.float16 or (dtype == torch.bfloat16 and not _bfloat16_is_native()):
+    if dtype == torch.float16 or (dtype == torch.bfloat16 and not _BFLOAT16_IS_NATIVE):
         products = torch.float32
     softmax_dtype = torch.promote_types(products, torch.float32)
     with torch.autocast(q.device.type, enabled=False):
@@ -197,17 +199,11 @@ _PACKED_ROWS_HINT = 64  # oneDNN picks the blocking for this many rows; 64 measu
 
 
 @functools.cache
-def _bfloat16_is_native() -> bool:
-    """Whether oneDNN multiplies bfloat16 with this CPU's own instructions (AVX512-BF16, AMX), not emulated."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-@functools.cache
 def _packable_dtypes() -> frozenset[torch.dtype]:
     """The weight dtypes oneDNN packs here: float32, and bfloat16 where the CPU has bf16 instructions."""
     if not _onednn_linear_available():
         return frozenset()
-    if _bfloat16_is_native():
+    if _BFLOAT16_IS_NATIVE:
         return frozenset({torch.float32, torch.bfloat16})
     return frozenset({torch.float32})
 

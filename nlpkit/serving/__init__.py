@@ -38,7 +38,7 @@ import litserve as ls
 
 from nlpkit.errors import NlpkitError
 from nlpkit.serving.routes import Routes
-from nlpkit.serving.worker import ModelAPI
+from nlpkit.serving.worker import GENERATING_VERBS, ModelAPI
 
 __all__ = ["ServeOptions", "verbs_of", "build_server", "serve"]
 
@@ -114,7 +114,7 @@ def default_batch_timeout_ms(verbs: list[str]) -> float:
     and 32 clients as many; a GPT-2-size decoder's call takes seconds, and 32 clients got 265 completion tokens/s
     with 10 ms against 164 with 1 ms (the clients of a finished batch send their next requests over a few ms).
     """
-    return 10.0 if any(verb in ("complete", "chat", "translate") for verb in verbs) else 1.0
+    return 10.0 if set(verbs) & {*GENERATING_VERBS, "translate"} else 1.0
 
 
 def build_server(options: ServeOptions, verbs: list[str]) -> ls.LitServer:

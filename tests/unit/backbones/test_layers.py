@@ -83,7 +83,7 @@ def test_attention_with_dropout_in_bfloat16_is_the_float32_maths(native: bool, m
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 4, 7, 8) for _ in range(3))
     monkeypatch.setattr(cpu, "_keep_mask", lambda shape, p, device: torch.ones(shape, dtype=torch.bool))
-    monkeypatch.setattr(cpu, "_bfloat16_is_native", lambda: native)
+    monkeypatch.setattr(cpu, "_BFLOAT16_IS_NATIVE", native)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = cpu.attention_with_dropout(q.bfloat16(), k.bfloat16(), v.bfloat16(), None, False, None, 0.5)
     assert y.dtype == torch.bfloat16
